@@ -1,0 +1,295 @@
+#include "backtester.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace nextick {
+
+namespace {
+
+// Target units -> whole lots, toward zero. The epsilon absorbs representation error in
+// target/lot (0.3/0.1 = 2.9999999999999996 must be 3 lots).
+inline int64_t to_lots(double units, double lot) {
+    const double x = units / lot;
+    return static_cast<int64_t>(std::trunc(x + (x >= 0 ? 1e-9 : -1e-9)));
+}
+
+inline int64_t bar_end(int64_t ts, int64_t bar_ns) { return (ts / bar_ns + 1) * bar_ns; }
+
+}  // namespace
+
+Backtester::Backtester(const EngineConfig& cfg) : cfg_(cfg), cash_(cfg.initial_capital) {
+    if (cfg.bar_ns <= 0) throw std::invalid_argument("bar_ns must be positive");
+    if (cfg.exec.latency_ns < 0) throw std::invalid_argument("latency_ns must be >= 0");
+    if (!(cfg.initial_capital > 0)) throw std::invalid_argument("initial_capital must be positive");
+}
+
+uint32_t Backtester::add_instrument(const InstrumentSpec& spec) {
+    if (!(spec.lot_size > 0)) throw std::invalid_argument("lot_size must be positive");
+    if (spec.gap_ns <= 0) throw std::invalid_argument("gap_ns must be positive");
+    const size_t n = lot_.size() + 1;
+    lot_.push_back(spec.lot_size);
+    SessionState s;
+    s.gap_ns = spec.gap_ns;
+    s.warmup_ticks = spec.warmup_ticks;
+    sess_.push_back(std::move(s));
+    order_.emplace_back();
+    pos_lots_.push_back(0);
+    mark_.push_back(0.0);
+    trade_cash_.push_back(0.0);
+    trade_entry_ts_.push_back(0);
+    trade_max_lots_.push_back(0);
+    trade_fills_.push_back(0);
+    outside_.push_back(0);
+    in_batch_.push_back(0);
+    strat_.resize(n);
+    return static_cast<uint32_t>(n - 1);
+}
+
+void Backtester::add_sessions(uint32_t i, const int64_t* opens, const int64_t* closes, size_t n) {
+    if (i >= sess_.size()) throw std::out_of_range("add_sessions: unknown instrument " + std::to_string(i));
+    for (size_t k = 0; k < n; ++k)
+        if (closes[k] <= opens[k]) throw std::invalid_argument("add_sessions: a session closes before it opens");
+    sess_[i].append(opens, closes, n);
+}
+
+void Backtester::set_strategy(const StrategyParams& p) { strat_.configure(p); }
+
+void Backtester::request_reset(uint32_t i, int64_t at_ns) {
+    if (i >= sess_.size()) throw std::out_of_range("request_reset: unknown instrument " + std::to_string(i));
+    sess_[i].manual_at_ns = std::min(sess_[i].manual_at_ns, at_ns);
+}
+
+void Backtester::check_rows(const Quote* q, size_t n) const {
+    int64_t prev = last_ts_;
+    const size_t n_inst = lot_.size();
+    for (size_t r = 0; r < n; ++r) {
+        if (q[r].instrument >= n_inst)
+            throw std::invalid_argument("row " + std::to_string(r) + ": instrument id " +
+                                        std::to_string(q[r].instrument) + " is not in the instrument table (" +
+                                        std::to_string(n_inst) + " instruments)");
+        if (q[r].ts_recv < prev)
+            throw std::invalid_argument("row " + std::to_string(r) + ": ts_recv " + std::to_string(q[r].ts_recv) +
+                                        " is earlier than the previous tick " + std::to_string(prev) +
+                                        "; sources must yield quotes in non-decreasing ts_recv order");
+        prev = q[r].ts_recv;
+    }
+}
+
+double Backtester::equity() const {
+    double e = cash_;
+    for (size_t i = 0; i < lot_.size(); ++i) e += static_cast<double>(pos_lots_[i]) * lot_[i] * mark_[i];
+    return e;
+}
+
+double Backtester::gross_exposure() const {
+    double g = 0.0;
+    for (size_t i = 0; i < lot_.size(); ++i) g += std::fabs(static_cast<double>(pos_lots_[i]) * lot_[i] * mark_[i]);
+    return g;
+}
+
+void Backtester::sample_equity(int64_t ts) {
+    if (eq_ts_.empty()) {
+        eq_ts_.push_back(ts);
+        eq_val_.push_back(cfg_.initial_capital);
+        eq_gross_.push_back(0.0);
+    } else {
+        // Marks as of the last tick before the boundary: the bar's closing state.
+        eq_ts_.push_back(next_bar_ns_);
+        eq_val_.push_back(equity());
+        eq_gross_.push_back(gross_exposure());
+    }
+    next_bar_ns_ = bar_end(ts, cfg_.bar_ns);
+}
+
+void Backtester::cancel(uint32_t i, uint64_t& counter) {
+    order_[i].remaining_lots = 0;
+    ++counter;
+}
+
+void Backtester::book_fill(uint32_t i, int64_t lots, double px, double fee, int64_t ts) {
+    const double lot = lot_[i];
+    const int64_t before = pos_lots_[i];
+    const int64_t after = before + lots;
+    cash_ -= static_cast<double>(lots) * lot * px + fee;
+
+    double& tc = trade_cash_[i];
+    if (before == 0) {
+        trade_entry_ts_[i] = ts;
+        tc = -static_cast<double>(lots) * lot * px - fee;
+        trade_max_lots_[i] = static_cast<int64_t>(std::llabs(after));
+        trade_fills_[i] = 1;
+    } else if (after == 0 || ((after > 0) != (before > 0))) {
+        // The fill closes the round trip; on a flip its remainder opens the next one, and the
+        // fee is split between the two in proportion to the lots.
+        const int64_t closing = -before;
+        const double frac = static_cast<double>(closing) / static_cast<double>(lots);
+        tc += -static_cast<double>(closing) * lot * px - fee * frac;
+        trades_.push_back(Trade{trade_entry_ts_[i], ts, tc, static_cast<double>(trade_max_lots_[i]) * lot, i,
+                                trade_fills_[i] + 1});
+        if (after != 0) {
+            trade_entry_ts_[i] = ts;
+            tc = -static_cast<double>(after) * lot * px - fee * (1.0 - frac);
+            trade_max_lots_[i] = static_cast<int64_t>(std::llabs(after));
+            trade_fills_[i] = 1;
+        }
+    } else {
+        tc += -static_cast<double>(lots) * lot * px - fee;
+        trade_max_lots_[i] = std::max(trade_max_lots_[i], static_cast<int64_t>(std::llabs(after)));
+        ++trade_fills_[i];
+    }
+    pos_lots_[i] = after;
+}
+
+void Backtester::fill(uint32_t i, const Quote& q) {
+    Order& o = order_[i];
+    const bool buy = o.remaining_lots > 0;
+    const double px = buy ? q.ask_px : q.bid_px;
+    if (!(px > 0.0)) return;  // that side of the book is missing: keep waiting
+    const double lot = lot_[i];
+    int64_t lots = o.remaining_lots;
+    if (cfg_.exec.size_cap) {
+        const double shown = buy ? q.ask_sz : q.bid_sz;
+        const int64_t avail = shown > 0 ? static_cast<int64_t>(std::floor(shown / lot + 1e-9)) : 0;
+        lots = buy ? std::min(lots, avail) : std::max(lots, -avail);
+    }
+    if (lots != 0) {
+        const double notional = std::fabs(static_cast<double>(lots)) * lot * px;
+        const double fee = notional * cfg_.exec.fee_bps * 1e-4 + cfg_.exec.fee_per_fill;
+        const double side = buy ? 1.0 : -1.0;
+        book_fill(i, lots, px, fee, q.ts_recv);
+        fills_.push_back(Fill{o.id, o.decision_ts, q.ts_recv, px, static_cast<double>(lots) * lot, fee,
+                              o.decision_mid, side * (px - o.decision_mid) / o.decision_mid * 1e4, i, 0});
+        o.remaining_lots -= lots;
+    }
+    if (o.remaining_lots != 0 && cfg_.exec.cancel_remainder) cancel(i, c_.cancelled_remainder);
+}
+
+bool Backtester::begin_tick(const Quote& q, bool& reset) {
+    const uint32_t i = q.instrument;
+    const int64_t ts = q.ts_recv;
+    ++c_.ticks;
+    if (ts >= next_bar_ns_) sample_equity(ts);
+    last_ts_ = ts;
+
+    SessionState& s = sess_[i];
+    if (s.close_ns >= 0 && ts >= s.close_ns) {
+        // First tick of i after its session closed: orders die with the session.
+        if (order_[i].working()) cancel(i, c_.cancelled_session_close);
+        if (cfg_.exec.flatten_at_close && pos_lots_[i] != 0) ++c_.flatten_missed;
+        s.close_ns = -1;
+    }
+    ResetReason why = ResetReason::kNone;
+    if (!s.advance(ts, q.flags, why)) {
+        ++c_.ticks_outside_session;
+        ++outside_[i];
+        return false;
+    }
+    ++c_.ticks_in_session;
+    reset = why != ResetReason::kNone;
+    if (reset) {
+        resets_.push_back(ResetEvent{ts, i, static_cast<uint8_t>(why), {0, 0, 0}});
+        ++c_.resets[static_cast<int>(why)];
+        s.warm_left = s.warmup_ticks;
+        // A working order was decided on the state this reset discards.
+        if (order_[i].working()) cancel(i, c_.cancelled_reset);
+    }
+    if (order_[i].working() && ts > order_[i].active_ts) fill(i, q);
+    mark_[i] = mid_of(q);
+    return true;
+}
+
+void Backtester::end_tick(const Quote& q, double target_units) {
+    const uint32_t i = q.instrument;
+    SessionState& s = sess_[i];
+    const bool warming = s.warm_left > 0;
+    if (warming) --s.warm_left;
+    if (cfg_.exec.flatten_at_close && q.ts_recv >= s.close_ns - cfg_.exec.flatten_lead_ns) target_units = 0.0;
+    if (std::isnan(target_units)) return;
+
+    const int64_t pos = pos_lots_[i];
+    int64_t target = to_lots(target_units, lot_[i]);
+    if (warming) target = std::clamp(target, std::min<int64_t>(0, pos), std::max<int64_t>(0, pos));
+
+    Order& o = order_[i];
+    if (target == pos + o.remaining_lots) return;  // already working toward it: keep its place
+    if (o.working()) cancel(i, c_.orders_replaced);
+    if (target == pos) return;
+    o.id = next_order_id_++;
+    o.decision_ts = q.ts_recv;
+    o.active_ts = q.ts_recv + cfg_.exec.latency_ns;
+    o.session_open = s.open_ns;
+    o.remaining_lots = target - pos;
+    o.decision_mid = mid_of(q);
+    ++c_.orders;
+}
+
+void Backtester::run_builtin(const Quote* q, size_t n) {
+    if (strat_.params().kind == StrategyKind::kPython)
+        throw std::logic_error("run_builtin called with a Python strategy configured");
+    check_rows(q, n);
+    for (size_t r = 0; r < n; ++r) {
+        bool reset = false;
+        if (!begin_tick(q[r], reset)) continue;
+        const bool warming = sess_[q[r].instrument].warm_left > 0;
+        end_tick(q[r], strat_.decide(q[r].instrument, mid_of(q[r]), reset, warming));
+    }
+}
+
+void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap,
+                             const std::function<void(size_t)>& on_batch) {
+    if (cap < 1) throw std::invalid_argument("batch buffer capacity must be >= 1");
+    check_rows(q, n);
+    batch_rows_.resize(cap);
+    size_t r = 0;
+    while (r < n) {
+        const int64_t ts = q[r].ts_recv;
+        size_t nb = 0, e = r;
+        // A batch: consecutive rows at one timestamp, each instrument at most once.
+        while (e < n && q[e].ts_recv == ts && !in_batch_[q[e].instrument] && nb < cap) {
+            const Quote& x = q[e];
+            in_batch_[x.instrument] = 1;
+            bool reset = false;
+            if (begin_tick(x, reset)) {
+                BatchRow& b = buf[nb];
+                b.ts = ts;
+                b.bid_px = x.bid_px;
+                b.ask_px = x.ask_px;
+                b.bid_sz = x.bid_sz;
+                b.ask_sz = x.ask_sz;
+                b.mid = mid_of(x);
+                b.position = position_units(x.instrument);
+                b.target = kNaN;
+                b.instrument = x.instrument;
+                b.reset = reset ? 1 : 0;
+                b.warm = sess_[x.instrument].warm_left > 0 ? 0 : 1;
+                batch_rows_[nb++] = e;
+            }
+            ++e;
+        }
+        for (size_t k = r; k < e; ++k) in_batch_[q[k].instrument] = 0;
+        if (nb) {
+            on_batch(nb);
+            for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], buf[k].target);
+        }
+        r = e;
+    }
+}
+
+void Backtester::finish() {
+    for (uint32_t i = 0; i < order_.size(); ++i)
+        if (order_[i].working()) cancel(i, c_.cancelled_end);
+    if (last_ts_ == INT64_MIN) return;
+    if (!eq_ts_.empty() && eq_ts_.back() == last_ts_) {
+        eq_val_.back() = equity();
+        eq_gross_.back() = gross_exposure();
+    } else {
+        eq_ts_.push_back(last_ts_);
+        eq_val_.push_back(equity());
+        eq_gross_.push_back(gross_exposure());
+    }
+}
+
+}  // namespace nextick

@@ -1,0 +1,140 @@
+// The tick loop: session tracking, resets, fills, marks, strategy decisions, orders, portfolio.
+//
+// Per tick of instrument i at ts (the quote's ts_recv), in this order:
+//   1. equity sample if ts crossed a bar boundary (marks as of the previous tick)
+//   2. session: outside -> counted, nothing else; new session / gap / reconnect / stale / manual
+//      -> reset (state zeroed, warm-up restarts, working order cancelled)
+//   3. the working order of i fills if ts > its decision time + latency
+//   4. mark i at mid
+//   5. strategy decides a target (built-in here, or a Python callback per tick batch)
+//   6. warm-up clamp (no opening or increasing), flatten-at-close override
+//   7. order for target - position, replacing a different working order
+// Instruments interact only through cash, so processing a batch row by row or all fills first
+// gives identical results: fills do not depend on batch composition.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "execution.hpp"
+#include "quote.hpp"
+#include "session.hpp"
+#include "strategies.hpp"
+
+namespace nextick {
+
+struct InstrumentSpec {
+    double lot_size = 1.0;
+    int64_t gap_ns = 60'000'000'000;
+    int32_t warmup_ticks = 0;
+};
+
+struct EngineConfig {
+    ExecConfig exec;
+    double initial_capital = 1'000'000.0;
+    int64_t bar_ns = 60'000'000'000;  // equity sampling period
+};
+
+// One row handed to a Python strategy; layout mirrors strategies.base.BATCH_DTYPE.
+struct BatchRow {
+    int64_t ts;
+    double bid_px, ask_px, bid_sz, ask_sz, mid;
+    double position;      // units held now
+    double target;        // out: target units; NaN = keep
+    uint32_t instrument;
+    uint8_t reset;        // 1 if state was reset at this tick
+    uint8_t warm;         // 1 if warm-up is over (the strategy may open positions)
+    uint8_t pad[2];
+};
+static_assert(sizeof(BatchRow) == 72, "BatchRow must match BATCH_DTYPE");
+
+struct Counters {
+    uint64_t ticks = 0;              // rows seen
+    uint64_t ticks_in_session = 0;
+    uint64_t ticks_outside_session = 0;
+    uint64_t orders = 0;
+    uint64_t orders_replaced = 0;
+    uint64_t cancelled_session_close = 0;
+    uint64_t cancelled_reset = 0;
+    uint64_t cancelled_remainder = 0;
+    uint64_t cancelled_end = 0;
+    uint64_t flatten_missed = 0;     // sessions closed with a position despite flatten_at_close
+    uint64_t resets[5] = {0, 0, 0, 0, 0};
+};
+
+class Backtester {
+public:
+    explicit Backtester(const EngineConfig& cfg);
+
+    uint32_t add_instrument(const InstrumentSpec& spec);
+    void add_sessions(uint32_t i, const int64_t* opens, const int64_t* closes, size_t n);
+    void set_strategy(const StrategyParams& p);
+    // MANUAL reset of i at its first in-session tick with ts_recv >= at_ns.
+    void request_reset(uint32_t i, int64_t at_ns);
+
+    // Runs rows through a built-in strategy.
+    void run_builtin(const Quote* q, size_t n);
+    // Runs rows through a Python strategy: batches of rows sharing ts_recv (each instrument at
+    // most once per batch) are written to `buf` and `on_batch(n_rows)` is called once per batch.
+    void run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap,
+                     const std::function<void(size_t)>& on_batch);
+    // End of data: cancels working orders, takes the final equity sample.
+    void finish();
+
+    // Throws std::invalid_argument naming the row when the chunk breaks the stream contract.
+    void check_rows(const Quote* q, size_t n) const;
+
+    double equity() const;
+    double gross_exposure() const;
+    double position_units(uint32_t i) const { return pos_lots_[i] * lot_[i]; }
+    double cash() const { return cash_; }
+    size_t n_instruments() const { return lot_.size(); }
+    const std::vector<Fill>& fills() const { return fills_; }
+    const std::vector<Trade>& trades() const { return trades_; }
+    const std::vector<ResetEvent>& resets() const { return resets_; }
+    const std::vector<int64_t>& equity_ts() const { return eq_ts_; }
+    const std::vector<double>& equity_values() const { return eq_val_; }
+    const std::vector<double>& equity_gross() const { return eq_gross_; }
+    const Counters& counters() const { return c_; }
+    const std::vector<uint64_t>& outside_by_instrument() const { return outside_; }
+    const EngineConfig& config() const { return cfg_; }
+
+private:
+    bool begin_tick(const Quote& q, bool& reset);
+    void end_tick(const Quote& q, double target_units);
+    void fill(uint32_t i, const Quote& q);
+    void book_fill(uint32_t i, int64_t lots, double px, double fee, int64_t ts);
+    void cancel(uint32_t i, uint64_t& counter);
+    void sample_equity(int64_t ts);
+
+    EngineConfig cfg_;
+    BuiltinStrategy strat_;
+
+    // per instrument
+    std::vector<double> lot_;
+    std::vector<SessionState> sess_;
+    std::vector<Order> order_;
+    std::vector<int64_t> pos_lots_;
+    std::vector<double> mark_;
+    std::vector<double> trade_cash_;     // cash flow of the open round trip, fees included
+    std::vector<int64_t> trade_entry_ts_;
+    std::vector<int64_t> trade_max_lots_;
+    std::vector<uint32_t> trade_fills_;
+    std::vector<uint64_t> outside_;
+    std::vector<uint8_t> in_batch_;
+
+    double cash_;
+    uint64_t next_order_id_ = 1;
+    int64_t last_ts_ = INT64_MIN;
+    int64_t next_bar_ns_ = INT64_MIN;
+    std::vector<size_t> batch_rows_;
+
+    std::vector<Fill> fills_;
+    std::vector<Trade> trades_;
+    std::vector<ResetEvent> resets_;
+    std::vector<int64_t> eq_ts_;
+    std::vector<double> eq_val_, eq_gross_;
+    Counters c_;
+};
+
+}  // namespace nextick

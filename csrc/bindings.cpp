@@ -1,0 +1,205 @@
+// Python bindings of the compiled core. Arrays cross as numpy structured arrays whose dtypes are
+// the C++ structs; inputs are taken without copying (a mismatched dtype is refused, not converted).
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <string>
+
+#include "backtester.hpp"
+#include "conflator.hpp"
+#include "quote.hpp"
+
+namespace py = pybind11;
+using namespace nextick;
+
+using QuoteArray = py::array_t<Quote, py::array::c_style>;
+
+namespace {
+
+std::string build_info() {
+    std::string s = "version=" NEXTICK_VERSION;
+#if defined(__AVX512F__)
+    s += " simd=avx512";
+#elif defined(__AVX2__)
+    s += " simd=avx2";
+#elif defined(__ARM_NEON)
+    s += " simd=neon";
+#else
+    s += " simd=baseline";
+#endif
+#if defined(__VERSION__)
+    s += " compiler=\"" __VERSION__ "\"";
+#endif
+    return s;
+}
+
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+    py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+    if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(T));
+    return out;
+}
+
+QuoteArray quotes_to_numpy(const std::vector<Quote>& v) { return to_numpy(v); }
+
+StrategyKind parse_kind(const std::string& name) {
+    if (name == "momentum") return StrategyKind::kMomentum;
+    if (name == "mean_reversion") return StrategyKind::kMeanReversion;
+    if (name == "buy_hold") return StrategyKind::kBuyHold;
+    if (name == "python") return StrategyKind::kPython;
+    throw py::value_error("unknown built-in strategy '" + name + "'; use momentum, mean_reversion, buy_hold or python");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "nextick compiled core: conflator, session tracker, tick loop, fill simulator";
+
+    PYBIND11_NUMPY_DTYPE(Quote, ts_event, ts_recv, bid_px, ask_px, bid_sz, ask_sz, seq, instrument, flags);
+    PYBIND11_NUMPY_DTYPE(Fill, order_id, decision_ts, fill_ts, px, sz, fee, decision_mid, slippage_bps, instrument);
+    PYBIND11_NUMPY_DTYPE(Trade, entry_ts, exit_ts, pnl, max_units, instrument, fills);
+    PYBIND11_NUMPY_DTYPE(ResetEvent, ts, instrument, reason);
+    PYBIND11_NUMPY_DTYPE(BatchRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, position, target, instrument, reset, warm);
+
+    m.def("build_info", &build_info, "Compiler, version and vector extensions the core was built with.");
+    m.attr("RESET_REASONS") = py::make_tuple("SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL");
+    m.attr("QUOTE_ITEMSIZE") = sizeof(Quote);
+    m.attr("BATCH_ITEMSIZE") = sizeof(BatchRow);
+
+    py::class_<Conflator>(m, "Conflator", "One snapshot per instrument per interval; see csrc/conflator.hpp.")
+        .def(py::init<int64_t>(), py::arg("interval_ns"))
+        .def("push",
+             [](Conflator& c, QuoteArray in) {
+                 std::vector<Quote> out;
+                 {
+                     py::gil_scoped_release nogil;
+                     c.push(in.data(), static_cast<size_t>(in.size()), out);
+                 }
+                 return quotes_to_numpy(out);
+             },
+             py::arg("quotes").noconvert(), "Feed quotes; returns the snapshots of intervals now complete.")
+        .def("flush_until",
+             [](Conflator& c, int64_t now_ns) {
+                 std::vector<Quote> out;
+                 c.flush_until(now_ns, out);
+                 return quotes_to_numpy(out);
+             },
+             py::arg("now_ns"), "Snapshots of intervals ending at or before now_ns.")
+        .def("flush",
+             [](Conflator& c) {
+                 std::vector<Quote> out;
+                 c.flush(out);
+                 return quotes_to_numpy(out);
+             },
+             "Everything still pending (end of stream).")
+        .def_property_readonly("interval_ns", &Conflator::interval_ns)
+        .def_property_readonly("quotes_in", &Conflator::quotes_in)
+        .def_property_readonly("snapshots_out", &Conflator::snapshots_out);
+
+    py::class_<Backtester>(m, "Backtester", "The tick loop and fill simulator; see csrc/backtester.hpp.")
+        .def(py::init([](int64_t latency_ns, double fee_bps, double fee_per_fill, bool size_cap,
+                         bool cancel_remainder, bool flatten_at_close, int64_t flatten_lead_ns,
+                         double initial_capital, int64_t bar_ns) {
+                 EngineConfig c;
+                 c.exec.latency_ns = latency_ns;
+                 c.exec.fee_bps = fee_bps;
+                 c.exec.fee_per_fill = fee_per_fill;
+                 c.exec.size_cap = size_cap;
+                 c.exec.cancel_remainder = cancel_remainder;
+                 c.exec.flatten_at_close = flatten_at_close;
+                 c.exec.flatten_lead_ns = flatten_lead_ns;
+                 c.initial_capital = initial_capital;
+                 c.bar_ns = bar_ns;
+                 return new Backtester(c);
+             }),
+             py::kw_only(), py::arg("latency_ns") = 0, py::arg("fee_bps") = 0.0, py::arg("fee_per_fill") = 0.0,
+             py::arg("size_cap") = false, py::arg("cancel_remainder") = false, py::arg("flatten_at_close") = false,
+             py::arg("flatten_lead_ns") = 60'000'000'000LL, py::arg("initial_capital") = 1'000'000.0,
+             py::arg("bar_ns") = 60'000'000'000LL)
+        .def("add_instrument",
+             [](Backtester& b, double lot_size, int64_t gap_ns, int32_t warmup_ticks) {
+                 return b.add_instrument(InstrumentSpec{lot_size, gap_ns, warmup_ticks});
+             },
+             py::kw_only(), py::arg("lot_size"), py::arg("gap_ns"), py::arg("warmup_ticks"))
+        .def("add_sessions",
+             [](Backtester& b, uint32_t i, py::array_t<int64_t, py::array::c_style | py::array::forcecast> opens,
+                py::array_t<int64_t, py::array::c_style | py::array::forcecast> closes) {
+                 if (opens.size() != closes.size()) throw py::value_error("opens and closes differ in length");
+                 b.add_sessions(i, opens.data(), closes.data(), static_cast<size_t>(opens.size()));
+             },
+             py::arg("instrument"), py::arg("opens_ns"), py::arg("closes_ns"))
+        .def("set_strategy",
+             [](Backtester& b, const std::string& kind, double notional, double fast_span, double slow_span,
+                double span, double entry_z, double exit_z) {
+                 StrategyParams p;
+                 p.kind = parse_kind(kind);
+                 p.notional = notional;
+                 p.fast_span = fast_span;
+                 p.slow_span = slow_span;
+                 p.span = span;
+                 p.entry_z = entry_z;
+                 p.exit_z = exit_z;
+                 b.set_strategy(p);
+             },
+             py::arg("kind"), py::kw_only(), py::arg("notional") = 100000.0, py::arg("fast_span") = 20.0,
+             py::arg("slow_span") = 100.0, py::arg("span") = 100.0, py::arg("entry_z") = 2.0,
+             py::arg("exit_z") = 0.5)
+        .def("request_reset", &Backtester::request_reset, py::arg("instrument"), py::arg("at_ns") = INT64_MIN,
+             "MANUAL reset, applied at the instrument's first in-session tick at or after at_ns.")
+        .def("run",
+             [](Backtester& b, QuoteArray q) {
+                 py::gil_scoped_release nogil;
+                 b.run_builtin(q.data(), static_cast<size_t>(q.size()));
+             },
+             py::arg("quotes").noconvert(), "Run quotes through the built-in strategy.")
+        .def("run_batched",
+             [](Backtester& b, QuoteArray q, py::array_t<BatchRow, py::array::c_style> buf,
+                const std::function<void(size_t)>& on_batch) {
+                 b.run_batched(q.data(), static_cast<size_t>(q.size()), buf.mutable_data(),
+                               static_cast<size_t>(buf.size()), on_batch);
+             },
+             py::arg("quotes").noconvert(), py::arg("buffer").noconvert(), py::arg("on_batch"),
+             "Run quotes through a Python strategy called once per tick batch.")
+        .def("finish", &Backtester::finish)
+        .def("fills", [](const Backtester& b) { return to_numpy(b.fills()); })
+        .def("trades", [](const Backtester& b) { return to_numpy(b.trades()); })
+        .def("resets", [](const Backtester& b) { return to_numpy(b.resets()); })
+        .def("equity_curve",
+             [](const Backtester& b) {
+                 return py::make_tuple(to_numpy(b.equity_ts()), to_numpy(b.equity_values()),
+                                       to_numpy(b.equity_gross()));
+             },
+             "(ts_ns, equity, gross_exposure) sampled at bar ends, first and last tick.")
+        .def("positions",
+             [](const Backtester& b) {
+                 std::vector<double> p(b.n_instruments());
+                 for (size_t i = 0; i < p.size(); ++i) p[i] = b.position_units(static_cast<uint32_t>(i));
+                 return to_numpy(p);
+             })
+        .def("outside_session_by_instrument", [](const Backtester& b) { return to_numpy(b.outside_by_instrument()); })
+        .def_property_readonly("cash", &Backtester::cash)
+        .def_property_readonly("equity", &Backtester::equity)
+        .def_property_readonly("n_instruments", &Backtester::n_instruments)
+        .def("counters", [](const Backtester& b) {
+            const Counters& c = b.counters();
+            py::dict d;
+            d["ticks"] = c.ticks;
+            d["ticks_in_session"] = c.ticks_in_session;
+            d["ticks_outside_session"] = c.ticks_outside_session;
+            d["orders"] = c.orders;
+            d["orders_replaced"] = c.orders_replaced;
+            d["cancelled_session_close"] = c.cancelled_session_close;
+            d["cancelled_reset"] = c.cancelled_reset;
+            d["cancelled_remainder"] = c.cancelled_remainder;
+            d["cancelled_end"] = c.cancelled_end;
+            d["flatten_missed"] = c.flatten_missed;
+            py::dict r;
+            const char* names[5] = {"SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL"};
+            for (int k = 0; k < 5; ++k) r[names[k]] = c.resets[k];
+            d["resets"] = r;
+            return d;
+        });
+}

@@ -1,0 +1,121 @@
+// Built-in strategies. Each maps one in-session tick of one instrument to a target position in
+// units (NaN = no opinion, keep whatever is working). Per-instrument state lives in flat arrays
+// sized once by resize(); nothing allocates per tick.
+//
+// Sizing: when a strategy takes a new direction it sizes the position as notional / mid and keeps
+// that size until the direction changes, so a standing signal does not churn small rebalances.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace nextick {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+enum class StrategyKind : uint8_t { kBuyHold = 0, kMomentum = 1, kMeanReversion = 2, kPython = 3 };
+
+struct StrategyParams {
+    StrategyKind kind = StrategyKind::kMomentum;
+    double notional = 100000.0;  // currency per instrument at entry
+    double fast_span = 20.0;     // momentum: fast EMA span (ticks)
+    double slow_span = 100.0;    // momentum: slow EMA span (ticks)
+    double span = 100.0;         // mean reversion: EMA span of mid and of its variance (ticks)
+    double entry_z = 2.0;        // mean reversion: |z| to enter (against the move)
+    double exit_z = 0.5;         // mean reversion: |z| under which to go flat
+};
+
+class BuiltinStrategy {
+public:
+    void configure(const StrategyParams& p) {
+        p_ = p;
+        a_fast_ = 2.0 / (p.fast_span + 1.0);
+        a_slow_ = 2.0 / (p.slow_span + 1.0);
+        a_mr_ = 2.0 / (p.span + 1.0);
+    }
+    void resize(size_t n) {
+        ema_a_.resize(n, 0.0);
+        ema_b_.resize(n, 0.0);
+        dir_.resize(n, 0);
+        target_.resize(n, kNaN);
+    }
+    const StrategyParams& params() const { return p_; }
+
+    // `reset`: this tick starts fresh state (session open, gap, reconnect...). `warming`: still in
+    // the warm-up after a reset; features update but no direction is taken, so the first position
+    // after warm-up comes from a signal on warmed-up features, not one latched during warm-up.
+    inline double decide(uint32_t i, double mid, bool reset, bool warming) {
+        switch (p_.kind) {
+            case StrategyKind::kMomentum: return momentum(i, mid, reset, warming);
+            case StrategyKind::kMeanReversion: return mean_reversion(i, mid, reset, warming);
+            case StrategyKind::kBuyHold: return warming ? kNaN : buy_hold(i, mid);
+            default: return kNaN;
+        }
+    }
+
+private:
+    inline double size_units(double mid) const { return std::floor(p_.notional / mid); }
+
+    // Fast/slow EMA cross of the mid: long while fast > slow, short while fast < slow; the target
+    // flips only on a cross.
+    inline double momentum(uint32_t i, double mid, bool reset, bool warming) {
+        double& fast = ema_a_[i];
+        double& slow = ema_b_[i];
+        if (reset) {
+            fast = slow = mid;
+            dir_[i] = 0;
+            return kNaN;
+        }
+        fast += a_fast_ * (mid - fast);
+        slow += a_slow_ * (mid - slow);
+        if (warming) return kNaN;
+        const int8_t d = fast > slow ? 1 : (fast < slow ? -1 : 0);
+        if (d != 0 && d != dir_[i]) {
+            dir_[i] = d;
+            target_[i] = d * size_units(mid);
+        }
+        return dir_[i] == 0 ? kNaN : target_[i];
+    }
+
+    // z-score of mid against its EMA, with an exponentially weighted variance: enter against a
+    // move beyond entry_z, go flat once |z| falls under exit_z.
+    inline double mean_reversion(uint32_t i, double mid, bool reset, bool warming) {
+        double& mean = ema_a_[i];
+        double& var = ema_b_[i];
+        if (reset) {
+            mean = mid;
+            var = 0.0;
+            dir_[i] = 0;
+            return kNaN;
+        }
+        const double diff = mid - mean;
+        const double incr = a_mr_ * diff;
+        mean += incr;
+        var = (1.0 - a_mr_) * (var + diff * incr);
+        if (warming || !(var > 0.0)) return kNaN;
+        const double z = (mid - mean) / std::sqrt(var);
+        int8_t want = dir_[i];
+        if (z > p_.entry_z) want = -1;
+        else if (z < -p_.entry_z) want = 1;
+        else if (std::fabs(z) < p_.exit_z) want = 0;
+        if (want != dir_[i]) {
+            dir_[i] = want;
+            target_[i] = want * size_units(mid);
+        }
+        return dir_[i] == 0 ? 0.0 : target_[i];
+    }
+
+    inline double buy_hold(uint32_t i, double mid) {
+        if (std::isnan(target_[i])) target_[i] = size_units(mid);
+        return target_[i];
+    }
+
+    StrategyParams p_;
+    double a_fast_ = 0, a_slow_ = 0, a_mr_ = 0;
+    std::vector<double> ema_a_, ema_b_, target_;
+    std::vector<int8_t> dir_;
+};
+
+}  // namespace nextick

@@ -1,0 +1,289 @@
+"""Backtest orchestration: a quote source through the conflator into the compiled tick loop.
+
+    source.chunks() -> [Conflator] -> Backtester.run / run_batched -> fills, trades, resets, equity
+
+Everything per tick happens in C++ (csrc/backtester.hpp). This module keeps the core in step with
+what the stream reveals (instruments as they appear, session intervals as time advances), times the
+run, and gathers the results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from engine import _core
+from engine.calendar import SessionCalendar
+from engine.instrument import InstrumentTable
+from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie_memmel
+from engine.quote import QUOTE_DTYPE
+from feeds.source import QuoteSource, SourceStats
+from strategies.base import BatchHost, Strategy
+from strategies.builtin import BUILTINS, builtin_spec
+
+SECOND_NS = 1_000_000_000
+INTERVALS_NS: dict[str, int | None] = {"raw": None, "100ms": 100_000_000, "1s": SECOND_NS}
+RESET_REASONS: tuple[str, ...] = tuple(_core.RESET_REASONS)
+
+
+class BacktestConfig(msgspec.Struct, kw_only=True):
+    """How to run. Times in ns, fees in basis points of notional."""
+
+    strategy: str = "momentum"  # a built-in name, or "package.module:Class" for a Python strategy
+    strategy_params: dict[str, Any] = msgspec.field(default_factory=dict)
+    interval: str = "100ms"  # conflation: "100ms", "1s" or "raw"
+    latency_ns: int = 0  # decision to order-active delay
+    fee_bps: float = 1.0
+    fee_per_fill: float = 0.0
+    size_cap: bool = False
+    cancel_remainder: bool = False
+    flatten_at_close: bool = False
+    flatten_lead_ns: int = 60 * SECOND_NS
+    initial_capital: float = 1_000_000.0
+    bar_ns: int = 60 * SECOND_NS  # equity sampling period for metrics
+    risk_free_rate: float = 0.0
+    warmup_ticks: int | None = None  # overrides every instrument's warm-up when set
+    manual_resets: list[tuple[int, str]] = msgspec.field(default_factory=list)  # (ts_ns, symbol)
+
+    def __post_init__(self) -> None:
+        if self.interval not in INTERVALS_NS:
+            raise ValueError(f"interval must be one of {', '.join(INTERVALS_NS)}, not {self.interval!r}")
+        if self.latency_ns < 0:
+            raise ValueError("latency_ns must be >= 0")
+
+
+class BacktestResult(msgspec.Struct, kw_only=True):
+    config: BacktestConfig
+    instruments: list[str]
+    source: SourceStats
+    strategy: str
+    fills: np.ndarray
+    trades: np.ndarray
+    resets: np.ndarray
+    equity_ts_ns: np.ndarray
+    equity: np.ndarray
+    gross_exposure: np.ndarray
+    counters: dict[str, Any]
+    outside_session: np.ndarray  # ticks outside session, per instrument
+    final_positions: np.ndarray
+    metrics: Metrics
+    quotes_in: int  # quotes from the source
+    ticks: int  # ticks into the engine after conflation
+    wall_s: float  # whole run: source, conflation, loop
+    core_s: float  # inside the compiled loop (and the Python strategy, if any)
+    ruined_at_ns: int | None = None  # first equity sample <= 0; metrics stop before it
+
+    @property
+    def quotes_per_s(self) -> float:
+        return self.quotes_in / self.wall_s if self.wall_s > 0 else float("nan")
+
+    @property
+    def core_ticks_per_s(self) -> float:
+        return self.ticks / self.core_s if self.core_s > 0 else float("nan")
+
+    def returns(self) -> np.ndarray:
+        e = self.equity
+        return e[1:] / e[:-1] - 1.0 if len(e) > 1 else np.empty(0)
+
+    def fill_hash(self) -> str:
+        """SHA-256 of the fills table: equal hashes mean bit-identical fills."""
+        return hashlib.sha256(np.ascontiguousarray(self.fills).tobytes()).hexdigest()
+
+    def resets_by_reason(self) -> dict[str, int]:
+        return dict(self.counters["resets"])
+
+
+def load_strategy(spec: str, params: dict[str, Any]) -> Strategy:
+    """Instantiate a Python strategy from "package.module:Class" with ``params`` as keywords."""
+    module_name, _, cls_name = spec.partition(":")
+    if not cls_name:
+        raise ValueError(
+            f"strategy {spec!r} is neither a built-in ({', '.join(BUILTINS)}) nor 'package.module:Class'"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load strategy {spec!r}: {e}") from None
+    strategy = cls(**params)
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"{spec} is not a strategies.base.Strategy")
+    return strategy
+
+
+class _Engine:
+    """The core plus the bookkeeping that keeps it in step with a growing stream."""
+
+    def __init__(self, config: BacktestConfig, instruments: InstrumentTable, strategy: Strategy | None) -> None:
+        c = config
+        self.config = c
+        self.instruments = instruments
+        self.core = _core.Backtester(
+            latency_ns=c.latency_ns,
+            fee_bps=c.fee_bps,
+            fee_per_fill=c.fee_per_fill,
+            size_cap=c.size_cap,
+            cancel_remainder=c.cancel_remainder,
+            flatten_at_close=c.flatten_at_close,
+            flatten_lead_ns=c.flatten_lead_ns,
+            initial_capital=c.initial_capital,
+            bar_ns=c.bar_ns,
+        )
+        self.strategy = strategy
+        self.host = BatchHost(strategy, len(instruments)) if strategy is not None else None
+        self.started = False
+        self.covered_hi_ns: list[int] = []
+        self.calendars: list[SessionCalendar] = []
+        self.core_s = 0.0
+
+    def _start(self) -> None:
+        n = max(len(self.instruments), 1)
+        if self.strategy is not None:
+            self.core.set_strategy("python")
+            self.strategy.on_start(self.instruments, initial_capital=self.config.initial_capital)
+        else:
+            spec = builtin_spec(self.config.strategy, self.config.strategy_params)
+            notional = spec.notional if spec.notional is not None else self.config.initial_capital / n
+            self.core.set_strategy(
+                spec.kind,
+                notional=notional,
+                fast_span=spec.fast_span,
+                slow_span=spec.slow_span,
+                span=spec.span,
+                entry_z=spec.entry_z,
+                exit_z=spec.exit_z,
+            )
+        self.started = True
+
+    def _sync_instruments(self) -> None:
+        for idx in range(self.core.n_instruments, len(self.instruments)):
+            inst = self.instruments[idx]
+            warmup = inst.warmup_ticks if self.config.warmup_ticks is None else self.config.warmup_ticks
+            self.core.add_instrument(lot_size=inst.lot_size, gap_ns=inst.gap_ns, warmup_ticks=warmup)
+            self.calendars.append(SessionCalendar.parse(inst.calendar))
+            self.covered_hi_ns.append(-1)
+            for at_ns, symbol in self.config.manual_resets:
+                if symbol == inst.symbol:
+                    self.core.request_reset(idx, at_ns)
+        if self.host is not None:
+            self.host.grow(len(self.instruments))
+
+    def _sync_sessions(self, lo_ns: int, hi_ns: int) -> None:
+        by_calendar: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        for idx, cal in enumerate(self.calendars):
+            covered = self.covered_hi_ns[idx]
+            if hi_ns <= covered:
+                continue
+            start = lo_ns if covered < 0 else covered
+            key = (cal.spec, start)
+            if key not in by_calendar:
+                by_calendar[key] = cal.sessions_between(start, hi_ns)
+            opens, closes = by_calendar[key]
+            self.core.add_sessions(idx, opens, closes)
+            self.covered_hi_ns[idx] = hi_ns
+
+    def run(self, ticks: np.ndarray) -> None:
+        if len(ticks) == 0:
+            return
+        self._sync_instruments()
+        if not self.started:
+            self._start()
+        ts = ticks["ts_recv"]
+        self._sync_sessions(int(ts[0]), int(ts[-1]))
+        t0 = time.perf_counter()
+        if self.host is None:
+            self.core.run(ticks)
+        else:
+            self.core.run_batched(ticks, self.host.buffer, self.host)
+        self.core_s += time.perf_counter() - t0
+
+
+def run_backtest(
+    source: QuoteSource,
+    config: BacktestConfig | None = None,
+    *,
+    strategy: Strategy | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> BacktestResult:
+    """Replay ``source`` through the engine. ``strategy`` (a Python Strategy) overrides
+    ``config.strategy``; otherwise a name that is not a built-in is imported as module:Class."""
+    config = config or BacktestConfig()
+    if strategy is None and config.strategy not in BUILTINS:
+        strategy = load_strategy(config.strategy, config.strategy_params)
+    strategy_name = strategy.name if strategy is not None else config.strategy
+    engine = _Engine(config, source.instruments, strategy)
+    interval_ns = INTERVALS_NS[config.interval]
+    conflator = _core.Conflator(interval_ns) if interval_ns else None
+
+    t0 = time.perf_counter()
+    quotes_in = ticks = 0
+    for chunk in source.chunks():
+        chunk = np.ascontiguousarray(chunk, dtype=QUOTE_DTYPE)
+        quotes_in += len(chunk)
+        out = conflator.push(chunk) if conflator is not None else chunk
+        ticks += len(out)
+        engine.run(out)
+        if on_progress is not None:
+            on_progress(len(chunk))
+    if conflator is not None:
+        out = conflator.flush()
+        ticks += len(out)
+        engine.run(out)
+    core = engine.core
+    core.finish()
+    unknown = {sym for _, sym in config.manual_resets} - set(source.instruments.symbols)
+    if unknown:
+        raise ValueError(f"manual_resets name symbols the source never had: {', '.join(sorted(unknown))}")
+    wall_s = time.perf_counter() - t0
+
+    fills, trades = core.fills(), core.trades()
+    eq_ts, eq, gross = core.equity_curve()
+    if len(eq) == 0:  # no tick at all: a flat curve of one point
+        eq_ts, eq, gross = np.zeros(1, np.int64), np.array([config.initial_capital]), np.zeros(1)
+    # Returns are undefined once equity is gone: metrics cover the run up to the last positive
+    # sample, and the result says when capital ran out instead of hiding it.
+    ruined = np.flatnonzero(eq <= 0)
+    ruined_at_ns = int(eq_ts[ruined[0]]) if len(ruined) else None
+    solvent = slice(0, int(ruined[0]) if len(ruined) else len(eq))
+    metrics = compute_metrics(
+        eq_ts[solvent],
+        eq[solvent],
+        gross_exposure=gross[solvent],
+        fill_notional=np.abs(fills["px"] * fills["sz"]),
+        fill_fee=fills["fee"],
+        trade_pnl=trades["pnl"],
+        risk_free_rate=config.risk_free_rate,
+    )
+    return BacktestResult(
+        config=config,
+        instruments=source.instruments.symbols,
+        source=source.stats,
+        strategy=strategy_name,
+        fills=fills,
+        trades=trades,
+        resets=core.resets(),
+        equity_ts_ns=eq_ts,
+        equity=eq,
+        gross_exposure=gross,
+        counters=core.counters(),
+        outside_session=core.outside_session_by_instrument(),
+        final_positions=core.positions(),
+        metrics=metrics,
+        quotes_in=quotes_in,
+        ticks=ticks,
+        wall_s=wall_s,
+        core_s=engine.core_s,
+        ruined_at_ns=ruined_at_ns,
+    )
+
+
+def compare(a: BacktestResult, b: BacktestResult) -> JobsonKorkie:
+    """Memmel-corrected Jobson-Korkie test of two runs' Sharpe ratios on their common bars."""
+    common, ia, ib = np.intersect1d(a.equity_ts_ns, b.equity_ts_ns, assume_unique=True, return_indices=True)
+    ea, eb = a.equity[ia], b.equity[ib]
+    return jobson_korkie_memmel(ea[1:] / ea[:-1] - 1.0, eb[1:] / eb[:-1] - 1.0)

@@ -1,0 +1,400 @@
+"""Performance metrics of one run: returns, risk ratios, drawdowns, trading activity.
+
+Inputs are what the backtester records: an equity curve sampled at bar ends (``ts_ns`` int64 ns,
+strictly increasing; ``equity`` float64, first point = initial capital at the run's first tick),
+the gross exposure at the same samples, per-fill notional and fee, and per-round-trip net pnl.
+
+Annualization comes from elapsed time, not from a fixed 252: bars exist only when ticks arrive,
+so a run's sampling is irregular (no bars overnight; the overnight move lands in the next bar's
+return). ``periods_per_year = n_returns / years`` is the average number of returns a year of this
+run would hold, which is what turns per-period mean and variance into yearly ones.
+
+Nothing here crashes on a degenerate run and nothing reports a number it cannot back: where a
+quantity is undefined (no variance, too few samples, no trades, no drawdown) it is ``nan`` and the
+docstring of the function says when. Note that ``msgspec.json`` encodes ``nan`` and ``inf`` as
+``null``; reports that need to tell them apart should format floats themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+
+YEAR_NS = 365.25 * 86_400 * 1e9  # Julian year: leap years average in, calendar-agnostic
+
+ArrayLike = np.ndarray | Sequence[float]
+
+# A spread of returns at or below this many ulps of (1 + |r|) is floating-point noise: returns are
+# ratios of equities, each carrying about one ulp of relative rounding, so a "constant" growth
+# curve such as 100, 110, 121 yields returns that differ by ~1e-17. Dividing by that noise would
+# report a Sharpe of 1e16; treating it as zero variance reports nan, which is the truth.
+_NOISE_ULPS = 16.0
+
+# Leverage at or below this counts as flat for ``time_in_market``: a position summed from fills in
+# float (0.1 + 0.2 - 0.3 lots) leaves residue of ~1e-17 of equity, and calling that "in the
+# market" would be a lie. A billionth of equity is far below any real position.
+FLAT_LEVERAGE = 1e-9
+
+
+class MetricsInputError(ValueError):
+    """An input array is malformed; the message names the argument and what to pass instead."""
+
+
+class Metrics(msgspec.Struct, kw_only=True):
+    """Summary of one run. ``nan`` means undefined for this run, never "zero" or "unknown bug".
+
+    Per-field definitions (r = per-period simple returns, ppy = ``periods_per_year``):
+
+    - ``total_return``: ``equity[-1] / equity[0] - 1``; nan for an empty curve.
+    - ``annualized_return``: ``(1 + total) ** (1 / years) - 1``, years = elapsed / ``YEAR_NS``;
+      nan with fewer than 2 samples, ``inf`` if the extrapolation of a very short run overflows.
+    - ``volatility``: ``std(r, ddof=1) * sqrt(ppy)``; nan with fewer than 2 returns.
+    - ``sharpe``, ``sortino``: see ``sharpe_ratio`` and ``sortino_ratio``.
+    - ``max_drawdown``, ``max_drawdown_duration_ns``: see ``max_drawdown``.
+    - ``calmar``: ``annualized_return / max_drawdown``; nan when there is no drawdown.
+    - ``turnover``: ``sum(fill notional) / equity[0]``; nan for an empty curve.
+    - ``hit_rate``: share of closed trades with pnl > 0 (a scratch trade is not a hit); nan
+      without trades.
+    - ``exposure``: time-weighted mean of ``gross_exposure / equity`` (average leverage);
+      ``time_in_market``: time-weighted share with ``gross_exposure > 0`` (above
+      ``FLAT_LEVERAGE * equity``, so float residue of a closed position is flat). Each sample's value is
+      held until the next sample (positions sampled at a bar end are what the run carries through
+      the next bar, overnight included). nan without ``gross_exposure`` or with no elapsed time.
+    - ``periods_per_year``: ``n_periods / years``; nan with fewer than 2 samples.
+    """
+
+    total_return: float
+    annualized_return: float
+    volatility: float
+    sharpe: float
+    sortino: float
+    max_drawdown: float
+    max_drawdown_duration_ns: int
+    calmar: float
+    turnover: float
+    hit_rate: float
+    trade_count: int
+    fill_count: int
+    fees_paid: float
+    exposure: float
+    time_in_market: float
+    periods_per_year: float
+    n_periods: int
+    elapsed_ns: int
+
+
+class JobsonKorkie(msgspec.Struct):
+    """Jobson-Korkie test of equal Sharpe ratios with Memmel's correction.
+
+    ``sharpe_a``/``sharpe_b`` are per-period (not annualized); ``z`` > 0 means a has the higher
+    Sharpe; ``p_value`` is two-sided.
+    """
+
+    z: float
+    p_value: float
+    sharpe_a: float
+    sharpe_b: float
+    correlation: float
+    n: int
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _float_array(x: ArrayLike, name: str, *, positive: bool = False, nonneg: bool = False) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MetricsInputError(f"{name} must be a 1-D array of numbers: {exc}") from None
+    if arr.ndim != 1:
+        raise MetricsInputError(f"{name} must be 1-D, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if positive:
+        bad |= arr <= 0
+        what = "finite and > 0"
+    elif nonneg:
+        bad |= arr < 0
+        what = "finite and >= 0"
+    else:
+        what = "finite"
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise MetricsInputError(f"{name} must be {what}: {name}[{i}] = {arr[i]!r}")
+    return arr
+
+
+def _ts_array(ts_ns: ArrayLike) -> np.ndarray:
+    arr = np.asarray(ts_ns)
+    if arr.ndim != 1:
+        raise MetricsInputError(f"ts_ns must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)  # np.asarray([]) is float64; an empty curve has no unit to get wrong
+    if arr.dtype.kind not in "iu":
+        raise MetricsInputError(
+            f"ts_ns must be integer nanoseconds, got dtype {arr.dtype}; "
+            "convert with engine.timestamps.to_ns"
+        )
+    if arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        raise MetricsInputError("ts_ns does not fit int64 nanoseconds")
+    arr = arr.astype(np.int64, copy=False)
+    steps = np.diff(arr)
+    if (steps <= 0).any():
+        i = int(np.flatnonzero(steps <= 0)[0]) + 1
+        raise MetricsInputError(
+            f"ts_ns must be strictly increasing: ts_ns[{i}] = {arr[i]} <= ts_ns[{i - 1}] = {arr[i - 1]}"
+        )
+    return arr
+
+
+def _same_length(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str, hint: str) -> None:
+    if a.shape != b.shape:
+        raise MetricsInputError(f"{a_name} has {a.size} entries but {b_name} has {b.size}; {hint}")
+
+
+def _check_ppy(ppy: float) -> float:
+    ppy = float(ppy)
+    if not (math.isfinite(ppy) and ppy > 0):
+        raise MetricsInputError(
+            f"periods_per_year must be finite and > 0, got {ppy!r}; compute it with periods_per_year(ts_ns)"
+        )
+    return ppy
+
+
+def _check_rf(risk_free_rate: float) -> float:
+    rf = float(risk_free_rate)
+    if not (math.isfinite(rf) and rf > -1):
+        raise MetricsInputError(f"risk_free_rate must be a finite annual rate > -1 (0.05 = 5%), got {rf!r}")
+    return rf
+
+
+def _per_period_rate(risk_free_rate: float, ppy: float) -> float:
+    rf = _check_rf(risk_free_rate)
+    # Compounded, not rf / ppy, so that ppy periods of rf_p grow exactly to 1 + rf.
+    return (1.0 + rf) ** (1.0 / ppy) - 1.0
+
+
+def _noise_floor(r: np.ndarray) -> float:
+    return _NOISE_ULPS * float(np.finfo(np.float64).eps) * (1.0 + float(np.max(np.abs(r))))
+
+
+# --- core ---------------------------------------------------------------------------------------
+
+
+def period_returns(equity: ArrayLike) -> np.ndarray:
+    """Simple returns ``equity[1:] / equity[:-1] - 1`` (empty for fewer than 2 samples)."""
+    e = _float_array(equity, "equity", positive=True)
+    return e[1:] / e[:-1] - 1.0
+
+
+def periods_per_year(ts_ns: ArrayLike) -> float:
+    """Returns per year implied by the sample times: ``(len(ts_ns) - 1) / years``.
+
+    nan with fewer than 2 samples (no elapsed time to annualize over).
+    """
+    ts = _ts_array(ts_ns)
+    if ts.size < 2:
+        return math.nan
+    elapsed_ns = int(ts[-1] - ts[0])
+    return (ts.size - 1) * YEAR_NS / elapsed_ns
+
+
+def sharpe_ratio(returns: ArrayLike, periods_per_year: float, risk_free_rate: float = 0.0) -> float:
+    """Annualized Sharpe ratio ``(mean(r) - rf_p) / std(r, ddof=1) * sqrt(periods_per_year)``.
+
+    ``risk_free_rate`` is annual; per period ``rf_p = (1 + rf) ** (1 / periods_per_year) - 1``.
+    nan with fewer than 2 returns or zero variance (a spread at floating-point noise level counts
+    as zero: a ratio over rounding noise would be an arbitrary huge number).
+    """
+    r = _float_array(returns, "returns")
+    ppy = _check_ppy(periods_per_year)
+    rf_p = _per_period_rate(risk_free_rate, ppy)
+    if r.size < 2:
+        return math.nan
+    sd = float(np.std(r, ddof=1))
+    if sd <= _noise_floor(r):
+        return math.nan
+    return (float(np.mean(r)) - rf_p) / sd * math.sqrt(ppy)
+
+
+def sortino_ratio(returns: ArrayLike, periods_per_year: float, risk_free_rate: float = 0.0) -> float:
+    """Annualized Sortino ratio ``(mean(r) - rf_p) / DD * sqrt(periods_per_year)``.
+
+    ``DD = sqrt(mean(min(r - rf_p, 0) ** 2))`` over all periods (periods above the target count as
+    zero shortfall, they are not dropped). Degenerate cases:
+
+    - fewer than 2 returns, or zero variance: nan (same rule as ``sharpe_ratio``, so the two
+      ratios are defined on the same runs);
+    - no downside (DD == 0) and mean excess > 0: ``inf``; mean excess == 0: nan.
+    """
+    r = _float_array(returns, "returns")
+    ppy = _check_ppy(periods_per_year)
+    rf_p = _per_period_rate(risk_free_rate, ppy)
+    if r.size < 2:
+        return math.nan
+    floor = _noise_floor(r)
+    if float(np.std(r, ddof=1)) <= floor:
+        return math.nan
+    excess = r - rf_p
+    mean_excess = float(np.mean(excess))
+    downside = float(np.sqrt(np.mean(np.minimum(excess, 0.0) ** 2)))
+    if downside <= floor:
+        return math.inf if mean_excess > floor else math.nan
+    return mean_excess / downside * math.sqrt(ppy)
+
+
+def max_drawdown(ts_ns: ArrayLike, equity: ArrayLike) -> tuple[float, int]:
+    """Deepest drawdown and longest underwater spell: ``(depth, duration_ns)``.
+
+    ``depth = max_t (1 - equity_t / running_max_t)``, a fraction in [0, 1) (0 when equity never
+    falls). ``duration_ns`` is the longest span from the last sample at a peak until the first
+    sample at or above that peak again, or until the last sample if it never gets back. The two
+    maxima may come from different drawdowns. An empty curve gives ``(nan, 0)``; a single sample
+    ``(0.0, 0)``.
+    """
+    ts = _ts_array(ts_ns)
+    e = _float_array(equity, "equity", positive=True)
+    _same_length(ts, "ts_ns", e, "equity", "pass one equity value per sample time")
+    if e.size == 0:
+        return math.nan, 0
+    peak = np.maximum.accumulate(e)
+    depth = float(np.max(1.0 - e / peak))
+    underwater = e < peak  # exact: a curve back at its peak to the last bit has recovered
+    if not underwater.any():
+        return depth, 0
+    edges = np.diff(np.concatenate(([0], underwater.view(np.int8), [0])))
+    first_under = np.flatnonzero(edges == 1)  # >= 1: sample 0 is its own peak
+    first_above = np.flatnonzero(edges == -1)  # first sample back at the peak; n if never
+    start_ns = ts[first_under - 1]
+    end_ns = ts[np.minimum(first_above, ts.size - 1)]
+    return depth, int(np.max(end_ns - start_ns))
+
+
+def _annualized(total: float, years: float) -> float:
+    try:
+        return (1.0 + total) ** (1.0 / years) - 1.0
+    except OverflowError:  # a big move over minutes extrapolates past float range
+        return math.inf
+
+
+def compute_metrics(
+    ts_ns: ArrayLike,
+    equity: ArrayLike,
+    *,
+    gross_exposure: ArrayLike | None = None,
+    fill_notional: ArrayLike = (),
+    fill_fee: ArrayLike = (),
+    trade_pnl: ArrayLike = (),
+    risk_free_rate: float = 0.0,
+) -> Metrics:
+    """All metrics of one run; see ``Metrics`` for each definition and its degenerate cases.
+
+    Raises ``MetricsInputError`` (a ``ValueError``) naming the argument when arrays differ in
+    length, times do not strictly increase, equity is not finite and positive, gross exposure or
+    notional is negative, or any value is NaN.
+    """
+    ts = _ts_array(ts_ns)
+    e = _float_array(equity, "equity", positive=True)
+    _same_length(ts, "ts_ns", e, "equity", "pass one equity value per sample time")
+    gx = None
+    if gross_exposure is not None:
+        gx = _float_array(gross_exposure, "gross_exposure", nonneg=True)
+        _same_length(gx, "gross_exposure", e, "equity", "pass one gross exposure per equity sample")
+    notional = _float_array(fill_notional, "fill_notional", nonneg=True)
+    fee = _float_array(fill_fee, "fill_fee")  # may be negative: maker rebates
+    _same_length(fee, "fill_fee", notional, "fill_notional", "pass one fee per fill (0.0 where free)")
+    pnl = _float_array(trade_pnl, "trade_pnl")
+    _check_rf(risk_free_rate)  # fail on a bad rate even where the run is too short to use it
+
+    n = int(e.size)
+    nan = math.nan
+    total = float(e[-1] / e[0] - 1.0) if n else nan
+    turnover = float(np.sum(notional) / e[0]) if n else nan
+    trade_count = int(pnl.size)
+    hit_rate = float(np.count_nonzero(pnl > 0) / trade_count) if trade_count else nan
+    depth, dd_ns = max_drawdown(ts, e)
+
+    annualized = vol = sharpe = sortino = calmar = exposure = in_market = ppy = nan
+    elapsed_ns = int(ts[-1] - ts[0]) if n else 0
+    if n >= 2:
+        years = elapsed_ns / YEAR_NS
+        ppy = (n - 1) * YEAR_NS / elapsed_ns  # as periods_per_year(ts), without re-validating
+        annualized = _annualized(total, years)
+        r = e[1:] / e[:-1] - 1.0
+        if r.size >= 2:
+            vol = float(np.std(r, ddof=1)) * math.sqrt(ppy)
+        sharpe = sharpe_ratio(r, ppy, risk_free_rate)
+        sortino = sortino_ratio(r, ppy, risk_free_rate)
+        if depth > 0:
+            calmar = annualized / depth
+        if gx is not None:
+            # Left-point rule: the exposure at a bar end is carried until the next sample.
+            dt = np.diff(ts).astype(np.float64)
+            leverage = gx[:-1] / e[:-1]
+            exposure = float(np.sum(leverage * dt) / elapsed_ns)
+            in_market = float(np.sum(dt[leverage > FLAT_LEVERAGE]) / elapsed_ns)
+
+    return Metrics(
+        total_return=total,
+        annualized_return=annualized,
+        volatility=vol,
+        sharpe=sharpe,
+        sortino=sortino,
+        max_drawdown=depth,
+        max_drawdown_duration_ns=dd_ns,
+        calmar=calmar,
+        turnover=turnover,
+        hit_rate=hit_rate,
+        trade_count=trade_count,
+        fill_count=int(notional.size),
+        fees_paid=float(np.sum(fee)),
+        exposure=exposure,
+        time_in_market=in_market,
+        periods_per_year=ppy,
+        n_periods=max(n - 1, 0),
+        elapsed_ns=elapsed_ns,
+    )
+
+
+def jobson_korkie_memmel(returns_a: ArrayLike, returns_b: ArrayLike) -> JobsonKorkie:
+    """Test H0: equal Sharpe ratios of two aligned return series (Jobson-Korkie 1981, Memmel 2003).
+
+    With per-period ``SR_i = mean_i / std_i`` (ddof=1), ``rho = corr(a, b)`` and T periods::
+
+        theta = (2 - 2 rho + 0.5 (SR_a^2 + SR_b^2 - 2 SR_a SR_b rho^2)) / T
+        z = (SR_a - SR_b) / sqrt(theta),  p = erfc(|z| / sqrt(2))   (two-sided)
+
+    Equal Sharpe ratios give ``z = 0, p = 1`` even where theta is 0 (identical series). A series
+    with zero variance has no Sharpe ratio: z, p and the correlation are nan. Raises
+    ``MetricsInputError`` for series of different length or shorter than 3.
+    """
+    a = _float_array(returns_a, "returns_a")
+    b = _float_array(returns_b, "returns_b")
+    if a.size != b.size:
+        raise MetricsInputError(
+            f"returns_a has {a.size} periods but returns_b has {b.size}; "
+            "pass both strategies' returns over the same periods (align on timestamps first)"
+        )
+    t = int(a.size)
+    if t < 3:
+        raise MetricsInputError(f"need at least 3 aligned periods for the Jobson-Korkie test, got {t}")
+    sd_a, sd_b = float(np.std(a, ddof=1)), float(np.std(b, ddof=1))
+    sr_a = float(np.mean(a)) / sd_a if sd_a > _noise_floor(a) else math.nan
+    sr_b = float(np.mean(b)) / sd_b if sd_b > _noise_floor(b) else math.nan
+    if math.isnan(sr_a) or math.isnan(sr_b):
+        return JobsonKorkie(math.nan, math.nan, sr_a, sr_b, math.nan, t)
+    # Covariance over the product of the same ddof=1 stds; clipped because rounding can push
+    # |rho| a hair past 1, which would make 2 - 2 rho negative for identical series.
+    cov = float(np.sum((a - a.mean()) * (b - b.mean()))) / (t - 1)
+    rho = min(1.0, max(-1.0, cov / (sd_a * sd_b)))
+    diff = sr_a - sr_b
+    theta = (2.0 - 2.0 * rho + 0.5 * (sr_a**2 + sr_b**2 - 2.0 * sr_a * sr_b * rho**2)) / t
+    if diff == 0.0:
+        z = 0.0
+    elif theta <= 0.0:  # unreachable exactly (rho == 1 leaves theta = diff^2 / 2T); guards underflow
+        z = math.copysign(math.inf, diff)
+    else:
+        z = diff / math.sqrt(theta)
+    return JobsonKorkie(z, math.erfc(abs(z) / math.sqrt(2.0)), sr_a, sr_b, rho, t)

@@ -1,0 +1,188 @@
+"""Run summary: the table printed after a backtest, and the files written by ``--out``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine import _core
+from engine.backtest import RESET_REASONS, BacktestResult
+from engine.metrics import JobsonKorkie
+
+_RULE = "-" * 78
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x * 100:+.2f}%"
+
+
+def _num(x: float, fmt: str = ".2f") -> str:
+    return "n/a" if not math.isfinite(x) else format(x, fmt)
+
+
+def _when(ts_ns: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(ns: int) -> str:
+    s = ns / 1e9
+    if s >= 86400:
+        return f"{s / 86400:.1f}d"
+    if s >= 3600:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 60:.1f}m"
+
+
+def metric_rows(r: BacktestResult) -> list[tuple[str, str]]:
+    m = r.metrics
+    return [
+        ("total return", _pct(m.total_return)),
+        ("annualized return", _pct(m.annualized_return)),
+        ("volatility (ann.)", _pct(m.volatility)),
+        ("Sharpe", _num(m.sharpe)),
+        ("Sortino", _num(m.sortino)),
+        ("max drawdown", _pct(-m.max_drawdown)),
+        ("max DD duration", _duration(m.max_drawdown_duration_ns)),
+        ("Calmar", _num(m.calmar)),
+        ("turnover (x capital)", _num(m.turnover, ".1f")),
+        ("hit rate", _pct(m.hit_rate).lstrip("+")),
+        ("trades", f"{m.trade_count:,}"),
+        ("fills", f"{m.fill_count:,}"),
+        ("fees paid", f"{m.fees_paid:,.2f}"),
+        ("exposure (avg gross/equity)", _num(m.exposure)),
+        ("time in market", _pct(m.time_in_market).lstrip("+")),
+    ]
+
+
+def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None) -> str:
+    r = results[0]
+    src = r.source
+    lines = [
+        f"nextick backtest: {len(r.instruments)} instruments ({', '.join(r.instruments[:6])}"
+        f"{', ...' if len(r.instruments) > 6 else ''}), source {src.source}",
+    ]
+    if len(r.equity_ts_ns):
+        lines.append(f"period       {_when(int(r.equity_ts_ns[0]))} .. {_when(int(r.equity_ts_ns[-1]))} UTC")
+    unit = f", timestamps in {src.ts_unit} ({'detected' if src.ts_unit_detected else 'given'})" if src.ts_unit else ""
+    lines += [
+        f"data         {r.quotes_in:,} quotes -> {r.ticks:,} ticks (interval {r.config.interval}){unit}",
+        f"execution    latency {r.config.latency_ns:,} ns, fee {r.config.fee_bps:g} bps"
+        f"{f' + {r.config.fee_per_fill:g}/fill' if r.config.fee_per_fill else ''}, fills at the next tick"
+        f"{', size-capped' if r.config.size_cap else ''}{', flatten at close' if r.config.flatten_at_close else ''}",
+        _RULE,
+    ]
+    names = [x.strategy for x in results]
+    width = max(14, *(len(n) + 2 for n in names))
+    lines.append(f"{'metric':<28}" + "".join(f"{n:>{width}}" for n in names))
+    table = [metric_rows(x) for x in results]
+    for k, (label, _) in enumerate(table[0]):
+        lines.append(f"{label:<28}" + "".join(f"{t[k][1]:>{width}}" for t in table))
+    if jk is not None:
+        lines.append(
+            f"Jobson-Korkie (Memmel) {names[0]} vs {names[1]}: z = {_num(jk.z)}, p = {_num(jk.p_value, '.3f')} "
+            f"over {jk.n:,} bars"
+        )
+    for x in results:
+        if x.ruined_at_ns is not None:
+            lines.append(
+                f"CAPITAL EXHAUSTED: {x.strategy} equity reached {x.equity[x.equity <= 0][0]:,.2f} at "
+                f"{_when(x.ruined_at_ns)} UTC; its metrics cover the run until then. Lower the notional or fees."
+            )
+    lines.append(_RULE)
+    c = r.counters
+    slip = float(np.mean(r.fills["slippage_bps"])) if len(r.fills) else float("nan")
+    lines += [
+        f"orders       {c['orders']:,} sent, {c['orders_replaced']:,} replaced; cancelled: "
+        f"{c['cancelled_session_close']:,} at close, {c['cancelled_reset']:,} on reset, "
+        f"{c['cancelled_remainder']:,} remainders, {c['cancelled_end']:,} at end",
+        f"fills        {len(r.fills):,}, mean slippage vs decision mid {_num(slip)} bps"
+        + (f", flatten missed {c['flatten_missed']:,}" if r.config.flatten_at_close else ""),
+        "resets       " + ", ".join(f"{k} {c['resets'][k]:,}" for k in RESET_REASONS),
+        f"sessions     {c['ticks_in_session']:,} ticks in session, {c['ticks_outside_session']:,} outside (ignored)",
+        "quarantined  "
+        + (
+            ", ".join(f"{k} {v:,}" for k, v in sorted(src.quarantined.items())) + f" (of {src.rows_read:,} rows read)"
+            if src.quarantined
+            else f"none (of {src.rows_read:,} rows read)"
+        ),
+        f"speed        {r.quotes_per_s:,.0f} quotes/s end to end ({r.wall_s:.2f} s); "
+        f"core loop {r.core_ticks_per_s:,.0f} ticks/s",
+    ]
+    return "\n".join(lines)
+
+
+def _structured_table(arr: np.ndarray, symbols: list[str], extra: dict[str, Any] | None = None) -> pa.Table:
+    cols = {name: arr[name] for name in arr.dtype.names}
+    if "instrument" in cols:
+        sym = np.asarray(symbols, dtype=object)
+        cols["symbol"] = sym[cols["instrument"].astype(np.int64)] if len(arr) else np.empty(0, dtype=object)
+    cols.update(extra or {})
+    return pa.table({k: pa.array(v) for k, v in cols.items()})
+
+
+def summary_dict(r: BacktestResult, jk: JobsonKorkie | None = None) -> dict[str, Any]:
+    d = {
+        "strategy": r.strategy,
+        "instruments": r.instruments,
+        "config": msgspec.to_builtins(r.config),
+        "metrics": msgspec.to_builtins(r.metrics),
+        "counters": r.counters,
+        "source": msgspec.to_builtins(r.source),
+        "quotes_in": r.quotes_in,
+        "ticks": r.ticks,
+        "wall_s": r.wall_s,
+        "core_s": r.core_s,
+        "quotes_per_s": r.quotes_per_s,
+        "fill_hash": r.fill_hash(),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "core": _core.build_info()},
+    }
+    if jk is not None:
+        d["jobson_korkie"] = msgspec.to_builtins(jk)
+    return d
+
+
+def _finite_json(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite_json(v) for v in x]
+    return x
+
+
+def write_outputs(out_dir: Path, results: list[BacktestResult], jk: JobsonKorkie | None = None) -> list[Path]:
+    """fills, trades, resets and equity as Parquet, the summary as JSON; one subfolder per strategy
+    when several ran."""
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    summaries = []
+    for r in results:
+        d = out_dir / r.strategy if len(results) > 1 else out_dir
+        d.mkdir(parents=True, exist_ok=True)
+        reason = np.asarray(RESET_REASONS, dtype=object)
+        tables = {
+            "fills": _structured_table(r.fills, r.instruments),
+            "trades": _structured_table(r.trades, r.instruments),
+            "resets": _structured_table(
+                r.resets, r.instruments, {"reason_name": reason[r.resets["reason"].astype(np.int64)] if len(r.resets) else np.empty(0, object)}
+            ),
+            "equity": pa.table({"ts_ns": r.equity_ts_ns, "equity": r.equity, "gross_exposure": r.gross_exposure}),
+        }
+        for name, t in tables.items():
+            pq.write_table(t, d / f"{name}.parquet")
+            written.append(d / f"{name}.parquet")
+        s = summary_dict(r, jk)
+        summaries.append(s)
+        (d / "summary.json").write_text(json.dumps(_finite_json(s), indent=2))
+        written.append(d / "summary.json")
+    return written

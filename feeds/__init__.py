@@ -1,0 +1,1 @@
+"""Quote sources: the synthetic market, file replay readers, (later) live venue clients."""

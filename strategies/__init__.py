@@ -1,0 +1,1 @@
+"""Strategies: the interface (``strategies.base``) and the built-ins."""
