@@ -144,8 +144,8 @@ PYBIND11_MODULE(_core, m) {
                  p.exit_z = exit_z;
                  b.set_strategy(p);
              },
-             py::arg("kind"), py::kw_only(), py::arg("notional") = 100000.0, py::arg("fast_span") = 20.0,
-             py::arg("slow_span") = 100.0, py::arg("span") = 100.0, py::arg("entry_z") = 2.0,
+             py::arg("kind"), py::kw_only(), py::arg("notional") = 100000.0, py::arg("fast_span") = 120.0,
+             py::arg("slow_span") = 480.0, py::arg("span") = 100.0, py::arg("entry_z") = 2.0,
              py::arg("exit_z") = 0.5)
         .def("request_reset", &Backtester::request_reset, py::arg("instrument"), py::arg("at_ns") = INT64_MIN,
              "MANUAL reset, applied at the instrument's first in-session tick at or after at_ns.")

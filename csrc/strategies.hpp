@@ -20,8 +20,8 @@ enum class StrategyKind : uint8_t { kBuyHold = 0, kMomentum = 1, kMeanReversion 
 struct StrategyParams {
     StrategyKind kind = StrategyKind::kMomentum;
     double notional = 100000.0;  // currency per instrument at entry
-    double fast_span = 20.0;     // momentum: fast EMA span (ticks)
-    double slow_span = 100.0;    // momentum: slow EMA span (ticks)
+    double fast_span = 120.0;    // momentum: fast EMA span (ticks)
+    double slow_span = 480.0;    // momentum: slow EMA span (ticks)
     double span = 100.0;         // mean reversion: EMA span of mid and of its variance (ticks)
     double entry_z = 2.0;        // mean reversion: |z| to enter (against the move)
     double exit_z = 0.5;         // mean reversion: |z| under which to go flat

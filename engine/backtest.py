@@ -37,7 +37,7 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
 
     strategy: str = "momentum"  # a built-in name, or "package.module:Class" for a Python strategy
     strategy_params: dict[str, Any] = msgspec.field(default_factory=dict)
-    interval: str = "100ms"  # conflation: "100ms", "1s" or "raw"
+    interval: str = "1s"  # conflation: "100ms", "1s" or "raw"
     latency_ns: int = 0  # decision to order-active delay
     fee_bps: float = 1.0
     fee_per_fill: float = 0.0

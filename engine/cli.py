@@ -22,7 +22,7 @@ examples:
   nextick backtest --data ../shared/data/fx/dukascopy_EURUSD_2019-02-04_48h.csv.gz \\
       --columns ts=ts_ms_utc,bid=bid,ask=ask,bid_sz=bid_volume,ask_sz=ask_volume,symbol=symbol \\
       --tick-size 0.00001 --calendar 24x7 --interval 1s
-  nextick backtest --strategy strategies.ema_cross:EmaCross --param fast_span=20 --param slow_span=100
+  nextick backtest --strategy strategies.ema_cross:EmaCross --param fast_span=60 --param slow_span=240
 
 Strategies: momentum, mean_reversion, buy_hold (built into the C++ loop), or any Python class
 "package.module:Class" subclassing strategies.base.Strategy (--param values go to its constructor).
@@ -95,7 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
     strat.add_argument("--compare", metavar="STRATEGY",
                        help="also run this strategy (default parameters) on the same data and test the Sharpe difference")
     ex = b.add_argument_group("execution")
-    ex.add_argument("--interval", default="100ms", choices=["100ms", "1s", "raw"], help="conflation interval (default 100ms)")
+    ex.add_argument("--interval", default="1s", choices=["100ms", "1s", "raw"], help="conflation interval (default 1s)")
     ex.add_argument("--latency-ns", type=int, default=0, help="decision to order-active delay in ns (default 0)")
     ex.add_argument("--fee-bps", type=float, default=1.0, help="fee in basis points of notional per fill (default 1)")
     ex.add_argument("--fee-per-fill", type=float, default=0.0, help="fixed fee per fill, currency (default 0)")

@@ -46,3 +46,26 @@ def empty_quotes(n: int) -> np.ndarray:
 
 def mid_px(quotes: np.ndarray) -> np.ndarray:
     return 0.5 * (quotes["bid_px"] + quotes["ask_px"])
+
+
+# numpy moves structured records field by field in fancy indexing and concatenate: several times
+# slower than memcpy, and it leaves the padding bytes of the result uninitialized, so identical data
+# could differ byte for byte. Quote rows are therefore moved as opaque 64-byte records.
+def as_rows(quotes: np.ndarray) -> np.ndarray:
+    """The quotes viewed as opaque 64-byte records (contiguous)."""
+    quotes = np.ascontiguousarray(quotes)
+    return quotes.view(np.dtype((np.void, quotes.dtype.itemsize)))
+
+
+def take_rows(quotes: np.ndarray, sel: np.ndarray | slice | None = None) -> np.ndarray:
+    """``quotes[sel]`` (all rows when None) as a new array, at memcpy speed."""
+    v = as_rows(quotes)
+    out = v.copy() if sel is None else v[sel]
+    if isinstance(sel, slice):
+        out = out.copy()
+    return out.view(quotes.dtype)
+
+
+def concat_rows(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)`` for quote arrays, at memcpy speed."""
+    return np.concatenate([as_rows(p) for p in parts]).view(parts[0].dtype)

@@ -21,8 +21,8 @@ from engine.metrics import JobsonKorkie
 _RULE = "-" * 78
 
 
-def _pct(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else f"{x * 100:+.2f}%"
+def _pct(x: float, sign: str = "+") -> str:
+    return "n/a" if not math.isfinite(x) else f"{x * 100:{sign}.2f}%"
 
 
 def _num(x: float, fmt: str = ".2f") -> str:
@@ -47,19 +47,19 @@ def metric_rows(r: BacktestResult) -> list[tuple[str, str]]:
     return [
         ("total return", _pct(m.total_return)),
         ("annualized return", _pct(m.annualized_return)),
-        ("volatility (ann.)", _pct(m.volatility)),
+        ("volatility (ann.)", _pct(m.volatility, "")),
         ("Sharpe", _num(m.sharpe)),
         ("Sortino", _num(m.sortino)),
         ("max drawdown", _pct(-m.max_drawdown)),
         ("max DD duration", _duration(m.max_drawdown_duration_ns)),
         ("Calmar", _num(m.calmar)),
         ("turnover (x capital)", _num(m.turnover, ".1f")),
-        ("hit rate", _pct(m.hit_rate).lstrip("+")),
+        ("hit rate", _pct(m.hit_rate, "")),
         ("trades", f"{m.trade_count:,}"),
         ("fills", f"{m.fill_count:,}"),
         ("fees paid", f"{m.fees_paid:,.2f}"),
         ("exposure (avg gross/equity)", _num(m.exposure)),
-        ("time in market", _pct(m.time_in_market).lstrip("+")),
+        ("time in market", _pct(m.time_in_market, "")),
     ]
 
 

@@ -45,13 +45,19 @@ def detect_unit(values: np.ndarray, *, source: str = "input") -> str:
 def to_ns(values: np.ndarray, unit: str) -> np.ndarray:
     """Convert epoch timestamps in ``unit`` to int64 nanoseconds.
 
-    Integers are scaled exactly; floats (e.g. 1.7e9 seconds with a fraction) are rounded to the
-    nearest nanosecond after scaling in float64, which keeps microsecond precision for current dates.
+    Integers are scaled exactly (an overflowing value raises). Floats are split into whole units
+    and fraction before scaling: 1.7e9 s times 1e9 in one float64 product would round to 256 ns,
+    while the split keeps whatever precision the float itself holds.
     """
     if unit not in NS_PER:
         raise TimestampUnitError(f"unknown timestamp unit {unit!r}; use one of {', '.join(UNITS)}")
     v = np.asarray(values)
     scale = NS_PER[unit]
+    limit = np.iinfo(np.int64).max // scale
+    if v.size and np.nanmax(np.abs(v.astype(np.float64))) >= limit:
+        raise TimestampUnitError(f"timestamps beyond {limit} {unit} overflow int64 nanoseconds; check the unit")
     if v.dtype.kind in "iu":
         return v.astype(np.int64) * np.int64(scale)
-    return np.rint(v.astype(np.float64) * scale).astype(np.int64)
+    f = v.astype(np.float64)
+    whole = np.trunc(f)
+    return whole.astype(np.int64) * np.int64(scale) + np.rint((f - whole) * scale).astype(np.int64)

@@ -19,7 +19,7 @@ import time
 import msgspec
 import numpy as np
 
-from engine.quote import QUOTE_DTYPE
+from engine.quote import QUOTE_DTYPE, concat_rows, take_rows
 from feeds.source import SourceStats
 
 RULES = (
@@ -52,27 +52,6 @@ _SIZE_FIELDS = ("bid_sz", "ask_sz")
 _VALUE_FIELDS = _PRICE_FIELDS + _SIZE_FIELDS
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
-
-
-def _void(quotes: np.ndarray) -> np.ndarray:
-    """The rows as opaque 64-byte records: numpy copies, gathers and concatenates those with
-    memcpy, while the structured dtype (it has padding) goes field by field, several times slower."""
-    quotes = np.ascontiguousarray(quotes)
-    return quotes.view(np.dtype((np.void, quotes.dtype.itemsize)))
-
-
-def take_rows(quotes: np.ndarray, sel: np.ndarray | slice | None = None) -> np.ndarray:
-    """``quotes[sel]`` (all rows when None) as a new array, at memcpy speed."""
-    v = _void(quotes)
-    out = v.copy() if sel is None else v[sel]
-    if isinstance(sel, slice):
-        out = out.copy()
-    return out.view(quotes.dtype)
-
-
-def concat_rows(parts: list[np.ndarray]) -> np.ndarray:
-    """``np.concatenate(parts)`` for quote arrays, at memcpy speed."""
-    return np.concatenate([_void(p) for p in parts]).view(parts[0].dtype)
 
 
 class BadInputError(ValueError):

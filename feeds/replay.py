@@ -29,9 +29,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, QuoteFlag
+from engine.quote import QUOTE_DTYPE, QuoteFlag, as_rows, take_rows
 from engine.timestamps import NS_PER, UNITS, detect_unit, to_ns
-from engine.validate import BadInputError, QuoteValidator, ValidationPolicy, take_rows
+from engine.validate import BadInputError, QuoteValidator, ValidationPolicy
 from feeds.source import SourceStats
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz")
@@ -619,12 +619,12 @@ class _Coalescer:
         if self.n == 0 and len(arr) == self.chunk_rows:
             yield arr  # already a whole chunk
             return
-        src = _void_rows(arr)
+        src = as_rows(arr)
         while len(src):
             if self.buf is None:
                 self.buf = np.empty(self.chunk_rows, dtype=QUOTE_DTYPE)
             take = min(self.chunk_rows - self.n, len(src))
-            _void_rows(self.buf)[self.n : self.n + take] = src[:take]
+            as_rows(self.buf)[self.n : self.n + take] = src[:take]
             self.n += take
             src = src[take:]
             if self.n == self.chunk_rows:
@@ -636,11 +636,6 @@ class _Coalescer:
             out = take_rows(self.buf, slice(0, self.n))  # exact size, not a view pinning the buffer
             self.buf, self.n = None, 0
             yield out
-
-
-def _void_rows(quotes: np.ndarray) -> np.ndarray:
-    """Rows as opaque 64-byte records, which numpy moves with memcpy (see engine.validate)."""
-    return np.ascontiguousarray(quotes).view(np.dtype((np.void, quotes.dtype.itemsize)))
 
 
 # -- value conversion -----------------------------------------------------------------------------
@@ -881,11 +876,7 @@ class _TsColumn:
             use = ~np.isnan(floats) if whole is not None else np.ones(n, bool)
             f = np.where(use & np.isfinite(floats) & (np.abs(floats) < limit), floats, 0.0)
             out_of_range = use & np.isfinite(floats) & (np.abs(floats) >= limit)
-            # Whole units and the fraction apart: scaling 1.7e9 s by 1e9 in one float64 product
-            # would round to 256 ns.
-            fw = np.trunc(f)
-            fns = fw.astype(np.int64) * np.int64(scale) + np.rint((f - fw) * scale).astype(np.int64)
-            ns = np.where(use, fns, ns)
+            ns = np.where(use, to_ns(f, self.unit), ns)
             if out_of_range.any():
                 bad = out_of_range if bad is None else bad | out_of_range
         return ns, (bad if bad is not None and bad.any() else None)

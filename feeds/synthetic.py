@@ -103,7 +103,7 @@ import numpy as np
 
 from engine.calendar import SessionCalendar
 from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE
+from engine.quote import QUOTE_DTYPE, concat_rows, take_rows
 from feeds.source import SourceStats
 
 SECOND_NS = 1_000_000_000
@@ -272,20 +272,6 @@ def _ou_step(x: np.ndarray | float, theta_dt: float, sd: float, z: np.ndarray | 
     return x * math.exp(-theta_dt) + sd * math.sqrt(-math.expm1(-2.0 * theta_dt)) * z
 
 
-# numpy copies structured records field by field in fancy indexing and concatenate, leaving the
-# padding bytes of the result uninitialized; the output must be identical byte for byte on every
-# run, so rows are moved as opaque records.
-_ROW = np.dtype((np.void, QUOTE_DTYPE.itemsize))
-
-
-def _take_rows(q: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return q.view(_ROW)[idx].view(QUOTE_DTYPE)
-
-
-def _concat_rows(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([p.view(_ROW) for p in parts]).view(QUOTE_DTYPE)
-
-
 class _Latent:
     """State carried between blocks, sessions and nights."""
 
@@ -337,6 +323,9 @@ class SyntheticMarket:
         )
         self.stats = SourceStats(source=f"synthetic(seed={cfg.seed})", ts_unit="ns")
         self.opens_ns, self.closes_ns = self._session_bounds()
+        # Poisson mean of the row count, for progress display (outages make the real count lower).
+        session_s = float((self.closes_ns - self.opens_ns).sum()) / SECOND_NS
+        self.expected_rows = int(n * cfg.quote_rate_hz * session_s)
 
         rng = self._rng(_KEY_STATIC)
         lo, hi = np.log(cfg.base_px)
@@ -422,7 +411,7 @@ class SyntheticMarket:
 
     def _assemble(self, k: int, parts: list[_Piece]) -> SyntheticSession:
         return SyntheticSession(
-            quotes=_concat_rows([p.quotes for p in parts]),
+            quotes=concat_rows([p.quotes for p in parts]),
             fair_px=np.concatenate([p.fair_px for p in parts]),
             oracle_ret=np.concatenate([p.oracle_ret for p in parts]),
             open_ns=int(self.opens_ns[k]),
@@ -489,9 +478,9 @@ class SyntheticMarket:
                     # Rows of the previous block received after b0 interleave only with this
                     # block's first few hundred microseconds: merge that head, not the block.
                     head = int(np.searchsorted(q["ts_recv"], pending[0]["ts_recv"][-1], side="right"))
-                    hq = _concat_rows([pending[0], q[:head]])
+                    hq = concat_rows([pending[0], q[:head]])
                     order = np.argsort(hq["ts_recv"], kind="stable")
-                    q = _concat_rows([_take_rows(hq, order), q[head:]])
+                    q = concat_rows([take_rows(hq, order), q[head:]])
                     fair = np.concatenate([np.concatenate([pending[1], fair[:head]])[order], fair[head:]])
                     oracle = np.concatenate([np.concatenate([pending[2], oracle[:head]])[order], oracle[head:]])
                 if last:

@@ -11,8 +11,8 @@ class BuiltinSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: str
     notional: float | None = None
-    fast_span: float = 20.0  # momentum: fast EMA span, ticks
-    slow_span: float = 100.0  # momentum: slow EMA span, ticks
+    fast_span: float = 120.0  # momentum: fast EMA span, ticks
+    slow_span: float = 480.0  # momentum: slow EMA span, ticks
     span: float = 100.0  # mean_reversion: EMA span of mid and its variance, ticks
     entry_z: float = 2.0  # mean_reversion: enter against a move beyond this z-score
     exit_z: float = 0.5  # mean_reversion: go flat under this |z|

@@ -16,7 +16,7 @@ from strategies.base import Strategy, TickBatch
 class EmaCross(Strategy):
     name = "ema_cross"
 
-    def __init__(self, fast_span: float = 20.0, slow_span: float = 100.0, notional: float | None = None) -> None:
+    def __init__(self, fast_span: float = 120.0, slow_span: float = 480.0, notional: float | None = None) -> None:
         self.a_fast = 2.0 / (fast_span + 1.0)
         self.a_slow = 2.0 / (slow_span + 1.0)
         self.notional = notional

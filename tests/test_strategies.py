@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import MS, S, T0, Scripted, quotes, run, table
+from conftest import MS, S, T0, quotes, run, table
 from engine.backtest import BacktestConfig, load_strategy, run_backtest
 from engine.quote import QUOTE_DTYPE
 from feeds.memory import ArraySource
