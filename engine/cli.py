@@ -81,7 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="session calendar: 24x7, XNYS, CME, FX or 'HH:MM-HH:MM Zone Days' (default: 24x7 for files, "
                       "XNYS for the synthetic market)")
     inst.add_argument("--gap-s", type=float, default=60.0, help="silence inside a session that resets state (default 60 s)")
-    inst.add_argument("--warmup-ticks", type=int, default=50, help="ticks after a reset before positions may open (default 50)")
+    inst.add_argument("--warmup-ticks", type=int, default=None,
+                      help="ticks after a reset before positions may open, for every instrument (default: 50)")
     syn = b.add_argument_group("synthetic market")
     syn.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     syn.add_argument("--n-instruments", type=int, default=3, help="number of instruments (default 3)")
@@ -142,7 +143,6 @@ def _source(args: argparse.Namespace):
         lot_size=args.lot_size,
         calendar=args.calendar or "24x7",
         gap_ns=int(args.gap_s * SECOND_NS),
-        warmup_ticks=args.warmup_ticks,
     )
     return FileReplay(
         args.data,
@@ -177,6 +177,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             initial_capital=args.capital,
             bar_ns=int(args.bar_s * SECOND_NS),
             risk_free_rate=args.risk_free_rate,
+            warmup_ticks=args.warmup_ticks,
         )
 
     runs = [(args.strategy, dict(args.param))]
