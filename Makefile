@@ -28,15 +28,14 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Build tools live in the venv so the core rebuilds incrementally without build isolation.
-$(DEPS_STAMP): pyproject.toml | $(PY)
+$(DEPS_STAMP): | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
-	$(PY) -m pip install --quiet numpy msgspec websockets uvloop pyarrow tzdata \
-		"pytest>=8" "pytest-benchmark>=4" "hypothesis>=6.100"
 	touch $@
 
+# Runtime and test dependencies come from pyproject.toml; the editable install builds engine._core.
 $(CORE_STAMP): $(DEPS_STAMP) $(CORE_SRC)
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps --editable .
+	$(PY) -m pip install --quiet --no-build-isolation --editable ".[test]"
 	$(PY) -c "import engine._core as c; print('nextick core', c.build_info())"
 	touch $@
 

@@ -1,9 +1,28 @@
-"""Benchmarks: figures are reported (extra_info, printed), never asserted."""
+"""Benchmarks: figures are reported (extra_info, printed, ratios at the end), never asserted."""
 
 from __future__ import annotations
 
 import os
 import platform
+
+_RATES: dict[str, dict[str, float]] = {}
+
+
+def record_rate(group: str, variant: str, rate: float) -> None:
+    """Keep a throughput so the session summary can print ratios within one run."""
+    _RATES.setdefault(group, {})[variant] = rate
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RATES:
+        return
+    tr = terminalreporter
+    tr.section("throughput ratios (same run)")
+    for group, rates in _RATES.items():
+        ref_name, ref = next(iter(rates.items()))
+        for name, rate in rates.items():
+            if name != ref_name:
+                tr.write_line(f"{group}: {ref_name} / {name} = {ref / rate:,.1f}x  ({ref:,.0f} vs {rate:,.0f} quotes/s)")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -116,8 +116,12 @@ def load_strategy(spec: str, params: dict[str, Any]) -> Strategy:
     return strategy
 
 
-class _Engine:
-    """The core plus the bookkeeping that keeps it in step with a growing stream."""
+class Engine:
+    """The core plus the bookkeeping that keeps it in step with a growing stream.
+
+    ``run_backtest`` is the usual entry point; benchmarks drive an Engine directly to time the tick
+    loop alone, without the source and conflator.
+    """
 
     def __init__(self, config: BacktestConfig, instruments: InstrumentTable, strategy: Strategy | None) -> None:
         c = config
@@ -216,7 +220,7 @@ def run_backtest(
     if strategy is None and config.strategy not in BUILTINS:
         strategy = load_strategy(config.strategy, config.strategy_params)
     strategy_name = strategy.name if strategy is not None else config.strategy
-    engine = _Engine(config, source.instruments, strategy)
+    engine = Engine(config, source.instruments, strategy)
     interval_ns = INTERVALS_NS[config.interval]
     conflator = _core.Conflator(interval_ns) if interval_ns else None
 

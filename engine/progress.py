@@ -38,6 +38,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        if self.total:
+            self.total = self.done  # the total was an estimate; the run is complete
         if self.enabled:
             self._draw(time.perf_counter())
             self.stream.write("\n")
