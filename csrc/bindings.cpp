@@ -49,8 +49,7 @@ StrategyKind parse_kind(const std::string& name) {
     if (name == "momentum") return StrategyKind::kMomentum;
     if (name == "mean_reversion") return StrategyKind::kMeanReversion;
     if (name == "buy_hold") return StrategyKind::kBuyHold;
-    if (name == "python") return StrategyKind::kPython;
-    throw py::value_error("unknown built-in strategy '" + name + "'; use momentum, mean_reversion, buy_hold or python");
+    throw py::value_error("unknown built-in strategy '" + name + "'; use momentum, mean_reversion or buy_hold");
 }
 
 }  // namespace
@@ -144,9 +143,16 @@ PYBIND11_MODULE(_core, m) {
                  p.exit_z = exit_z;
                  b.set_strategy(p);
              },
-             py::arg("kind"), py::kw_only(), py::arg("notional") = 100000.0, py::arg("fast_span") = 120.0,
-             py::arg("slow_span") = 480.0, py::arg("span") = 100.0, py::arg("entry_z") = 2.0,
-             py::arg("exit_z") = 0.5)
+             // No defaults here: strategies.builtin.BuiltinSpec is the one place they live.
+             py::arg("kind"), py::kw_only(), py::arg("notional"), py::arg("fast_span"), py::arg("slow_span"),
+             py::arg("span"), py::arg("entry_z"), py::arg("exit_z"))
+        .def("set_python_strategy",
+             [](Backtester& b) {
+                 StrategyParams p;
+                 p.kind = StrategyKind::kPython;
+                 b.set_strategy(p);
+             },
+             "Decisions come from run_batched's callback; run() is refused.")
         .def("request_reset", &Backtester::request_reset, py::arg("instrument"), py::arg("at_ns") = INT64_MIN,
              "MANUAL reset, applied at the instrument's first in-session tick at or after at_ns.")
         .def("run",

@@ -148,7 +148,7 @@ class Engine:
     def _start(self) -> None:
         n = max(len(self.instruments), 1)
         if self.strategy is not None:
-            self.core.set_strategy("python")
+            self.core.set_python_strategy()
             self.strategy.on_start(self.instruments, initial_capital=self.config.initial_capital)
         else:
             spec = builtin_spec(self.config.strategy, self.config.strategy_params)

@@ -21,7 +21,7 @@ examples:
   nextick backtest --strategy mean_reversion --compare momentum --out runs/mr
   nextick backtest --data ../shared/data/fx/dukascopy_EURUSD_2019-02-04_48h.csv.gz \\
       --columns ts=ts_ms_utc,bid=bid,ask=ask,bid_sz=bid_volume,ask_sz=ask_volume,symbol=symbol \\
-      --tick-size 0.00001 --calendar 24x7 --interval 1s
+      --tick-size 0.00001 --lot-size 1000 --calendar FX --capital 100000
   nextick backtest --strategy strategies.ema_cross:EmaCross --param fast_span=60 --param slow_span=240
 
 Strategies: momentum, mean_reversion, buy_hold (built into the C++ loop), or any Python class

@@ -11,12 +11,17 @@ import numpy as np
 
 from engine.instrument import InstrumentTable
 from strategies.base import Strategy, TickBatch
+from strategies.builtin import BuiltinSpec
+
+_MOMENTUM = BuiltinSpec(kind="momentum")
 
 
 class EmaCross(Strategy):
     name = "ema_cross"
 
-    def __init__(self, fast_span: float = 120.0, slow_span: float = 480.0, notional: float | None = None) -> None:
+    def __init__(
+        self, fast_span: float = _MOMENTUM.fast_span, slow_span: float = _MOMENTUM.slow_span, notional: float | None = None
+    ) -> None:
         self.a_fast = 2.0 / (fast_span + 1.0)
         self.a_slow = 2.0 / (slow_span + 1.0)
         self.notional = notional
