@@ -6,11 +6,13 @@ import os
 import platform
 
 _RATES: dict[str, dict[str, float]] = {}
+_UNITS: dict[str, str] = {}
 
 
-def record_rate(group: str, variant: str, rate: float) -> None:
+def record_rate(group: str, variant: str, rate: float, unit: str = "quotes/s") -> None:
     """Keep a throughput so the session summary can print ratios within one run."""
     _RATES.setdefault(group, {})[variant] = rate
+    _UNITS[group] = unit
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -22,7 +24,7 @@ def pytest_terminal_summary(terminalreporter):
         ref_name, ref = next(iter(rates.items()))
         for name, rate in rates.items():
             if name != ref_name:
-                tr.write_line(f"{group}: {ref_name} / {name} = {ref / rate:,.1f}x  ({ref:,.0f} vs {rate:,.0f} quotes/s)")
+                tr.write_line(f"{group}: {ref_name} / {name} = {ref / rate:,.1f}x  ({ref:,.0f} vs {rate:,.0f} {_UNITS[group]})")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -44,7 +45,9 @@ uint32_t Backtester::add_instrument(const InstrumentSpec& spec) {
     trade_fills_.push_back(0);
     outside_.push_back(0);
     in_batch_.push_back(0);
+    feat_.emplace_back();
     strat_.resize(n);
+    if (sig_.model) sig_.model->grow(static_cast<int>(n));
     return static_cast<uint32_t>(n - 1);
 }
 
@@ -56,6 +59,77 @@ void Backtester::add_sessions(uint32_t i, const int64_t* opens, const int64_t* c
 }
 
 void Backtester::set_strategy(const StrategyParams& p) { strat_.configure(p); }
+
+void Backtester::set_model(const SignalModel& m) {
+    if (!m.model) throw std::invalid_argument("set_model: no model");
+    if (m.model->config().n_features != kNumFeatures)
+        throw std::invalid_argument("set_model: the model takes " + std::to_string(m.model->config().n_features) +
+                                    " features; the engine computes " + std::to_string(kNumFeatures));
+    if (m.model->config().n_out != 1)
+        throw std::invalid_argument("set_model: the signal reads one output (predicted return); the model has " +
+                                    std::to_string(m.model->config().n_out));
+    for (int k = 0; k < kNumFeatures; ++k)
+        if (!(m.std[k] > 0.0) || !std::isfinite(m.mean[k]))
+            throw std::invalid_argument("set_model: feature normalizer " + std::to_string(k) + " is not usable (std <= 0 or NaN)");
+    if (!(m.target_std > 0.0)) throw std::invalid_argument("set_model: target_std must be positive");
+    sig_ = m;
+    sig_.model->resize(static_cast<int>(std::max<size_t>(lot_.size(), 1)));
+    for (auto& f : feat_) f = FeatureState{};
+}
+
+void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid) {
+    if (f_.size() < n * kNumFeatures) {
+        f_.resize(n * kNumFeatures);
+        x_.resize(n * kNumFeatures);
+        out_.resize(n);
+        slot_.resize(n);
+        reset_.resize(n);
+    }
+    for (size_t k = 0; k < n; ++k) {
+        const Quote& x = q[rows[k]];
+        FeatureState& st = feat_[x.instrument];
+        if (reset[k]) st = FeatureState{};
+        const SessionState& s = sess_[x.instrument];
+        double* f = &f_[k * kNumFeatures];
+        update_features(st, x, s.open_ns, s.close_ns, f);
+        for (int j = 0; j < kNumFeatures; ++j)
+            x_[k * kNumFeatures + j] = static_cast<float>((f[j] - sig_.mean[j]) / sig_.std[j]);
+        slot_[k] = static_cast<int32_t>(x.instrument);
+        reset_[k] = reset[k];
+    }
+    if (sig_.model) {
+        sig_.model->step(static_cast<int>(n), slot_.data(), x_.data(), reset_.data(), out_.data());
+        for (size_t k = 0; k < n; ++k) {
+            const double ret_bps = static_cast<double>(out_[k]) * sig_.target_std + sig_.target_mean;
+            pred_mid[k] = mid_of(q[rows[k]]) * std::exp(ret_bps * 1e-4);
+        }
+    } else {
+        for (size_t k = 0; k < n; ++k) {
+            out_[k] = std::numeric_limits<float>::quiet_NaN();
+            pred_mid[k] = kNaN;
+        }
+    }
+    if (!tap_on_) return;
+    for (size_t k = 0; k < n; ++k) {
+        const Quote& x = q[rows[k]];
+        const double* f = &f_[k * kNumFeatures];
+        TapRow t{};
+        t.ts = x.ts_recv;
+        t.bid_px = x.bid_px;
+        t.ask_px = x.ask_px;
+        t.mid = mid_of(x);
+        t.ret_bps = f[0];
+        t.log_spread = f[1];
+        t.imbalance = f[2];
+        t.log_dt_ms = f[3];
+        t.session_frac = f[4];
+        t.pred_mid = pred_mid[k];
+        t.out = out_[k];
+        t.instrument = x.instrument;
+        t.reset = reset[k];
+        tap_.push_back(t);
+    }
+}
 
 void Backtester::request_reset(uint32_t i, int64_t at_ns) {
     if (i >= sess_.size()) throw std::out_of_range("request_reset: unknown instrument " + std::to_string(i));
@@ -230,11 +304,19 @@ void Backtester::run_builtin(const Quote* q, size_t n) {
     if (strat_.params().kind == StrategyKind::kPython)
         throw std::logic_error("run_builtin called with a Python strategy configured");
     check_rows(q, n);
+    const bool signals = sig_.model || tap_on_;
     for (size_t r = 0; r < n; ++r) {
         bool reset = false;
         if (!begin_tick(q[r], reset)) continue;
+        double pred = kNaN;
+        if (signals) {
+            // Rows are independent in the kernel, so stepping one row at a time gives the same
+            // predictions as stepping the whole timestamp's batch.
+            const uint8_t rst = reset ? 1 : 0;
+            signal(q, &r, &rst, 1, &pred);
+        }
         const bool warming = sess_[q[r].instrument].warm_left > 0;
-        end_tick(q[r], strat_.decide(q[r].instrument, mid_of(q[r]), reset, warming));
+        end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, pred, reset, warming));
     }
 }
 
@@ -260,6 +342,7 @@ void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap
                 b.bid_sz = x.bid_sz;
                 b.ask_sz = x.ask_sz;
                 b.mid = mid_of(x);
+                b.pred_mid = kNaN;
                 b.position = position_units(x.instrument);
                 b.target = kNaN;
                 b.instrument = x.instrument;
@@ -270,6 +353,15 @@ void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap
             ++e;
         }
         for (size_t k = r; k < e; ++k) in_batch_[q[k].instrument] = 0;
+        if (nb && (sig_.model || tap_on_)) {
+            if (row_reset_.size() < nb) {
+                row_reset_.resize(nb);
+                pred_.resize(nb);
+            }
+            for (size_t k = 0; k < nb; ++k) row_reset_[k] = buf[k].reset;
+            signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data());
+            for (size_t k = 0; k < nb; ++k) buf[k].pred_mid = pred_[k];
+        }
         if (nb) {
             on_batch(nb);
             for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], buf[k].target);

@@ -6,19 +6,24 @@
 //      -> reset (state zeroed, warm-up restarts, working order cancelled)
 //   3. the working order of i fills if ts > its decision time + latency
 //   4. mark i at mid
-//   5. strategy decides a target (built-in here, or a Python callback per tick batch)
-//   6. warm-up clamp (no opening or increasing), flatten-at-close override
-//   7. order for target - position, replacing a different working order
+//   5. signal: features updated (csrc/features.hpp) and, with a model set, the SSM stepped for
+//      the instruments ticking at this timestamp; the prediction is the mid expected K ticks ahead
+//   6. strategy decides a target (built-in here, or a Python callback per tick batch)
+//   7. warm-up clamp (no opening or increasing), flatten-at-close override
+//   8. order for target - position, replacing a different working order
 // Instruments interact only through cash, so processing a batch row by row or all fills first
 // gives identical results: fills do not depend on batch composition.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "execution.hpp"
+#include "features.hpp"
 #include "quote.hpp"
 #include "session.hpp"
+#include "ssm.hpp"
 #include "strategies.hpp"
 
 namespace nextick {
@@ -39,6 +44,7 @@ struct EngineConfig {
 struct BatchRow {
     int64_t ts;
     double bid_px, ask_px, bid_sz, ask_sz, mid;
+    double pred_mid;      // the SSM's expected mid K ticks ahead; NaN without a model
     double position;      // units held now
     double target;        // out: target units; NaN = keep
     uint32_t instrument;
@@ -46,7 +52,30 @@ struct BatchRow {
     uint8_t warm;         // 1 if warm-up is over (the strategy may open positions)
     uint8_t pad[2];
 };
-static_assert(sizeof(BatchRow) == 72, "BatchRow must match BATCH_DTYPE");
+static_assert(sizeof(BatchRow) == 80, "BatchRow must match BATCH_DTYPE");
+
+// One in-session tick as the signal saw it: the training set is built from these rows, so the
+// model trains on exactly the features it is fed at inference.
+struct TapRow {
+    int64_t ts;
+    double bid_px, ask_px, mid;
+    double ret_bps, log_spread, imbalance, log_dt_ms, session_frac;  // engine.model.config.FEATURE_NAMES
+    double pred_mid;      // NaN without a model
+    float out;            // raw model output (normalized target); NaN without a model
+    uint32_t instrument;
+    uint8_t reset;
+    uint8_t pad[7];
+};
+static_assert(sizeof(TapRow) == 96, "TapRow layout");
+
+// The model and the statistics that map features in and predictions out.
+struct SignalModel {
+    std::shared_ptr<SsmModel> model;
+    double mean[kNumFeatures];
+    double std[kNumFeatures];
+    double target_mean = 0.0;   // output * target_std + target_mean = log-return to horizon, bps
+    double target_std = 1.0;
+};
 
 struct Counters {
     uint64_t ticks = 0;              // rows seen
@@ -69,6 +98,13 @@ public:
     uint32_t add_instrument(const InstrumentSpec& spec);
     void add_sessions(uint32_t i, const int64_t* opens, const int64_t* closes, size_t n);
     void set_strategy(const StrategyParams& p);
+    // The SSM whose slot i is instrument i. Its state pool is sized (and zeroed) here; instruments
+    // added later get fresh slots.
+    void set_model(const SignalModel& m);
+    bool has_model() const { return static_cast<bool>(sig_.model); }
+    // Records every in-session tick's features (and prediction) until taken.
+    void set_tap(bool on) { tap_on_ = on; }
+    std::vector<TapRow> take_tap() { return std::move(tap_); }
     // MANUAL reset of i at its first in-session tick with ts_recv >= at_ns.
     void request_reset(uint32_t i, int64_t at_ns);
 
@@ -102,6 +138,9 @@ public:
 private:
     bool begin_tick(const Quote& q, bool& reset);
     void end_tick(const Quote& q, double target_units);
+    // Features of the n rows q[rows[k]] (already through begin_tick) into x_, then one batched SSM
+    // step; writes pred_mid per row (NaN without a model).
+    void signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid);
     void fill(uint32_t i, const Quote& q);
     void book_fill(uint32_t i, int64_t lots, double px, double fee, int64_t ts);
     void cancel(uint32_t i, uint64_t& counter);
@@ -122,6 +161,18 @@ private:
     std::vector<uint32_t> trade_fills_;
     std::vector<uint64_t> outside_;
     std::vector<uint8_t> in_batch_;
+    std::vector<FeatureState> feat_;
+
+    SignalModel sig_;
+    bool tap_on_ = false;
+    std::vector<TapRow> tap_;
+    // signal scratch, grown to the largest batch seen, never per tick
+    std::vector<double> f_;
+    std::vector<float> x_, out_;
+    std::vector<int32_t> slot_;
+    std::vector<uint8_t> reset_;
+    std::vector<double> pred_;
+    std::vector<uint8_t> row_reset_;
 
     double cash_;
     uint64_t next_order_id_ = 1;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "backtester.hpp"
+#include "bind_ssm.hpp"
 #include "conflator.hpp"
 #include "quote.hpp"
 
@@ -49,7 +50,10 @@ StrategyKind parse_kind(const std::string& name) {
     if (name == "momentum") return StrategyKind::kMomentum;
     if (name == "mean_reversion") return StrategyKind::kMeanReversion;
     if (name == "buy_hold") return StrategyKind::kBuyHold;
-    throw py::value_error("unknown built-in strategy '" + name + "'; use momentum, mean_reversion or buy_hold");
+    if (name == "ssm_threshold") return StrategyKind::kSsmThreshold;
+    if (name == "none") return StrategyKind::kNone;
+    throw py::value_error("unknown built-in strategy '" + name +
+                          "'; use momentum, mean_reversion, buy_hold or ssm_threshold");
 }
 
 }  // namespace
@@ -61,12 +65,16 @@ PYBIND11_MODULE(_core, m) {
     PYBIND11_NUMPY_DTYPE(Fill, order_id, decision_ts, fill_ts, px, sz, fee, decision_mid, slippage_bps, instrument);
     PYBIND11_NUMPY_DTYPE(Trade, entry_ts, exit_ts, pnl, max_units, instrument, fills);
     PYBIND11_NUMPY_DTYPE(ResetEvent, ts, instrument, reason);
-    PYBIND11_NUMPY_DTYPE(BatchRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, position, target, instrument, reset, warm);
+    PYBIND11_NUMPY_DTYPE(BatchRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, pred_mid, position, target, instrument, reset,
+                         warm);
+    PYBIND11_NUMPY_DTYPE(TapRow, ts, bid_px, ask_px, mid, ret_bps, log_spread, imbalance, log_dt_ms, session_frac,
+                         pred_mid, out, instrument, reset);
 
     m.def("build_info", &build_info, "Compiler, version and vector extensions the core was built with.");
     m.attr("RESET_REASONS") = py::make_tuple("SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL");
     m.attr("QUOTE_ITEMSIZE") = sizeof(Quote);
     m.attr("BATCH_ITEMSIZE") = sizeof(BatchRow);
+    m.attr("N_FEATURES") = kNumFeatures;
 
     py::class_<Conflator>(m, "Conflator", "One snapshot per instrument per interval; see csrc/conflator.hpp.")
         .def(py::init<int64_t>(), py::arg("interval_ns"))
@@ -132,7 +140,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("instrument"), py::arg("opens_ns"), py::arg("closes_ns"))
         .def("set_strategy",
              [](Backtester& b, const std::string& kind, double notional, double fast_span, double slow_span,
-                double span, double entry_z, double exit_z) {
+                double span, double entry_z, double exit_z, double threshold_bps, double stop_loss_bps,
+                double take_profit_bps, double max_units, double hold_ticks) {
                  StrategyParams p;
                  p.kind = parse_kind(kind);
                  p.notional = notional;
@@ -141,11 +150,43 @@ PYBIND11_MODULE(_core, m) {
                  p.span = span;
                  p.entry_z = entry_z;
                  p.exit_z = exit_z;
+                 p.threshold_bps = threshold_bps;
+                 p.stop_loss_bps = stop_loss_bps;
+                 p.take_profit_bps = take_profit_bps;
+                 p.max_units = max_units;
+                 p.hold_ticks = hold_ticks;
+                 if (p.kind == StrategyKind::kSsmThreshold && !b.has_model())
+                     throw py::value_error("ssm_threshold needs a model: call set_model first");
                  b.set_strategy(p);
              },
              // No defaults here: strategies.builtin.BuiltinSpec is the one place they live.
              py::arg("kind"), py::kw_only(), py::arg("notional"), py::arg("fast_span"), py::arg("slow_span"),
-             py::arg("span"), py::arg("entry_z"), py::arg("exit_z"))
+             py::arg("span"), py::arg("entry_z"), py::arg("exit_z"), py::arg("threshold_bps"),
+             py::arg("stop_loss_bps"), py::arg("take_profit_bps"), py::arg("max_units"), py::arg("hold_ticks"))
+        .def("set_model",
+             [](Backtester& b, std::shared_ptr<SsmModel> model,
+                py::array_t<double, py::array::c_style | py::array::forcecast> mean,
+                py::array_t<double, py::array::c_style | py::array::forcecast> std, double target_mean,
+                double target_std) {
+                 if (mean.size() != kNumFeatures || std.size() != kNumFeatures)
+                     throw py::value_error("set_model: mean and std need " + std::to_string(kNumFeatures) + " values");
+                 SignalModel m;
+                 m.model = std::move(model);
+                 for (int k = 0; k < kNumFeatures; ++k) {
+                     m.mean[k] = mean.data()[k];
+                     m.std[k] = std.data()[k];
+                 }
+                 m.target_mean = target_mean;
+                 m.target_std = target_std;
+                 b.set_model(m);
+             },
+             py::arg("model"), py::kw_only(), py::arg("mean"), py::arg("std"), py::arg("target_mean"),
+             py::arg("target_std"),
+             "Step this SsmModel per in-session tick (slot = instrument) and hand predictions to strategies.")
+        .def("set_tap", &Backtester::set_tap, py::arg("on"),
+             "Record every in-session tick's features and prediction (training sets, parity tests).")
+        .def("take_tap", [](Backtester& b) { return to_numpy(b.take_tap()); },
+             "The rows recorded since the last call (engine.model.dataset reads them).")
         .def("set_python_strategy",
              [](Backtester& b) {
                  StrategyParams p;
@@ -208,4 +249,6 @@ PYBIND11_MODULE(_core, m) {
             d["resets"] = r;
             return d;
         });
+
+    bind_ssm(m);
 }

@@ -15,7 +15,7 @@ namespace nextick {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-enum class StrategyKind : uint8_t { kBuyHold = 0, kMomentum = 1, kMeanReversion = 2, kPython = 3 };
+enum class StrategyKind : uint8_t { kBuyHold = 0, kMomentum = 1, kMeanReversion = 2, kPython = 3, kSsmThreshold = 4, kNone = 5 };
 
 struct StrategyParams {
     StrategyKind kind = StrategyKind::kMomentum;
@@ -25,6 +25,11 @@ struct StrategyParams {
     double span = 100.0;         // mean reversion: EMA span of mid and of its variance (ticks)
     double entry_z = 2.0;        // mean reversion: |z| to enter (against the move)
     double exit_z = 0.5;         // mean reversion: |z| under which to go flat
+    double threshold_bps = 1.0;  // ssm_threshold: edge of the predicted mid beyond the touch to act
+    double stop_loss_bps = 0.0;  // ssm_threshold: exit when the mid moves this far against entry; 0 = off
+    double take_profit_bps = 0.0;  // ssm_threshold: exit when the mid moves this far in favour; 0 = off
+    double max_units = 0.0;      // ssm_threshold: cap on |position| in units; 0 = notional / mid only
+    double hold_ticks = 0.0;     // ssm_threshold: exit after this many ticks without a fresh signal; 0 = off
 };
 
 class BuiltinStrategy {
@@ -40,14 +45,20 @@ public:
         ema_b_.resize(n, 0.0);
         dir_.resize(n, 0);
         target_.resize(n, kNaN);
+        entry_mid_.resize(n, kNaN);
+        held_.resize(n, 0);
+        blocked_.resize(n, 0);
     }
     const StrategyParams& params() const { return p_; }
 
     // `reset`: this tick starts fresh state (session open, gap, reconnect...). `warming`: still in
     // the warm-up after a reset; features update but no direction is taken, so the first position
     // after warm-up comes from a signal on warmed-up features, not one latched during warm-up.
-    inline double decide(uint32_t i, double mid, bool reset, bool warming) {
+    // `pred_mid`: the SSM's expected mid K ticks ahead (NaN without a model).
+    inline double decide(uint32_t i, double bid, double ask, double pred_mid, bool reset, bool warming) {
+        const double mid = 0.5 * (bid + ask);
         switch (p_.kind) {
+            case StrategyKind::kSsmThreshold: return ssm_threshold(i, bid, ask, mid, pred_mid, reset, warming);
             case StrategyKind::kMomentum: return momentum(i, mid, reset, warming);
             case StrategyKind::kMeanReversion: return mean_reversion(i, mid, reset, warming);
             case StrategyKind::kBuyHold: return warming ? kNaN : buy_hold(i, mid);
@@ -107,6 +118,51 @@ private:
         return dir_[i] == 0 ? 0.0 : target_[i];
     }
 
+    // Trade the SSM's predicted mid against the touch, the rule of published studies of model
+    // signals on 1 s NBBO / 100 ms BBO with next-tick fills: long when the prediction clears the
+    // ask by threshold_bps, short when it is under the bid by threshold_bps; otherwise hold. Exits
+    // (stop-loss, take-profit, holding limit) are measured from the mid at the entry decision, and
+    // after one the same direction is not re-entered until its signal has lapsed once, so a stale
+    // prediction cannot buy straight back into a stopped-out trade. A reset forgets the trade (its
+    // entry belongs to discarded state): the strategy answers "keep" until its next signal, so a
+    // position carried through a reset is neither dumped nor managed by stale exits.
+    inline double ssm_threshold(uint32_t i, double bid, double ask, double mid, double pred, bool reset, bool warming) {
+        if (reset) {
+            dir_[i] = 0;
+            blocked_[i] = 0;
+            target_[i] = kNaN;
+        }
+        int8_t signal = 0;
+        if (pred > ask * (1.0 + p_.threshold_bps * 1e-4)) signal = 1;
+        else if (pred < bid * (1.0 - p_.threshold_bps * 1e-4)) signal = -1;  // NaN: neither
+        if (signal != blocked_[i]) blocked_[i] = 0;
+
+        int8_t& dir = dir_[i];
+        if (dir != 0) {
+            const double move_bps = dir * (mid - entry_mid_[i]) / entry_mid_[i] * 1e4;
+            ++held_[i];
+            const bool stop = p_.stop_loss_bps > 0 && move_bps <= -p_.stop_loss_bps;
+            const bool take = p_.take_profit_bps > 0 && move_bps >= p_.take_profit_bps;
+            const bool expire = p_.hold_ticks > 0 && held_[i] >= p_.hold_ticks && signal != dir;
+            if (stop || take || expire) {
+                blocked_[i] = dir;
+                dir = 0;
+                target_[i] = 0.0;
+                return 0.0;
+            }
+            if (signal == dir) held_[i] = 0;  // a fresh signal renews the holding period
+        }
+        if (!warming && signal != 0 && signal != dir && signal != blocked_[i]) {
+            dir = signal;
+            entry_mid_[i] = mid;
+            held_[i] = 0;
+            double units = size_units(mid);
+            if (p_.max_units > 0) units = std::fmin(units, p_.max_units);
+            target_[i] = dir * units;
+        }
+        return target_[i];  // NaN until the first signal after a reset, 0 after an exit
+    }
+
     inline double buy_hold(uint32_t i, double mid) {
         if (std::isnan(target_[i])) target_[i] = size_units(mid);
         return target_[i];
@@ -115,7 +171,9 @@ private:
     StrategyParams p_;
     double a_fast_ = 0, a_slow_ = 0, a_mr_ = 0;
     std::vector<double> ema_a_, ema_b_, target_;
-    std::vector<int8_t> dir_;
+    std::vector<int8_t> dir_, blocked_;
+    std::vector<double> entry_mid_;
+    std::vector<int64_t> held_;
 };
 
 }  // namespace nextick

@@ -25,7 +25,7 @@ from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie
 from engine.quote import QUOTE_DTYPE
 from feeds.source import QuoteSource, SourceStats
 from strategies.base import BatchHost, Strategy
-from strategies.builtin import BUILTINS, builtin_spec
+from strategies.builtin import BUILTINS, builtin_spec, is_builtin
 
 SECOND_NS = 1_000_000_000
 INTERVALS_NS: dict[str, int | None] = {"raw": None, "100ms": 100_000_000, "1s": SECOND_NS}
@@ -50,6 +50,9 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
     risk_free_rate: float = 0.0
     warmup_ticks: int | None = None  # overrides every instrument's warm-up when set
     manual_resets: list[tuple[int, str]] = msgspec.field(default_factory=list)  # (ts_ns, symbol)
+    # SSM weights (engine.model.weights). None: the packaged default when the strategy needs a
+    # model (ssm_threshold), no model otherwise. A Python strategy given a model sees batch.pred_mid.
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if self.interval not in INTERVALS_NS:
@@ -78,6 +81,7 @@ class BacktestResult(msgspec.Struct, kw_only=True):
     wall_s: float  # whole run: source, conflation, loop
     core_s: float  # inside the compiled loop (and the Python strategy, if any)
     ruined_at_ns: int | None = None  # first equity sample <= 0; metrics stop before it
+    model: str | None = None  # the model file that fed the signal, if any
 
     @property
     def quotes_per_s(self) -> float:
@@ -144,14 +148,38 @@ class Engine:
         self.covered_hi_ns: list[int] = []
         self.calendars: list[SessionCalendar] = []
         self.core_s = 0.0
+        self.model = None  # engine.model.weights.ModelFile once loaded
+
+    def _load_model(self, needed: bool) -> None:
+        if self.config.model is None and not needed:
+            return
+        from engine.model.weights import load_model
+
+        m = load_model(self.config.model)
+        if m.signal.interval != self.config.interval:
+            raise ValueError(
+                f"{m.path} was trained on {m.signal.interval} ticks; this run uses --interval {self.config.interval}. "
+                "Use the model's interval or train one for this interval."
+            )
+        norm = m.normalizer
+        self.core.set_model(
+            m.core_model(max(len(self.instruments), 1)),
+            mean=np.asarray(norm.mean),
+            std=np.asarray(norm.std),
+            target_mean=norm.target_mean,
+            target_std=norm.target_std,
+        )
+        self.model = m
 
     def _start(self) -> None:
         n = max(len(self.instruments), 1)
+        spec = None if self.strategy is not None else builtin_spec(self.config.strategy, self.config.strategy_params)
+        self._load_model(needed=spec is not None and spec.needs_model)
         if self.strategy is not None:
             self.core.set_python_strategy()
             self.strategy.on_start(self.instruments, initial_capital=self.config.initial_capital)
         else:
-            spec = builtin_spec(self.config.strategy, self.config.strategy_params)
+            assert spec is not None
             notional = spec.notional if spec.notional is not None else self.config.initial_capital / n
             self.core.set_strategy(
                 spec.kind,
@@ -161,6 +189,11 @@ class Engine:
                 span=spec.span,
                 entry_z=spec.entry_z,
                 exit_z=spec.exit_z,
+                threshold_bps=spec.threshold_bps,
+                stop_loss_bps=spec.stop_loss_bps,
+                take_profit_bps=spec.take_profit_bps,
+                max_units=spec.max_units,
+                hold_ticks=spec.hold_ticks,
             )
         self.started = True
 
@@ -217,7 +250,7 @@ def run_backtest(
     """Replay ``source`` through the engine. ``strategy`` (a Python Strategy) overrides
     ``config.strategy``; otherwise a name that is not a built-in is imported as module:Class."""
     config = config or BacktestConfig()
-    if strategy is None and config.strategy not in BUILTINS:
+    if strategy is None and not is_builtin(config.strategy):
         strategy = load_strategy(config.strategy, config.strategy_params)
     strategy_name = strategy.name if strategy is not None else config.strategy
     engine = Engine(config, source.instruments, strategy)
@@ -283,6 +316,7 @@ def run_backtest(
         wall_s=wall_s,
         core_s=engine.core_s,
         ruined_at_ns=ruined_at_ns,
+        model=engine.model.path if engine.model is not None else None,
     )
 
 

@@ -31,6 +31,16 @@ buys at the ask, sells at the bid.
 """
 
 
+TRAIN_EPILOG = """\
+examples:
+  nextick train --out runs/ssm                         synthetic market, 1 s ticks, horizon 10
+  nextick train --data quotes.parquet --calendar XNYS --horizon 30 --out runs/spy
+  nextick backtest --strategy ssm --model runs/ssm/model.safetensors --compare momentum
+
+The packaged default model is made by the command in README.md ("Default model").
+"""
+
+
 def _param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -39,6 +49,43 @@ def _param(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """Data, instrument and synthetic-market options: the same for every command that reads quotes."""
+    src = p.add_argument_group("data (default: the synthetic market)")
+    src.add_argument("--data", type=Path, metavar="FILE", help="CSV (.csv, .csv.gz) or Parquet file of quotes")
+    src.add_argument(
+        "--columns",
+        metavar="MAP",
+        help="column map key=column,...; keys: ts (receive time), ts_event, bid, ask, bid_sz, ask_sz, symbol, seq. "
+        "Default: inferred from the header",
+    )
+    src.add_argument("--symbol", help="instrument name when the file has no symbol column (default: file name)")
+    src.add_argument("--no-header", action="store_true", help="the file has no header row; --columns uses 0-based positions")
+    src.add_argument("--ts-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"], help="epoch timestamp unit (default: detect)")
+    src.add_argument("--ts-format", metavar="FMT", help='text timestamps, strptime format, e.g. "%%Y%%m%%d %%H%%M%%S%%f"')
+    src.add_argument("--tz", default="UTC", help="time zone of text timestamps (IANA name, default UTC)")
+    src.add_argument("--policy", default="quarantine", metavar="POLICY",
+                     help="bad rows: 'quarantine' (count and skip, default), 'reject' (stop with file:line), "
+                     "or per rule, e.g. crossed=reject,duplicate=quarantine")
+    inst = p.add_argument_group("instruments (file data)")
+    inst.add_argument("--venue", default="FILE", help="venue name recorded with the instruments")
+    inst.add_argument("--tick-size", type=float, default=0.01, help="price increment (default 0.01)")
+    inst.add_argument("--lot-size", type=float, default=1.0, help="size increment; positions are whole lots (default 1)")
+    inst.add_argument("--calendar", default=None,
+                      help="session calendar: 24x7, XNYS, CME, FX or 'HH:MM-HH:MM Zone Days' (default: 24x7 for files, "
+                      "XNYS for the synthetic market)")
+    inst.add_argument("--gap-s", type=float, default=60.0, help="silence inside a session that resets state (default 60 s)")
+    inst.add_argument("--warmup-ticks", type=int, default=None,
+                      help="ticks after a reset before positions may open, for every instrument (default: 50)")
+    syn = p.add_argument_group("synthetic market")
+    syn.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    syn.add_argument("--n-instruments", type=int, default=3, help="number of instruments (default 3)")
+    syn.add_argument("--n-sessions", type=int, default=5, help="number of sessions (default 5)")
+    syn.add_argument("--quote-rate-hz", type=float, default=10.0, help="mean quotes per second per instrument (default 10)")
+    syn.add_argument("--alpha-strength", type=float, default=1.0, help="strength of the planted predictable component (default 1)")
+    syn.add_argument("--start", default="2024-01-02", help="first local date of the synthetic sessions (default 2024-01-02)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -57,44 +104,18 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=BACKTEST_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = b.add_argument_group("data (default: the synthetic market)")
-    src.add_argument("--data", type=Path, metavar="FILE", help="CSV (.csv, .csv.gz) or Parquet file of quotes")
-    src.add_argument(
-        "--columns",
-        metavar="MAP",
-        help="column map key=column,...; keys: ts (receive time), ts_event, bid, ask, bid_sz, ask_sz, symbol, seq. "
-        "Default: inferred from the header",
-    )
-    src.add_argument("--symbol", help="instrument name when the file has no symbol column (default: file name)")
-    src.add_argument("--no-header", action="store_true", help="the file has no header row; --columns uses 0-based positions")
-    src.add_argument("--ts-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"], help="epoch timestamp unit (default: detect)")
-    src.add_argument("--ts-format", metavar="FMT", help='text timestamps, strptime format, e.g. "%%Y%%m%%d %%H%%M%%S%%f"')
-    src.add_argument("--tz", default="UTC", help="time zone of text timestamps (IANA name, default UTC)")
-    src.add_argument("--policy", default="quarantine", metavar="POLICY",
-                     help="bad rows: 'quarantine' (count and skip, default), 'reject' (stop with file:line), "
-                     "or per rule, e.g. crossed=reject,duplicate=quarantine")
-    inst = b.add_argument_group("instruments (file data)")
-    inst.add_argument("--venue", default="FILE", help="venue name recorded with the instruments")
-    inst.add_argument("--tick-size", type=float, default=0.01, help="price increment (default 0.01)")
-    inst.add_argument("--lot-size", type=float, default=1.0, help="size increment; positions are whole lots (default 1)")
-    inst.add_argument("--calendar", default=None,
-                      help="session calendar: 24x7, XNYS, CME, FX or 'HH:MM-HH:MM Zone Days' (default: 24x7 for files, "
-                      "XNYS for the synthetic market)")
-    inst.add_argument("--gap-s", type=float, default=60.0, help="silence inside a session that resets state (default 60 s)")
-    inst.add_argument("--warmup-ticks", type=int, default=None,
-                      help="ticks after a reset before positions may open, for every instrument (default: 50)")
-    syn = b.add_argument_group("synthetic market")
-    syn.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    syn.add_argument("--n-instruments", type=int, default=3, help="number of instruments (default 3)")
-    syn.add_argument("--n-sessions", type=int, default=5, help="number of sessions (default 5)")
-    syn.add_argument("--quote-rate-hz", type=float, default=10.0, help="mean quotes per second per instrument (default 10)")
-    syn.add_argument("--alpha-strength", type=float, default=1.0, help="strength of the planted predictable component (default 1)")
+    _add_source_args(b)
     strat = b.add_argument_group("strategy")
-    strat.add_argument("--strategy", default="momentum", help="momentum | mean_reversion | buy_hold | package.module:Class")
+    strat.add_argument("--strategy", default="momentum",
+                       help="momentum | mean_reversion | buy_hold | ssm (= ssm_threshold) | none | package.module:Class")
+    strat.add_argument("--model", metavar="FILE",
+                       help="SSM weights (model.safetensors from `nextick train`); default: the packaged model")
     strat.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
                        help="strategy parameter (repeatable), e.g. fast_span=20")
     strat.add_argument("--compare", metavar="STRATEGY",
                        help="also run this strategy (default parameters) on the same data and test the Sharpe difference")
+    strat.add_argument("--oracle", action="store_true",
+                       help="synthetic market only: also run the threshold rule on the true expected return, the ceiling")
     ex = b.add_argument_group("execution")
     ex.add_argument("--interval", default="1s", choices=["100ms", "1s", "raw"], help="conflation interval (default 1s)")
     ex.add_argument("--latency-ns", type=int, default=0, help="decision to order-active delay in ns (default 0)")
@@ -112,6 +133,39 @@ def _build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_backtest)
+
+    t = sub.add_parser(
+        "train",
+        help="train the SSM signal on replayed ticks and export model.safetensors",
+        description="Replay quotes (synthetic by default, or any file `backtest` reads) through the engine, cut "
+        "them into sessions at every reset, split by time into train/validation/test, train the SSM "
+        "from zero state per session with early stopping on validation, and write model.safetensors "
+        "plus training_report.json/.md (loss curves, information coefficient).",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(t)
+    tr = t.add_argument_group("training")
+    tr.add_argument("--horizon", type=int, default=10, metavar="K", help="predict the mid K ticks ahead (default 10)")
+    tr.add_argument("--interval", default="1s", choices=["100ms", "1s", "raw"], help="conflation interval (default 1s)")
+    tr.add_argument("--epochs", type=int, default=30, help="most epochs (default 30)")
+    tr.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better validation loss")
+    tr.add_argument("--batch-size", type=int, default=8, help="sessions per step (default 8)")
+    tr.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    tr.add_argument("--train-seed", type=int, default=0, help="seed of initialization and batch order (default 0)")
+    tr.add_argument("--val-frac", type=float, default=0.2, help="share of days for validation (default 0.2)")
+    tr.add_argument("--test-frac", type=float, default=0.2, help="share of days for test, the latest (default 0.2)")
+    tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    mo = t.add_argument_group("model")
+    mo.add_argument("--kind", default="mamba2", choices=["mamba2", "s4d"], help="Mamba-2 selective SSM or the S4D LTI baseline")
+    mo.add_argument("--discretization", default="zoh", choices=["zoh", "bilinear"], help="s4d only (default zoh)")
+    mo.add_argument("--d-model", type=int, default=64, help="width of the residual stream (default 64)")
+    mo.add_argument("--n-layers", type=int, default=2, help="SSM blocks (default 2)")
+    mo.add_argument("--d-state", type=int, default=16, help="state size per channel (default 16)")
+    mo.add_argument("--headdim", type=int, default=32, help="mamba2 head width; d_inner = 2 * d_model (default 32)")
+    t.add_argument("--out", type=Path, default=Path("runs/train"), metavar="DIR", help="output folder (default runs/train)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
     return p
 
 
@@ -129,6 +183,7 @@ def _source(args: argparse.Namespace):
                 seed=args.seed,
                 quote_rate_hz=args.quote_rate_hz,
                 alpha_strength=args.alpha_strength,
+                start=args.start,
             )
         )
     from engine.validate import ValidationPolicy
@@ -178,6 +233,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             bar_ns=int(args.bar_s * SECOND_NS),
             risk_free_rate=args.risk_free_rate,
             warmup_ticks=args.warmup_ticks,
+            model=args.model,
         )
 
     runs = [(args.strategy, dict(args.param))]
@@ -193,6 +249,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         finally:
             progress.close()
     jk = compare(results[0], results[1]) if len(results) == 2 else None
+    if args.oracle:
+        results.append(_oracle_run(args, config_for("oracle", {}), results[0]))
     if args.json:
         print(json.dumps(_finite_json([summary_dict(r, jk) for r in results]), indent=2))
     else:
@@ -201,6 +259,71 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         paths = write_outputs(args.out, results, jk)
         if not args.json:
             print(f"wrote {len(paths)} files to {args.out}/")
+    return 0
+
+
+def _oracle_run(args: argparse.Namespace, config, first):
+    """The ssm_threshold rule fed the synthetic market's true expected return: what a perfect signal
+    would have made under the same fills and fees."""
+    from engine.backtest import run_backtest
+    from strategies.oracle import OracleThreshold
+
+    source = _source(args)
+    if not hasattr(source, "sessions"):
+        raise ValueError("--oracle needs the synthetic market (its expected returns are known); drop --data")
+    threshold = float(dict(args.param).get("threshold_bps", 1.0)) if args.strategy in ("ssm", "ssm_threshold") else 1.0
+    return run_backtest(source, config, strategy=OracleThreshold(source, threshold_bps=threshold))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.model.config import SSMConfig
+    from engine.model.dataset import collect_segments, split_by_time
+    from engine.progress import Progress
+
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("nextick train needs torch: pip install 'nextick[train]' (or torch==2.13.0)") from None
+    from engine.model.train import TrainConfig, export, train, write_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        horizon=args.horizon, interval=args.interval, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        patience=args.patience, seed=args.train_seed, val_frac=args.val_frac, test_frac=args.test_frac,
+    )
+    model_config = SSMConfig(
+        kind=args.kind, discretization=args.discretization, d_model=args.d_model, n_layers=args.n_layers,
+        d_state=args.d_state, headdim=args.headdim,
+    )
+    source = _source(args)
+    show = False if args.no_progress else None
+    progress = Progress("replay", enabled=show, total=getattr(source, "expected_rows", None))
+    try:
+        segments = collect_segments(source, interval=args.interval, warmup_ticks=args.warmup_ticks, on_progress=progress.update)
+    finally:
+        progress.close()
+    split = split_by_time(segments, args.val_frac, args.test_frac)
+    progress = Progress("train", enabled=show, unit="steps",
+                        total=args.epochs * -(-len(split.train) // args.batch_size))
+    try:
+        result = train(split, model_config, config, on_step=lambda n, note: (setattr(progress, "note", note), progress.update(n)))
+    finally:
+        progress.close()
+    data_desc = (
+        {"source": "synthetic", "seed": args.seed, "n_instruments": args.n_instruments, "n_sessions": args.n_sessions,
+         "start": args.start, "alpha_strength": args.alpha_strength, "calendar": args.calendar or "XNYS"}
+        if args.data is None else {"source": str(args.data)}
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_path = args.out / "model.safetensors"
+    export(result, model_path, config, data_desc)
+    paths = [model_path, *write_report(result, args.out, config, model_config, data_desc)]
+    s = result.scores
+    print(f"trained {model_config.kind}: best epoch {result.best_epoch}/{len(result.history)}; "
+          f"IC val {s['val'].ic:.4f} test {s['test'].ic:.4f}; rank IC val {s['val'].rank_ic:.4f} test {s['test'].rank_ic:.4f}")
+    for path in paths:
+        print(f"wrote {path}")
     return 0
 
 

@@ -7,11 +7,15 @@ import time
 
 
 class Progress:
-    def __init__(self, label: str, *, total: int | None = None, enabled: bool | None = None, stream=None) -> None:
+    def __init__(
+        self, label: str, *, total: int | None = None, enabled: bool | None = None, stream=None, unit: str = "quotes"
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.label = label
         self.total = total
+        self.unit = unit
+        self.note = ""
         self.done = 0
         self.t0 = time.perf_counter()
         self._last_draw = 0.0
@@ -31,9 +35,9 @@ class Progress:
             width = 30
             fill = int(frac * width)
             bar = "#" * fill + "-" * (width - fill)
-            text = f"\r{self.label} [{bar}] {frac:6.1%} {self.done:,}/{self.total:,} quotes  {rate:,.0f}/s"
+            text = f"\r{self.label} [{bar}] {frac:6.1%} {self.done:,}/{self.total:,} {self.unit}  {rate:,.0f}/s{self.note}"
         else:
-            text = f"\r{self.label} {self.done:,} quotes  {rate:,.0f}/s  {elapsed:5.1f}s"
+            text = f"\r{self.label} {self.done:,} {self.unit}  {rate:,.0f}/s  {elapsed:5.1f}s{self.note}"
         self.stream.write(text)
         self.stream.flush()
 

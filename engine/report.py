@@ -78,8 +78,13 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
         f"execution    latency {r.config.latency_ns:,} ns, fee {r.config.fee_bps:g} bps"
         f"{f' + {r.config.fee_per_fill:g}/fill' if r.config.fee_per_fill else ''}, fills at the next tick"
         f"{', size-capped' if r.config.size_cap else ''}{', flatten at close' if r.config.flatten_at_close else ''}",
-        _RULE,
     ]
+    for x in results:
+        if x.model is not None:
+            lines.append(f"model        {x.strategy}: {x.model}")
+    if any(x.strategy == "oracle" for x in results):
+        lines.append("oracle       the same threshold rule on the true expected return (synthetic market): the ceiling")
+    lines.append(_RULE)
     names = [x.strategy for x in results]
     width = max(14, *(len(n) + 2 for n in names))
     lines.append(f"{'metric':<28}" + "".join(f"{n:>{width}}" for n in names))
@@ -143,6 +148,7 @@ def summary_dict(r: BacktestResult, jk: JobsonKorkie | None = None) -> dict[str,
         "core_s": r.core_s,
         "quotes_per_s": r.quotes_per_s,
         "fill_hash": r.fill_hash(),
+        "model": r.model,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "core": _core.build_info()},
     }
     if jk is not None:

@@ -33,6 +33,7 @@ BATCH_DTYPE = np.dtype(
         ("bid_sz", "<f8"),
         ("ask_sz", "<f8"),
         ("mid", "<f8"),
+        ("pred_mid", "<f8"),  # the SSM's expected mid K ticks ahead; NaN when no model is loaded
         ("position", "<f8"),  # units held now
         ("target", "<f8"),  # written back: target units, NaN = keep
         ("instrument", "<u4"),
@@ -41,7 +42,7 @@ BATCH_DTYPE = np.dtype(
     ],
     align=True,
 )
-assert BATCH_DTYPE.itemsize == 72
+assert BATCH_DTYPE.itemsize == 80
 
 
 class TickBatch:
@@ -82,6 +83,11 @@ class TickBatch:
     @property
     def mid(self) -> np.ndarray:
         return self.rows["mid"]
+
+    @property
+    def pred_mid(self) -> np.ndarray:
+        """The model's expected mid at its horizon (``BacktestConfig.model``); NaN without a model."""
+        return self.rows["pred_mid"]
 
     @property
     def position(self) -> np.ndarray:

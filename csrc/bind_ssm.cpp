@@ -1,0 +1,263 @@
+// Python binding of SsmModel (ssm.hpp). step() takes its arrays without copying: an array of the
+// wrong dtype, layout or shape is refused with an error naming the argument, never converted, so a
+// caller that preallocates its buffers never pays a hidden copy.
+#include "bind_ssm.hpp"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <climits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ssm.hpp"
+
+namespace py = pybind11;
+using nextick::SsmConfig;
+using nextick::SsmKind;
+using nextick::SsmModel;
+using nextick::SsmStateView;
+
+namespace {
+
+const char* const kConfigKeys[] = {"kind",    "n_features", "d_model", "n_layers", "d_inner",
+                                   "headdim", "nheads",     "d_state", "d_conv",   "ngroups",
+                                   "n_out",   "norm_eps",   "softplus_threshold"};
+
+std::string type_name(py::handle h) { return Py_TYPE(h.ptr())->tp_name; }
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+int config_int(const py::dict& d, const char* key, int dflt) {
+    if (!d.contains(key)) return dflt;
+    py::object v = d[key];
+    if (py::isinstance<py::bool_>(v) || !PyIndex_Check(v.ptr()))
+        throw py::type_error(std::string("SsmModel config['") + key + "'] must be an int, got " + type_name(v));
+    py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(v.ptr()));
+    if (!i) throw py::error_already_set();
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+    if (overflow || x < INT_MIN || x > INT_MAX)
+        throw py::value_error(std::string("SsmModel config['") + key + "'] out of range: " + py::str(v).cast<std::string>());
+    return static_cast<int>(x);
+}
+
+float config_float(const py::dict& d, const char* key, float dflt) {
+    if (!d.contains(key)) return dflt;
+    py::object v = d[key];
+    if (py::isinstance<py::bool_>(v) || py::isinstance<py::str>(v) ||
+        !(PyFloat_Check(v.ptr()) || PyIndex_Check(v.ptr()) || PyObject_HasAttrString(v.ptr(), "__float__")))
+        throw py::type_error(std::string("SsmModel config['") + key + "'] must be a number, got " + type_name(v));
+    return static_cast<float>(py::float_(v).cast<double>());
+}
+
+SsmConfig parse_config(const py::dict& d) {
+    for (auto item : d) {
+        if (!py::isinstance<py::str>(item.first))
+            throw py::type_error("SsmModel config keys must be str, got " + type_name(item.first));
+        const std::string k = item.first.cast<std::string>();
+        bool known = false;
+        for (const char* name : kConfigKeys) known = known || k == name;
+        if (!known) {
+            std::string all;
+            for (const char* name : kConfigKeys) all += std::string(all.empty() ? "" : ", ") + name;
+            throw py::value_error("SsmModel config: unknown key '" + k + "' (known: " + all + ")");
+        }
+    }
+    SsmConfig c;  // absent keys keep the defaults of SsmConfig
+    if (d.contains("kind")) {
+        py::object v = d["kind"];
+        if (!py::isinstance<py::str>(v))
+            throw py::type_error("SsmModel config['kind'] must be \"mamba2\" or \"s4d\", got " + type_name(v));
+        c.kind = nextick::parse_ssm_kind(v.cast<std::string>());
+    }
+    c.n_features = config_int(d, "n_features", c.n_features);
+    c.d_model = config_int(d, "d_model", c.d_model);
+    c.n_layers = config_int(d, "n_layers", c.n_layers);
+    c.d_inner = config_int(d, "d_inner", c.d_inner);
+    c.headdim = config_int(d, "headdim", c.headdim);
+    // nheads is derived (d_inner / headdim) when absent, so a dict need not repeat it.
+    c.nheads = config_int(d, "nheads", c.headdim > 0 && c.d_inner % c.headdim == 0 ? c.d_inner / c.headdim : c.nheads);
+    c.d_state = config_int(d, "d_state", c.d_state);
+    c.d_conv = config_int(d, "d_conv", c.d_conv);
+    c.ngroups = config_int(d, "ngroups", c.ngroups);
+    c.n_out = config_int(d, "n_out", c.n_out);
+    c.norm_eps = config_float(d, "norm_eps", c.norm_eps);
+    c.softplus_threshold = config_float(d, "softplus_threshold", c.softplus_threshold);
+    c.validate();
+    return c;
+}
+
+py::dict config_dict(const SsmConfig& c) {
+    py::dict d;
+    d["kind"] = nextick::ssm_kind_name(c.kind);
+    d["n_features"] = c.n_features;
+    d["d_model"] = c.d_model;
+    d["n_layers"] = c.n_layers;
+    d["d_inner"] = c.d_inner;
+    d["headdim"] = c.headdim;
+    d["nheads"] = c.nheads;
+    d["d_state"] = c.d_state;
+    d["d_conv"] = c.d_conv;
+    d["ngroups"] = c.ngroups;
+    d["n_out"] = c.n_out;
+    d["norm_eps"] = static_cast<double>(c.norm_eps);
+    d["softplus_threshold"] = static_cast<double>(c.softplus_threshold);
+    return d;
+}
+
+// The array behind `obj`, or a TypeError naming `what`.
+py::array as_array(const py::handle& obj, const std::string& what) {
+    if (!py::isinstance<py::array>(obj)) throw py::type_error(what + " must be a numpy.ndarray, got " + type_name(obj));
+    return py::reinterpret_borrow<py::array>(obj);
+}
+
+// Dtype, layout and alignment, so that the raw pointer can be read as T[] in C order.
+template <class T>
+bool is_dtype(const py::array& a) {
+    return py::array_t<T>::check_(a);
+}
+
+void require_layout(const py::array& a, const std::string& what) {
+    if (!(a.flags() & py::array::c_style)) throw py::type_error(what + " must be C-contiguous");
+    if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) throw py::type_error(what + " must be aligned");
+}
+
+py::array state_array(const SsmStateView& v) {
+    // The capsule owns a reference to the pool buffer: the view stays valid even after the model
+    // is resized (it then shows the old, detached pool) or garbage collected.
+    auto* keep = new std::shared_ptr<float>(v.owner);
+    py::capsule base(keep, [](void* p) { delete static_cast<std::shared_ptr<float>*>(p); });
+    std::vector<py::ssize_t> shape(v.shape.begin(), v.shape.end());
+    std::vector<py::ssize_t> strides;
+    for (size_t s : v.strides) strides.push_back(static_cast<py::ssize_t>(s * sizeof(float)));
+    return py::array_t<float>(shape, strides, v.data, base);
+}
+
+}  // namespace
+
+void bind_ssm(py::module_& m) {
+    py::class_<SsmModel, std::shared_ptr<SsmModel>>(
+        m, "SsmModel",
+        "Streaming SSM inference (mamba2 or s4d) over a pool of per-slot states; see csrc/ssm.hpp.")
+        .def(py::init([](const py::dict& config, const py::dict& tensors, int n_slots) {
+                 SsmConfig cfg = parse_config(config);
+                 SsmModel::TensorMap map;
+                 for (auto item : tensors) {
+                     if (!py::isinstance<py::str>(item.first))
+                         throw py::type_error("SsmModel tensors keys must be str, got " + type_name(item.first));
+                     const std::string name = item.first.cast<std::string>();
+                     const std::string what = "SsmModel tensor '" + name + "'";
+                     py::array a = as_array(item.second, what);
+                     if (!is_dtype<float>(a))
+                         throw py::type_error(what + " must be float32, got dtype " + py::str(a.dtype()).cast<std::string>());
+                     if (!(a.flags() & py::array::c_style)) throw py::type_error(what + " must be C-contiguous");
+                     std::vector<size_t> shape(a.shape(), a.shape() + a.ndim());
+                     map[name] = {shape, static_cast<const float*>(a.data())};
+                 }
+                 return std::make_shared<SsmModel>(cfg, map, n_slots);
+             }),
+             py::arg("config"), py::arg("tensors"), py::arg("n_slots"),
+             "config: dict with SsmConfig's keys (absent keys take the defaults; kind is \"mamba2\" or "
+             "\"s4d\"); tensors: name -> float32 C-contiguous ndarray (copied); n_slots: state pool size.")
+        .def_static(
+            "tensor_shapes",
+            [](const py::dict& config) {
+                py::dict d;
+                for (const auto& t : SsmModel::tensor_shapes(parse_config(config))) {
+                    py::tuple shape(t.second.size());
+                    for (size_t i = 0; i < t.second.size(); ++i) shape[i] = t.second[i];
+                    d[py::str(t.first)] = shape;
+                }
+                return d;
+            },
+            py::arg("config"), "Every tensor name the config needs, with its shape.")
+        .def(
+            "step",
+            [](SsmModel& model, const py::object& slots_obj, const py::object& x_obj, const py::object& reset_obj,
+               const py::object& out_obj) {
+                const SsmConfig& c = model.config();
+                py::array slots = as_array(slots_obj, "step: slots");
+                if (!is_dtype<int32_t>(slots))
+                    throw py::type_error("step: slots must be int32, got dtype " + py::str(slots.dtype()).cast<std::string>());
+                if (slots.ndim() != 1) throw py::value_error("step: slots must be 1-D, got shape " + shape_str(slots));
+                require_layout(slots, "step: slots");
+                const py::ssize_t n = slots.shape(0);
+                if (n > INT_MAX) throw py::value_error("step: too many rows");
+
+                py::array x = as_array(x_obj, "step: x");
+                if (!is_dtype<float>(x))
+                    throw py::type_error("step: x must be float32, got dtype " + py::str(x.dtype()).cast<std::string>());
+                if (x.ndim() != 2 || x.shape(0) != n || x.shape(1) != c.n_features)
+                    throw py::value_error("step: x must have shape (" + std::to_string(n) + ", " +
+                                          std::to_string(c.n_features) + "), got " + shape_str(x));
+                require_layout(x, "step: x");
+
+                py::array reset = as_array(reset_obj, "step: reset");
+                if (!is_dtype<uint8_t>(reset) && !is_dtype<bool>(reset))
+                    throw py::type_error("step: reset must be uint8 or bool, got dtype " +
+                                         py::str(reset.dtype()).cast<std::string>());
+                if (reset.ndim() != 1 || reset.shape(0) != n)
+                    throw py::value_error("step: reset must have shape (" + std::to_string(n) + ",), got " +
+                                          shape_str(reset));
+                require_layout(reset, "step: reset");
+
+                py::array out;
+                if (out_obj.is_none()) {
+                    out = py::array_t<float>({n, static_cast<py::ssize_t>(c.n_out)});
+                } else {
+                    out = as_array(out_obj, "step: out");
+                    if (!is_dtype<float>(out))
+                        throw py::type_error("step: out must be float32, got dtype " + py::str(out.dtype()).cast<std::string>());
+                    if (out.ndim() != 2 || out.shape(0) != n || out.shape(1) != c.n_out)
+                        throw py::value_error("step: out must have shape (" + std::to_string(n) + ", " +
+                                              std::to_string(c.n_out) + "), got " + shape_str(out));
+                    require_layout(out, "step: out");
+                    if (!out.writeable()) throw py::value_error("step: out is read-only");
+                }
+                const auto* s = static_cast<const int32_t*>(slots.data());
+                const auto* xp = static_cast<const float*>(x.data());
+                const auto* r = static_cast<const uint8_t*>(reset.data());
+                auto* o = static_cast<float*>(out.mutable_data());
+                {
+                    py::gil_scoped_release nogil;
+                    model.step(static_cast<int>(n), s, xp, r, o);
+                }
+                return out;
+            },
+            py::arg("slots"), py::arg("x"), py::arg("reset"), py::arg("out") = py::none(),
+            "One step per row: slots int32[n] (-1 = padding row, NaN out, no state touched), x float32[n, "
+            "n_features], reset uint8/bool[n] (zero the slot first), out float32[n, n_out] or None. "
+            "Returns out. Arrays are used in place, never converted.")
+        .def("reset_slot", &SsmModel::reset_slot, py::arg("slot"), "Zero one slot's states.")
+        .def("reset_all", &SsmModel::reset_all, "Zero every slot's states.")
+        .def("resize", &SsmModel::resize, py::arg("n_slots"),
+             "New zeroed pool of n_slots slots; views taken before keep showing the old pool.")
+        .def("grow", &SsmModel::grow, py::arg("n_slots"),
+             "At least n_slots slots; existing slots keep their states, new ones start at zero.")
+        .def_property_readonly("n_slots", &SsmModel::n_slots)
+        .def_property_readonly("config", [](const SsmModel& model) { return config_dict(model.config()); })
+        .def(
+            "conv_state", [](const SsmModel& model, int layer) { return state_array(model.conv_state(layer)); },
+            py::arg("layer"),
+            "mamba2 conv window of a layer, float32[n_slots, d_conv-1, conv_dim] (index 0 = oldest), a "
+            "writable view of the pool (no copy). ValueError for s4d.")
+        .def(
+            "ssm_state", [](const SsmModel& model, int layer) { return state_array(model.ssm_state(layer)); },
+            py::arg("layer"),
+            "SSM state of a layer, float32[n_slots, nheads, headdim, d_state] (mamba2) or [n_slots, d_inner, "
+            "d_state] (s4d), a writable view of the pool (no copy). Not C-contiguous: the pool stores "
+            "d_state outside headdim, the strides present the spec's order.")
+        .def("__repr__", [](const SsmModel& model) {
+            const SsmConfig& c = model.config();
+            return std::string("SsmModel(kind=") + nextick::ssm_kind_name(c.kind) + ", n_features=" +
+                   std::to_string(c.n_features) + ", d_model=" + std::to_string(c.d_model) +
+                   ", n_layers=" + std::to_string(c.n_layers) + ", n_out=" + std::to_string(c.n_out) +
+                   ", n_slots=" + std::to_string(model.n_slots()) + ")";
+        });
+}

@@ -1,0 +1,175 @@
+// Streaming SSM inference: one recurrent step per row (instrument), states kept in a slot pool.
+//
+// The math is the export contract with engine/model/ssm.py (the torch reference); see the spec in
+// the SsmModel comment below. Everything is float32. The step is written for two properties:
+//   * a row's result depends only on its slot's state, its features and the weights: never on the
+//     batch size or the other rows (every sum has a fixed order; rows that share a pass over the
+//     weights never share an accumulator), so batch 1 and batch 1024 give the same bits;
+//   * no heap allocation and no locking beyond one uncontended mutex per call, so the backtester's
+//     tick loop can call it per tick batch.
+// The results are also the same bits in the native (-march=native) and the portable build: only
+// IEEE +, -, *, /, sqrt in a fixed order (vmath.hpp for exp/log), no FMA contraction.
+// Free of pybind11 so that C++ code (the backtester) can hold a std::shared_ptr<SsmModel>.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace nextick {
+
+enum class SsmKind : int32_t { kMamba2 = 0, kS4D = 1 };
+
+const char* ssm_kind_name(SsmKind kind);                // "mamba2" / "s4d"
+SsmKind parse_ssm_kind(const std::string& name);        // throws std::invalid_argument
+
+struct SsmConfig {
+    SsmKind kind = SsmKind::kMamba2;
+    int n_features = 5;   // F
+    int d_model = 64;
+    int n_layers = 2;
+    int d_inner = 128;
+    int headdim = 32;     // mamba2 only
+    int nheads = 4;       // mamba2 only; must equal d_inner / headdim
+    int d_state = 16;     // N
+    int d_conv = 4;       // mamba2 only
+    int ngroups = 1;      // mamba2 only (G); must divide nheads
+    int n_out = 1;
+    float norm_eps = 1e-5f;
+    float softplus_threshold = 20.0f;  // mamba2 only
+
+    // mamba2: d_inner + 2*G*N (the channels that go through the causal conv); s4d: 0 (no conv).
+    int conv_dim() const;
+    // Rows of in_proj.weight. mamba2: z, xBC, dt = 2*d_inner + 2*G*N + nheads; s4d: x, z = 2*d_inner.
+    int d_in_proj() const;
+    // Throws std::invalid_argument naming the first bad field.
+    void validate() const;
+};
+
+// A view of one state array of the pool, float32: element [i0, i1, ...] is at
+// data[i0*strides[0] + i1*strides[1] + ...] (shape and strides in elements). The conv window is
+// C-contiguous; the ssm state is not (see ssm_state). `owner` keeps the memory alive: resize() and
+// grow() replace the pool, after which an old view still reads valid memory but is no longer the
+// model's state.
+struct SsmStateView {
+    float* data = nullptr;
+    std::vector<size_t> shape;
+    std::vector<size_t> strides;
+    std::shared_ptr<float> owner;
+};
+
+// One step for one row (slot s, features x[F], reset flag r), for kind mamba2:
+//   if r: zero every layer's state of slot s first
+//   h = encoder.weight @ x + encoder.bias
+//   per layer: u = rmsnorm(h) * norm.weight;  zxbcdt = in_proj.weight @ u = [z | xBC | dt_raw]
+//     conv[c] = bias[c] + sum_k<d_conv-1 w[c,k]*win[k][c] + w[c,d_conv-1]*xBC[c]; window shifts in
+//     the raw xBC; a = silu(conv) = [xs | B | C]; dt = softplus(dt_raw + dt_bias); dA = exp(dt*A)
+//     S[h,p,n] = dA[h]*S[h,p,n] + (dt[h]*xs[h,p])*B[g,n]; y = sum_n S*C + D*xs
+//     h += out_proj.weight @ (rmsnorm(y * silu(z)) * norm_gated.weight)
+//   out = head.weight @ (rmsnorm(h) * norm_f.weight) + head.bias
+// and for kind s4d: per layer [xx | z] = in_proj.weight @ u; S[c,n] = dA*S + dB*xx[c];
+//   y[c] = sum_n C*S + D*xx; h += out_proj.weight @ (y * silu(z)).
+// Summation orders: matvecs accumulate k = 0..K-1 from the bias (or zero) with one accumulator per
+// output; sum_n in order 0..N-1 from zero; rmsnorm's sum of squares in 16 interleaved partial sums
+// combined pairwise (a fixed order in the code, not a property of the vector width).
+class SsmModel {
+public:
+    // name -> (shape, row-major float32 data); read only during the constructor.
+    using Tensor = std::pair<std::vector<size_t>, const float*>;
+    using TensorMap = std::map<std::string, Tensor>;
+
+    // Every tensor a config needs, with its shape, in a stable order.
+    static std::vector<std::pair<std::string, std::vector<size_t>>> tensor_shapes(const SsmConfig& config);
+
+    // Validates the config, copies the weights (exact names and shapes required, no extra names,
+    // all values finite; errors are std::invalid_argument naming the tensor) and allocates a zeroed
+    // state pool of n_slots slots plus every scratch buffer step() needs.
+    SsmModel(const SsmConfig& config, const TensorMap& tensors, int n_slots);
+    SsmModel(const SsmModel&) = delete;
+    SsmModel& operator=(const SsmModel&) = delete;
+    ~SsmModel();
+
+    // Rows are processed in order, each independently. slots[i] < 0 marks a padding row: its out row
+    // is NaN and no state is touched (its reset flag is ignored). A slot >= n_slots() throws
+    // std::out_of_range before any state or output is written. reset[i] != 0 zeroes the slot's
+    // states before the row (reset may be null: no resets). x is [n_rows, n_features], out is
+    // [n_rows, n_out], both row-major. No heap allocation.
+    void step(int n_rows, const int32_t* slots, const float* x, const uint8_t* reset, float* out);
+
+    void reset_slot(int slot);  // std::out_of_range unless 0 <= slot < n_slots()
+    void reset_all();
+    // New pool of n_slots slots, all zero (existing states are dropped, not carried over). Views
+    // taken before keep the old pool alive but no longer show the model's state.
+    void resize(int n_slots);
+    // At least n_slots slots: existing slots keep their states, added ones start at zero; no-op
+    // when the pool is already that large. Reallocates like resize (old views detach).
+    void grow(int n_slots);
+
+    int n_slots() const { return n_slots_; }
+    const SsmConfig& config() const { return cfg_; }
+
+    // Per layer: mamba2 conv window [n_slots, d_conv-1, conv_dim] (index 0 = oldest raw xBC) and
+    // ssm state [n_slots, nheads, headdim, d_state]; s4d ssm state [n_slots, d_inner, d_state] and
+    // no conv window (conv_state throws std::invalid_argument). Bad layer: std::out_of_range.
+    // The ssm state is stored with d_state outermost (mamba2: [slot][n][h][p], s4d: [slot][n][c])
+    // so that the update and the sum over n vectorize across all of d_inner with the sum still in
+    // the order n = 0..N-1; the view's strides present it in the shapes above.
+    // Reads and writes through a view are not synchronized with step() on another thread.
+    SsmStateView conv_state(int layer) const;
+    SsmStateView ssm_state(int layer) const;
+
+private:
+    struct Layer;
+    struct Buffer;
+
+    void build_layout();
+    void load(const TensorMap& tensors);
+    void alloc_states(int n_slots, bool keep);
+    void zero_slot(int slot);
+    void prefetch_slot(int slot) const;
+    void run_block(const int* rows, int nb, const int32_t* slots, const float* x, const uint8_t* reset, float* out);
+    void row_mamba2(const Layer& L, int slot, float* v_in, float* y_out);
+    void row_s4d(const Layer& L, int slot, float* v_in, float* y_out);
+
+    SsmConfig cfg_;
+    int n_slots_ = 0;
+    std::mutex mu_;  // step/reset/resize from different threads (GIL released) must not interleave
+
+    // Padded sizes: every matrix is stored transposed [in][ld] with ld = outputs rounded up to 16.
+    size_t ld_model_ = 0, ld_in_ = 0, ld_out_ = 0, ld_conv_ = 0, ld_inner_ = 0;
+    size_t conv_slot_ = 0, ssm_slot_ = 0;  // floats per slot in each layer's state arrays
+    int head_w_ = 0;  // mamba2 headdim; s4d d_inner
+
+    std::unique_ptr<Buffer> weights_;
+    std::unique_ptr<Buffer> scratch_;
+    const float* enc_wt_ = nullptr;   // [F][ld_model]
+    const float* enc_b_ = nullptr;
+    const float* norm_f_ = nullptr;
+    const float* head_wt_ = nullptr;  // [d_model][ld_out]
+    const float* head_b_ = nullptr;
+    std::vector<Layer> layers_;
+
+    // Scratch, all padded to multiples of 16 floats with zeros beyond the live length. One set per
+    // row of a block (step runs up to kRowBlock rows with distinct slots through each matvec).
+    static constexpr int kRowBlock = 4;
+    struct RowScratch {
+        float* h = nullptr;  // residual stream [ld_model]
+        float* u = nullptr;  // normed input of a layer / of the head [ld_model]
+        float* v = nullptr;  // in_proj output [ld_in]
+        float* y = nullptr;  // mixer output, out_proj input [ld_inner]
+        float* t = nullptr;  // out_proj / head output [max(ld_model, ld_out)]
+    };
+    RowScratch rows_[kRowBlock];
+    // Shared by the per-row mixer, which runs one row at a time.
+    float* a_ = nullptr;     // conv output, silu'd [ld_conv]
+    float* xdt_ = nullptr;   // mamba2 dt[h] * xs[h, p] [ld_inner]
+    float* daf_ = nullptr;   // mamba2 exp(dt[h] * A[h]) per element h*headdim + p [ld_inner]
+    float* dt_ = nullptr;    // per head dt [ld_heads]
+    float* da_ = nullptr;    // per head exp(dt*A) [ld_heads]
+};
+
+}  // namespace nextick
