@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test bench venv core clean
 
 demo: $(CORE_STAMP)
-	$(BIN)/nextick backtest
+	$(BIN)/nextick backtest --strategy ssm --compare momentum --oracle
 
 test: $(CORE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

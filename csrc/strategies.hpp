@@ -25,7 +25,7 @@ struct StrategyParams {
     double span = 100.0;         // mean reversion: EMA span of mid and of its variance (ticks)
     double entry_z = 2.0;        // mean reversion: |z| to enter (against the move)
     double exit_z = 0.5;         // mean reversion: |z| under which to go flat
-    double threshold_bps = 1.0;  // ssm_threshold: edge of the predicted mid beyond the touch to act
+    double threshold_bps = 3.0;  // ssm_threshold: edge of the predicted mid beyond the touch to act
     double stop_loss_bps = 0.0;  // ssm_threshold: exit when the mid moves this far against entry; 0 = off
     double take_profit_bps = 0.0;  // ssm_threshold: exit when the mid moves this far in favour; 0 = off
     double max_units = 0.0;      // ssm_threshold: cap on |position| in units; 0 = notional / mid only

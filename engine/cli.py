@@ -150,7 +150,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--interval", default="1s", choices=["100ms", "1s", "raw"], help="conflation interval (default 1s)")
     tr.add_argument("--epochs", type=int, default=30, help="most epochs (default 30)")
     tr.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better validation loss")
-    tr.add_argument("--batch-size", type=int, default=8, help="sessions per step (default 8)")
+    tr.add_argument("--batch-size", type=int, default=2, help="sessions per step (default 2)")
     tr.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
     tr.add_argument("--train-seed", type=int, default=0, help="seed of initialization and batch order (default 0)")
     tr.add_argument("--val-frac", type=float, default=0.2, help="share of days for validation (default 0.2)")
@@ -169,14 +169,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _source(args: argparse.Namespace):
+def _source(args: argparse.Namespace, horizon_s: float | None = None):
+    """The quote source the options describe. ``horizon_s`` sets the synthetic oracle's horizon
+    (it changes only the exposed expected returns, not the quotes)."""
     from engine.instrument import Instrument
 
     if args.data is None:
         from feeds.synthetic import SyntheticConfig, SyntheticMarket
 
+        extra = {} if horizon_s is None else {"horizon_s": horizon_s}
         return SyntheticMarket(
             SyntheticConfig(
+                **extra,
                 n_instruments=args.n_instruments,
                 n_sessions=args.n_sessions,
                 calendar=args.calendar or "XNYS",
@@ -268,10 +272,17 @@ def _oracle_run(args: argparse.Namespace, config, first):
     from engine.backtest import run_backtest
     from strategies.oracle import OracleThreshold
 
-    source = _source(args)
-    if not hasattr(source, "sessions"):
+    from engine.model.weights import load_model
+    from strategies.builtin import builtin_spec
+
+    if args.data is not None:
         raise ValueError("--oracle needs the synthetic market (its expected returns are known); drop --data")
-    threshold = float(dict(args.param).get("threshold_bps", 1.0)) if args.strategy in ("ssm", "ssm_threshold") else 1.0
+    # The same horizon and threshold as the SSM run it bounds.
+    model = load_model(args.model)
+    tick_s = {"1s": 1.0, "100ms": 0.1}.get(args.interval, 1.0)
+    params = dict(args.param) if args.strategy in ("ssm", "ssm_threshold") else {}
+    threshold = builtin_spec("ssm_threshold", params).threshold_bps
+    source = _source(args, horizon_s=model.signal.horizon_ticks * tick_s)
     return run_backtest(source, config, strategy=OracleThreshold(source, threshold_bps=threshold))
 
 

@@ -16,7 +16,10 @@ class BuiltinSpec(msgspec.Struct, frozen=True, kw_only=True):
     span: float = 100.0  # mean_reversion: EMA span of mid and its variance, ticks
     entry_z: float = 2.0  # mean_reversion: enter against a move beyond this z-score
     exit_z: float = 0.5  # mean_reversion: go flat under this |z|
-    threshold_bps: float = 1.0  # ssm_threshold: predicted mid beyond the ask (bid) by this much to buy (sell)
+    # ssm_threshold: predicted mid beyond the ask (bid) by this much to buy (sell). 3 bps was chosen for
+    # the packaged model on a synthetic market disjoint from its training data and from the demo
+    # (README, Default model).
+    threshold_bps: float = 3.0
     stop_loss_bps: float = 0.0  # ssm_threshold: exit at this adverse mid move from entry; 0 = off
     take_profit_bps: float = 0.0  # ssm_threshold: exit at this favourable mid move from entry; 0 = off
     max_units: float = 0.0  # ssm_threshold: cap on |position| in units; 0 = notional / mid only

@@ -12,9 +12,7 @@ from engine.backtest import BacktestConfig, Engine, run_backtest  # noqa: E402
 from engine.model.config import FEATURE_NAMES, SSMConfig  # noqa: E402
 from engine.model.dataset import split_segments  # noqa: E402
 from engine.model.dataset import _compact  # noqa: E402
-from engine.model.ssm import SSMModel  # noqa: E402
 from engine.model.weights import Normalizer, SignalSpec, save_model  # noqa: E402
-from feeds.memory import ArraySource  # noqa: E402
 from feeds.synthetic import SyntheticConfig, SyntheticMarket  # noqa: E402
 from strategies.base import Strategy, TickBatch  # noqa: E402
 from tests.test_ssm_parity import make_model, rel_err  # noqa: E402

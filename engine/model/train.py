@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from engine.model.config import SSMConfig
-from engine.model.dataset import Segment, Split, fit_normalizer, horizon_target, split_by_time
+from engine.model.dataset import Segment, Split, fit_normalizer, horizon_target
 from engine.model.ssm import SSMModel
 from engine.model.weights import Normalizer, SignalSpec, save_model
 
@@ -33,7 +33,7 @@ class TrainConfig(msgspec.Struct, kw_only=True):
     horizon: int = 10  # K, ticks
     interval: str = "1s"
     epochs: int = 30
-    batch_size: int = 8  # segments per step
+    batch_size: int = 2  # segments per step (larger batches of whole sessions thrash memory on CPU)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 4  # epochs without a better validation loss before stopping
