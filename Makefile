@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test bench venv core clean
 
 demo: $(CORE_STAMP)
-	$(BIN)/nextick backtest --strategy ssm --compare momentum --oracle
+	$(BIN)/nextick backtest --strategy ssm --compare momentum --oracle --alpha-strength 3
 
 test: $(CORE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -102,7 +102,8 @@ def test_backtest_loop_with_ssm(benchmark, strategy):
     quotes, table = random_walk_quotes(n, 10)
 
     def setup():
-        config = BacktestConfig(strategy=strategy, interval="raw", model=str(DEFAULT_MODEL_PATH) if strategy != "momentum" else None)
+        # Ticks go straight into Engine.run (no conflator); the interval only has to match the model's.
+        config = BacktestConfig(strategy=strategy, interval="1s", model=str(DEFAULT_MODEL_PATH) if strategy != "momentum" else None)
         engine = Engine(config, table, None)
         engine.run(quotes[:1])
         return (engine, quotes[1:]), {}

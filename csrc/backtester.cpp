@@ -304,19 +304,44 @@ void Backtester::run_builtin(const Quote* q, size_t n) {
     if (strat_.params().kind == StrategyKind::kPython)
         throw std::logic_error("run_builtin called with a Python strategy configured");
     check_rows(q, n);
-    const bool signals = sig_.model || tap_on_;
-    for (size_t r = 0; r < n; ++r) {
-        bool reset = false;
-        if (!begin_tick(q[r], reset)) continue;
-        double pred = kNaN;
-        if (signals) {
-            // Rows are independent in the kernel, so stepping one row at a time gives the same
-            // predictions as stepping the whole timestamp's batch.
-            const uint8_t rst = reset ? 1 : 0;
-            signal(q, &r, &rst, 1, &pred);
+    if (!sig_.model && !tap_on_) {
+        for (size_t r = 0; r < n; ++r) {
+            bool reset = false;
+            if (!begin_tick(q[r], reset)) continue;
+            const bool warming = sess_[q[r].instrument].warm_left > 0;
+            end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, kNaN, reset, warming));
         }
-        const bool warming = sess_[q[r].instrument].warm_left > 0;
-        end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, pred, reset, warming));
+        return;
+    }
+    // With a signal: the instruments ticking at one timestamp go through one batched SSM step (the
+    // kernel shares each weight pass across rows). Rows are independent in the kernel and
+    // instruments interact only through cash, so this gives exactly the row-by-row results.
+    if (batch_rows_.size() < n_instruments()) batch_rows_.resize(n_instruments());
+    if (row_reset_.size() < n_instruments()) {
+        row_reset_.resize(n_instruments());
+        pred_.resize(n_instruments());
+    }
+    size_t r = 0;
+    while (r < n) {
+        const int64_t ts = q[r].ts_recv;
+        size_t nb = 0, e = r;
+        while (e < n && q[e].ts_recv == ts && !in_batch_[q[e].instrument]) {
+            in_batch_[q[e].instrument] = 1;
+            bool reset = false;
+            if (begin_tick(q[e], reset)) {
+                batch_rows_[nb] = e;
+                row_reset_[nb++] = reset ? 1 : 0;
+            }
+            ++e;
+        }
+        for (size_t k = r; k < e; ++k) in_batch_[q[k].instrument] = 0;
+        if (nb) signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data());
+        for (size_t k = 0; k < nb; ++k) {
+            const Quote& x = q[batch_rows_[k]];
+            const bool warming = sess_[x.instrument].warm_left > 0;
+            end_tick(x, strat_.decide(x.instrument, x.bid_px, x.ask_px, pred_[k], row_reset_[k] != 0, warming));
+        }
+        r = e;
     }
 }
 

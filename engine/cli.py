@@ -24,7 +24,10 @@ examples:
       --tick-size 0.00001 --lot-size 1000 --calendar FX --capital 100000
   nextick backtest --strategy strategies.ema_cross:EmaCross --param fast_span=60 --param slow_span=240
 
-Strategies: momentum, mean_reversion, buy_hold (built into the C++ loop), or any Python class
+  nextick backtest --strategy ssm --compare momentum --oracle --alpha-strength 3     (make demo)
+
+Strategies: momentum, mean_reversion, buy_hold, ssm (= ssm_threshold: the packaged SSM model or
+--model FILE), none (built into the C++ loop), or any Python class
 "package.module:Class" subclassing strategies.base.Strategy (--param values go to its constructor).
 Fills happen at the first tick of the same instrument strictly after decision time + --latency-ns:
 buys at the ask, sells at the bid.

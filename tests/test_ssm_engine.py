@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.backtest import BacktestConfig, Engine, run_backtest  # noqa: E402
+from engine.quote import concat_rows  # noqa: E402
 from engine.model.config import FEATURE_NAMES, SSMConfig  # noqa: E402
 from engine.model.dataset import split_segments  # noqa: E402
 from engine.model.dataset import _compact  # noqa: E402
@@ -161,3 +162,23 @@ def test_model_interval_must_match_the_run(model_path):
     path, _ = model_path
     with pytest.raises(ValueError, match="trained on 1s ticks"):
         run_backtest(SyntheticMarket(MARKET), BacktestConfig(strategy="ssm", model=str(path), interval="100ms"))
+
+
+def test_ssm_fills_do_not_depend_on_batching_or_chunking(model_path):
+    """One batched step per timestamp, or one row per call: the same fills bit for bit."""
+    from engine import _core
+
+    path, _ = model_path
+    config = BacktestConfig(strategy="ssm_threshold", strategy_params={"threshold_bps": 0.5}, model=str(path), warmup_ticks=5)
+    source = SyntheticMarket(MARKET)
+    conflator = _core.Conflator(1_000_000_000)
+    ticks = concat_rows([conflator.push(c) for c in source.chunks()] + [conflator.flush()])
+    whole = Engine(config, source.instruments, None)
+    whole.run(ticks)
+    rows = Engine(config, source.instruments, None)
+    for k in range(len(ticks)):
+        rows.run(ticks[k : k + 1])
+    for e in (whole, rows):
+        e.core.finish()
+    assert len(whole.core.fills()) > 20
+    assert whole.core.fills().tobytes() == rows.core.fills().tobytes()
