@@ -21,12 +21,22 @@ from engine.metrics import JobsonKorkie
 _RULE = "-" * 78
 
 
+# Annualizing a few days compounds to absurd magnitudes; past these they print in e-notation so
+# the table's columns stay aligned.
+_BIG_PCT = 1e5
+_BIG_NUM = 1e6
+
+
 def _pct(x: float, sign: str = "+") -> str:
-    return "n/a" if not math.isfinite(x) else f"{x * 100:{sign}.2f}%"
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x * 100:{sign}.1e}%" if abs(x * 100) >= _BIG_PCT else f"{x * 100:{sign}.2f}%"
 
 
 def _num(x: float, fmt: str = ".2f") -> str:
-    return "n/a" if not math.isfinite(x) else format(x, fmt)
+    if not math.isfinite(x):
+        return "n/a"
+    return format(x, ".2e") if abs(x) >= _BIG_NUM else format(x, fmt)
 
 
 def _when(ts_ns: int) -> str:
