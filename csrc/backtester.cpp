@@ -92,8 +92,9 @@ void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset
         const SessionState& s = sess_[x.instrument];
         double* f = &f_[k * kNumFeatures];
         update_features(st, x, s.open_ns, s.close_ns, f);
-        for (int j = 0; j < kNumFeatures; ++j)
-            x_[k * kNumFeatures + j] = static_cast<float>((f[j] - sig_.mean[j]) / sig_.std[j]);
+        if (sig_.model)
+            for (int j = 0; j < kNumFeatures; ++j)
+                x_[k * kNumFeatures + j] = static_cast<float>((f[j] - sig_.mean[j]) / sig_.std[j]);
         slot_[k] = static_cast<int32_t>(x.instrument);
         reset_[k] = reset[k];
     }

@@ -71,8 +71,8 @@ static_assert(sizeof(TapRow) == 96, "TapRow layout");
 // The model and the statistics that map features in and predictions out.
 struct SignalModel {
     std::shared_ptr<SsmModel> model;
-    double mean[kNumFeatures];
-    double std[kNumFeatures];
+    double mean[kNumFeatures] = {};
+    double std[kNumFeatures] = {1.0, 1.0, 1.0, 1.0, 1.0};
     double target_mean = 0.0;   // output * target_std + target_mean = log-return to horizon, bps
     double target_std = 1.0;
 };

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -240,6 +240,18 @@ class Engine:
         self.core_s += time.perf_counter() - t0
 
 
+def stream_ticks(source: QuoteSource, interval: str) -> Iterator[tuple[int, np.ndarray]]:
+    """What the engine's loop consumes: per source chunk, (quotes read, ticks out of the
+    conflator); at the end, (0, the conflator's last snapshots)."""
+    interval_ns = INTERVALS_NS[interval]
+    conflator = _core.Conflator(interval_ns) if interval_ns else None
+    for chunk in source.chunks():
+        chunk = np.ascontiguousarray(chunk, dtype=QUOTE_DTYPE)
+        yield len(chunk), (conflator.push(chunk) if conflator is not None else chunk)
+    if conflator is not None:
+        yield 0, conflator.flush()
+
+
 def run_backtest(
     source: QuoteSource,
     config: BacktestConfig | None = None,
@@ -254,23 +266,15 @@ def run_backtest(
         strategy = load_strategy(config.strategy, config.strategy_params)
     strategy_name = strategy.name if strategy is not None else config.strategy
     engine = Engine(config, source.instruments, strategy)
-    interval_ns = INTERVALS_NS[config.interval]
-    conflator = _core.Conflator(interval_ns) if interval_ns else None
 
     t0 = time.perf_counter()
     quotes_in = ticks = 0
-    for chunk in source.chunks():
-        chunk = np.ascontiguousarray(chunk, dtype=QUOTE_DTYPE)
-        quotes_in += len(chunk)
-        out = conflator.push(chunk) if conflator is not None else chunk
+    for n_quotes, out in stream_ticks(source, config.interval):
+        quotes_in += n_quotes
         ticks += len(out)
         engine.run(out)
-        if on_progress is not None:
-            on_progress(len(chunk))
-    if conflator is not None:
-        out = conflator.flush()
-        ticks += len(out)
-        engine.run(out)
+        if on_progress is not None and n_quotes:
+            on_progress(n_quotes)
     core = engine.core
     core.finish()
     unknown = {sym for _, sym in config.manual_resets} - set(source.instruments.symbols)

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.backtest import BacktestConfig, Engine, run_backtest  # noqa: E402
+from engine.backtest import BacktestConfig, Engine, run_backtest, stream_ticks  # noqa: E402
 from engine.quote import concat_rows  # noqa: E402
 from engine.model.config import FEATURE_NAMES, SSMConfig  # noqa: E402
 from engine.model.dataset import split_segments  # noqa: E402
@@ -33,18 +33,13 @@ def model_path(tmp_path_factory):
 
 
 def tapped_run(model_file, config: BacktestConfig, strategy=None, market=MARKET):
-    from engine import _core
-
     source = SyntheticMarket(market)
     engine = Engine(config, source.instruments, strategy)
     engine.core.set_tap(True)
-    conflator = _core.Conflator(1_000_000_000)
     taps = []
-    for chunk in source.chunks():
-        engine.run(conflator.push(chunk))
+    for _, ticks in stream_ticks(source, config.interval):
+        engine.run(ticks)
         taps.append(engine.core.take_tap())
-    engine.run(conflator.flush())
-    taps.append(engine.core.take_tap())
     engine.core.finish()
     return engine, np.concatenate(taps)
 
@@ -166,13 +161,10 @@ def test_model_interval_must_match_the_run(model_path):
 
 def test_ssm_fills_do_not_depend_on_batching_or_chunking(model_path):
     """One batched step per timestamp, or one row per call: the same fills bit for bit."""
-    from engine import _core
-
     path, _ = model_path
     config = BacktestConfig(strategy="ssm_threshold", strategy_params={"threshold_bps": 0.5}, model=str(path), warmup_ticks=5)
     source = SyntheticMarket(MARKET)
-    conflator = _core.Conflator(1_000_000_000)
-    ticks = concat_rows([conflator.push(c) for c in source.chunks()] + [conflator.flush()])
+    ticks = concat_rows([t for _, t in stream_ticks(source, config.interval)])
     whole = Engine(config, source.instruments, None)
     whole.run(ticks)
     rows = Engine(config, source.instruments, None)

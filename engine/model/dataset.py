@@ -40,25 +40,17 @@ def collect_segments(
 ) -> list[Segment]:
     """Replay ``source`` through the engine (no strategy) and cut the tapped ticks into segments,
     ordered by start time."""
-    from engine import _core
-    from engine.backtest import INTERVALS_NS, BacktestConfig, Engine
-    from engine.quote import QUOTE_DTYPE
+    from engine.backtest import BacktestConfig, Engine, stream_ticks
 
     config = BacktestConfig(strategy="none", interval=interval, warmup_ticks=warmup_ticks)
     engine = Engine(config, source.instruments, None)
     engine.core.set_tap(True)
-    interval_ns = INTERVALS_NS[interval]
-    conflator = _core.Conflator(interval_ns) if interval_ns else None
     parts: list[np.ndarray] = []
-    for chunk in source.chunks():
-        chunk = np.ascontiguousarray(chunk, dtype=QUOTE_DTYPE)
-        engine.run(conflator.push(chunk) if conflator is not None else chunk)
+    for n_quotes, ticks in stream_ticks(source, interval):
+        engine.run(ticks)
         parts.append(_compact(engine.core.take_tap()))
-        if on_progress is not None:
-            on_progress(len(chunk))
-    if conflator is not None:
-        engine.run(conflator.flush())
-        parts.append(_compact(engine.core.take_tap()))
+        if on_progress is not None and n_quotes:
+            on_progress(n_quotes)
     return split_segments(np.concatenate(parts) if parts else np.empty(0, _COMPACT))
 
 
