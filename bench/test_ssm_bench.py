@@ -113,3 +113,25 @@ def test_backtest_loop_with_ssm(benchmark, strategy):
     benchmark.extra_info["quotes_per_s"] = rate
     record_rate("backtest loop, 10 instruments", strategy, rate)
     print(f"\n{strategy:14s}: {rate / 1e6:7.3f} M quotes/s through the loop")
+
+
+@pytest.mark.parametrize("n_slots", [64, 256, 1024, 4096])
+def test_ssm_step_state_footprint(benchmark, weights, n_slots):
+    """Batch 1024 over n_slots instruments (rows cycle over the slots): the same compute, a state
+    pool of n_slots * ~20 KB. Separates the kernel's arithmetic from the cost of streaming state
+    that no longer fits in cache."""
+    from engine import _core
+
+    model, tensors = weights
+    cfg = model.cfg
+    batch = 1024
+    x = np.random.default_rng(0).standard_normal((batch, cfg.n_features)).astype(np.float32)
+    slots = (np.arange(batch) % n_slots).astype(np.int32)
+    core = _core.SsmModel(cfg.core_dict(), tensors, n_slots)
+    out = np.empty((batch, cfg.n_out), np.float32)
+    benchmark.pedantic(core.step, args=(slots, x, np.zeros(batch, np.uint8), out), rounds=15, iterations=1, warmup_rounds=2)
+    rate = batch / benchmark.stats.stats.min
+    state_mb = sum(np.array(core.ssm_state(k)).nbytes + np.array(core.conv_state(k)).nbytes for k in range(cfg.n_layers)) / 1e6
+    benchmark.extra_info.update({"n_slots": n_slots, "steps_per_s": rate, "state_mb": state_mb})
+    record_rate("SSM step batch 1024, by state pool size", f"{n_slots} slots", rate, "instrument-steps/s")
+    print(f"\nbatch 1024 over {n_slots:5d} slots ({state_mb:6.1f} MB of state): {rate:12,.0f} steps/s")
