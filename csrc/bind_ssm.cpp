@@ -128,6 +128,16 @@ void require_layout(const py::array& a, const std::string& what) {
     if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) throw py::type_error(what + " must be aligned");
 }
 
+// A float32 [rows, cols] array usable in place, or the TypeError/ValueError naming `what`.
+void require_float_matrix(const py::array& a, const std::string& what, py::ssize_t rows, int cols) {
+    if (!is_dtype<float>(a))
+        throw py::type_error(what + " must be float32, got dtype " + py::str(a.dtype()).cast<std::string>());
+    if (a.ndim() != 2 || a.shape(0) != rows || a.shape(1) != cols)
+        throw py::value_error(what + " must have shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                              "), got " + shape_str(a));
+    require_layout(a, what);
+}
+
 py::array state_array(const SsmStateView& v) {
     // The capsule owns a reference to the pool buffer: the view stays valid even after the model
     // is resized (it then shows the old, detached pool) or garbage collected.
@@ -191,12 +201,7 @@ void bind_ssm(py::module_& m) {
                 if (n > INT_MAX) throw py::value_error("step: too many rows");
 
                 py::array x = as_array(x_obj, "step: x");
-                if (!is_dtype<float>(x))
-                    throw py::type_error("step: x must be float32, got dtype " + py::str(x.dtype()).cast<std::string>());
-                if (x.ndim() != 2 || x.shape(0) != n || x.shape(1) != c.n_features)
-                    throw py::value_error("step: x must have shape (" + std::to_string(n) + ", " +
-                                          std::to_string(c.n_features) + "), got " + shape_str(x));
-                require_layout(x, "step: x");
+                require_float_matrix(x, "step: x", n, c.n_features);
 
                 py::array reset = as_array(reset_obj, "step: reset");
                 if (!is_dtype<uint8_t>(reset) && !is_dtype<bool>(reset))
@@ -212,12 +217,7 @@ void bind_ssm(py::module_& m) {
                     out = py::array_t<float>({n, static_cast<py::ssize_t>(c.n_out)});
                 } else {
                     out = as_array(out_obj, "step: out");
-                    if (!is_dtype<float>(out))
-                        throw py::type_error("step: out must be float32, got dtype " + py::str(out.dtype()).cast<std::string>());
-                    if (out.ndim() != 2 || out.shape(0) != n || out.shape(1) != c.n_out)
-                        throw py::value_error("step: out must have shape (" + std::to_string(n) + ", " +
-                                              std::to_string(c.n_out) + "), got " + shape_str(out));
-                    require_layout(out, "step: out");
+                    require_float_matrix(out, "step: out", n, c.n_out);
                     if (!out.writeable()) throw py::value_error("step: out is read-only");
                 }
                 const auto* s = static_cast<const int32_t*>(slots.data());
