@@ -1,6 +1,7 @@
 #include "backtester.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -18,6 +19,18 @@ inline int64_t to_lots(double units, double lot) {
 }
 
 inline int64_t bar_end(int64_t ts, int64_t bar_ns) { return (ts / bar_ns + 1) * bar_ns; }
+
+// Signed so that a cost is > 0. "+ 0.0" turns a -0.0 (a sell exactly at the decision mid) into 0.0:
+// a zero has one representation, so journals and hashes agree on it.
+inline double slippage_bps(double side, double px, double decision_mid) {
+    return side * (px - decision_mid) / decision_mid * 1e4 + 0.0;
+}
+
+// steady_clock is CLOCK_MONOTONIC on Linux: the clock Python's time.monotonic_ns reads.
+inline int64_t mono_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
 
 }  // namespace
 
@@ -179,9 +192,29 @@ void Backtester::sample_equity(int64_t ts) {
     next_bar_ns_ = bar_end(ts, cfg_.bar_ns);
 }
 
-void Backtester::cancel(uint32_t i, uint64_t& counter) {
+void Backtester::cancel(uint32_t i, uint64_t& counter, OrderEventKind why, int64_t ts) {
+    if (order_log_on_) log_order(order_[i], i, why, ts, order_[i].remaining_lots);
     order_[i].remaining_lots = 0;
     ++counter;
+}
+
+void Backtester::log_order(const Order& o, uint32_t i, OrderEventKind kind, int64_t ts, int64_t lots) {
+    order_log_.push_back(OrderEvent{o.id, ts, o.active_ts, static_cast<double>(lots) * lot_[i], o.decision_mid, i,
+                                    static_cast<uint8_t>(kind), {0, 0, 0}});
+}
+
+void Backtester::restore_fill(const Fill& f) {
+    const uint32_t i = f.instrument;
+    if (i >= lot_.size()) throw std::out_of_range("restore_fill: unknown instrument " + std::to_string(i));
+    const double x = f.sz / lot_[i];
+    const int64_t lots = static_cast<int64_t>(std::llround(x));
+    if (lots == 0 || std::fabs(x - static_cast<double>(lots)) > 1e-6)
+        throw std::invalid_argument("restore_fill: size " + std::to_string(f.sz) + " is not a whole number of lots of " +
+                                    std::to_string(lot_[i]));
+    book_fill(i, lots, f.px, f.fee, f.fill_ts);
+    fills_.push_back(f);
+    mark_[i] = f.px;
+    next_order_id_ = std::max(next_order_id_, f.order_id + 1);
 }
 
 void Backtester::book_fill(uint32_t i, int64_t lots, double px, double fee, int64_t ts) {
@@ -236,10 +269,10 @@ void Backtester::fill(uint32_t i, const Quote& q) {
         const double side = buy ? 1.0 : -1.0;
         book_fill(i, lots, px, fee, q.ts_recv);
         fills_.push_back(Fill{o.id, o.decision_ts, q.ts_recv, px, static_cast<double>(lots) * lot, fee,
-                              o.decision_mid, side * (px - o.decision_mid) / o.decision_mid * 1e4, i, 0});
+                              o.decision_mid, slippage_bps(side, px, o.decision_mid), i, 0});
         o.remaining_lots -= lots;
     }
-    if (o.remaining_lots != 0 && cfg_.exec.cancel_remainder) cancel(i, c_.cancelled_remainder);
+    if (o.remaining_lots != 0 && cfg_.exec.cancel_remainder) cancel(i, c_.cancelled_remainder, OrderEventKind::kRemainder, q.ts_recv);
 }
 
 bool Backtester::begin_tick(const Quote& q, bool& reset) {
@@ -252,7 +285,7 @@ bool Backtester::begin_tick(const Quote& q, bool& reset) {
     SessionState& s = sess_[i];
     if (s.close_ns >= 0 && ts >= s.close_ns) {
         // First tick of i after its session closed: orders die with the session.
-        if (order_[i].working()) cancel(i, c_.cancelled_session_close);
+        if (order_[i].working()) cancel(i, c_.cancelled_session_close, OrderEventKind::kSessionClose, ts);
         if (cfg_.exec.flatten_at_close && pos_lots_[i] != 0) ++c_.flatten_missed;
         s.close_ns = -1;
     }
@@ -269,7 +302,7 @@ bool Backtester::begin_tick(const Quote& q, bool& reset) {
         ++c_.resets[static_cast<int>(why)];
         s.warm_left = s.warmup_ticks;
         // A working order was decided on the state this reset discards.
-        if (order_[i].working()) cancel(i, c_.cancelled_reset);
+        if (order_[i].working()) cancel(i, c_.cancelled_reset, OrderEventKind::kReset, ts);
     }
     if (order_[i].working() && ts > order_[i].active_ts) fill(i, q);
     mark_[i] = mid_of(q);
@@ -290,7 +323,7 @@ void Backtester::end_tick(const Quote& q, double target_units) {
 
     Order& o = order_[i];
     if (target == pos + o.remaining_lots) return;  // already working toward it: keep its place
-    if (o.working()) cancel(i, c_.orders_replaced);
+    if (o.working()) cancel(i, c_.orders_replaced, OrderEventKind::kReplaced, q.ts_recv);
     if (target == pos) return;
     o.id = next_order_id_++;
     o.decision_ts = q.ts_recv;
@@ -299,28 +332,36 @@ void Backtester::end_tick(const Quote& q, double target_units) {
     o.remaining_lots = target - pos;
     o.decision_mid = mid_of(q);
     ++c_.orders;
+    if (order_log_on_) log_order(o, i, OrderEventKind::kNew, q.ts_recv, o.remaining_lots);
 }
 
 void Backtester::run_builtin(const Quote* q, size_t n) {
     if (strat_.params().kind == StrategyKind::kPython)
         throw std::logic_error("run_builtin called with a Python strategy configured");
     check_rows(q, n);
-    if (!sig_.model && !tap_on_) {
-        for (size_t r = 0; r < n; ++r) {
-            bool reset = false;
-            if (!begin_tick(q[r], reset)) continue;
-            const bool warming = sess_[q[r].instrument].warm_left > 0;
-            end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, kNaN, reset, warming));
-        }
+    if (sig_.model || tap_on_ || stamping_) {
+        run_grouped(q, n);
         return;
     }
-    // With a signal: the instruments ticking at one timestamp go through one batched SSM step (the
-    // kernel shares each weight pass across rows). Rows are independent in the kernel and
-    // instruments interact only through cash, so this gives exactly the row-by-row results.
-    if (batch_rows_.size() < n_instruments()) batch_rows_.resize(n_instruments());
-    if (row_reset_.size() < n_instruments()) {
-        row_reset_.resize(n_instruments());
-        pred_.resize(n_instruments());
+    for (size_t r = 0; r < n; ++r) {
+        bool reset = false;
+        if (!begin_tick(q[r], reset)) continue;
+        const bool warming = sess_[q[r].instrument].warm_left > 0;
+        end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, kNaN, reset, warming));
+    }
+}
+
+// The instruments ticking at one timestamp go through one batched SSM step (the kernel shares each
+// weight pass across rows). Rows are independent in the kernel, a strategy's decision reads only its
+// own instrument, and instruments interact only through cash, so this gives exactly the row-by-row
+// results.
+void Backtester::run_grouped(const Quote* q, size_t n) {
+    const size_t cap = n_instruments();
+    if (batch_rows_.size() < cap) batch_rows_.resize(cap);
+    if (row_reset_.size() < cap) {
+        row_reset_.resize(cap);
+        pred_.resize(cap);
+        target_.resize(cap);
     }
     size_t r = 0;
     while (r < n) {
@@ -336,11 +377,19 @@ void Backtester::run_builtin(const Quote* q, size_t n) {
             ++e;
         }
         for (size_t k = r; k < e; ++k) in_batch_[q[k].instrument] = 0;
+        if (stamping_) stamps_.state_ns = mono_ns();
         if (nb) signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data());
+        if (stamping_) stamps_.signal_ns = mono_ns();
         for (size_t k = 0; k < nb; ++k) {
             const Quote& x = q[batch_rows_[k]];
             const bool warming = sess_[x.instrument].warm_left > 0;
-            end_tick(x, strat_.decide(x.instrument, x.bid_px, x.ask_px, pred_[k], row_reset_[k] != 0, warming));
+            target_[k] = strat_.decide(x.instrument, x.bid_px, x.ask_px, pred_[k], row_reset_[k] != 0, warming);
+        }
+        if (stamping_) stamps_.decision_ns = mono_ns();
+        for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], target_[k]);
+        if (stamping_) {
+            stamps_.order_ns = mono_ns();
+            ++stamps_.batches;
         }
         r = e;
     }
@@ -379,6 +428,7 @@ void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap
             ++e;
         }
         for (size_t k = r; k < e; ++k) in_batch_[q[k].instrument] = 0;
+        if (stamping_) stamps_.state_ns = mono_ns();
         if (nb && (sig_.model || tap_on_)) {
             if (row_reset_.size() < nb) {
                 row_reset_.resize(nb);
@@ -388,9 +438,13 @@ void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap
             signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data());
             for (size_t k = 0; k < nb; ++k) buf[k].pred_mid = pred_[k];
         }
-        if (nb) {
-            on_batch(nb);
-            for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], buf[k].target);
+        if (stamping_) stamps_.signal_ns = mono_ns();
+        if (nb) on_batch(nb);
+        if (stamping_) stamps_.decision_ns = mono_ns();
+        for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], buf[k].target);
+        if (stamping_) {
+            stamps_.order_ns = mono_ns();
+            ++stamps_.batches;
         }
         r = e;
     }
@@ -398,7 +452,7 @@ void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap
 
 void Backtester::finish() {
     for (uint32_t i = 0; i < order_.size(); ++i)
-        if (order_[i].working()) cancel(i, c_.cancelled_end);
+        if (order_[i].working()) cancel(i, c_.cancelled_end, OrderEventKind::kEnd, last_ts_);
     if (last_ts_ == INT64_MIN) return;
     if (!eq_ts_.empty() && eq_ts_.back() == last_ts_) {
         eq_val_.back() = equity();

@@ -14,6 +14,7 @@
 // Instruments interact only through cash, so processing a batch row by row or all fills first
 // gives identical results: fills do not depend on batch composition.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -77,6 +78,16 @@ struct SignalModel {
     double target_std = 1.0;
 };
 
+// Monotonic-clock stamps (CLOCK_MONOTONIC ns, Python's time.monotonic_ns) of the stages of the last
+// timestamp batch a run call processed; taken only while stamping is on (the live path).
+struct StageStamps {
+    int64_t state_ns = 0;     // sessions, resets, fills and marks done for the batch
+    int64_t signal_ns = 0;    // features and SSM step done
+    int64_t decision_ns = 0;  // strategy targets decided
+    int64_t order_ns = 0;     // orders placed or replaced
+    uint64_t batches = 0;     // batches stamped so far
+};
+
 struct Counters {
     uint64_t ticks = 0;              // rows seen
     uint64_t ticks_in_session = 0;
@@ -105,6 +116,17 @@ public:
     // Records every in-session tick's features (and prediction) until taken.
     void set_tap(bool on) { tap_on_ = on; }
     std::vector<TapRow> take_tap() { return std::move(tap_); }
+    // Order events (placed, cancelled) are recorded until taken.
+    void set_order_log(bool on) { order_log_on_ = on; }
+    std::vector<OrderEvent> take_order_log() { return std::move(order_log_); }
+    // Stage stamps of the last batch of each run call (see StageStamps).
+    void set_stamping(bool on) { stamping_ = on; }
+    const StageStamps& stamps() const { return stamps_; }
+    // Re-books a fill from a journal after a restart: cash, position and the open round trip come
+    // out exactly as when it happened. Later order ids stay above every restored one.
+    void restore_fill(const Fill& f);
+    void set_next_order_id(uint64_t id) { next_order_id_ = std::max(next_order_id_, id); }
+    uint64_t next_order_id() const { return next_order_id_; }
     // MANUAL reset of i at its first in-session tick with ts_recv >= at_ns.
     void request_reset(uint32_t i, int64_t at_ns);
 
@@ -143,7 +165,10 @@ private:
     void signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid);
     void fill(uint32_t i, const Quote& q);
     void book_fill(uint32_t i, int64_t lots, double px, double fee, int64_t ts);
-    void cancel(uint32_t i, uint64_t& counter);
+    void cancel(uint32_t i, uint64_t& counter, OrderEventKind why, int64_t ts);
+    void log_order(const Order& o, uint32_t i, OrderEventKind kind, int64_t ts, int64_t lots);
+    // The grouped loop: one timestamp's instruments through state, signal, decision and orders.
+    void run_grouped(const Quote* q, size_t n);
     void sample_equity(int64_t ts);
 
     EngineConfig cfg_;
@@ -173,6 +198,12 @@ private:
     std::vector<uint8_t> reset_;
     std::vector<double> pred_;
     std::vector<uint8_t> row_reset_;
+
+    bool order_log_on_ = false;
+    std::vector<OrderEvent> order_log_;
+    bool stamping_ = false;
+    StageStamps stamps_;
+    std::vector<double> target_;
 
     double cash_;
     uint64_t next_order_id_ = 1;

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -44,6 +45,14 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
     return out;
 }
 
+template <class T>
+py::array_t<T> tail_numpy(const std::vector<T>& v, size_t start) {
+    const size_t k = std::min(start, v.size());
+    py::array_t<T> out(static_cast<py::ssize_t>(v.size() - k));
+    if (v.size() > k) std::memcpy(out.mutable_data(), v.data() + k, (v.size() - k) * sizeof(T));
+    return out;
+}
+
 QuoteArray quotes_to_numpy(const std::vector<Quote>& v) { return to_numpy(v); }
 
 StrategyKind parse_kind(const std::string& name) {
@@ -65,12 +74,14 @@ PYBIND11_MODULE(_core, m) {
     PYBIND11_NUMPY_DTYPE(Fill, order_id, decision_ts, fill_ts, px, sz, fee, decision_mid, slippage_bps, instrument);
     PYBIND11_NUMPY_DTYPE(Trade, entry_ts, exit_ts, pnl, max_units, instrument, fills);
     PYBIND11_NUMPY_DTYPE(ResetEvent, ts, instrument, reason);
+    PYBIND11_NUMPY_DTYPE(OrderEvent, order_id, ts, active_ts, units, decision_mid, instrument, kind);
     PYBIND11_NUMPY_DTYPE(BatchRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, pred_mid, position, target, instrument, reset,
                          warm);
     PYBIND11_NUMPY_DTYPE(TapRow, ts, bid_px, ask_px, mid, ret_bps, log_spread, imbalance, log_dt_ms, session_frac,
                          pred_mid, out, instrument, reset);
 
     m.def("build_info", &build_info, "Compiler, version and vector extensions the core was built with.");
+    m.attr("ORDER_EVENT_KINDS") = py::make_tuple("new", "replaced", "session_close", "reset", "remainder", "end");
     m.attr("RESET_REASONS") = py::make_tuple("SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL");
     m.attr("QUOTE_ITEMSIZE") = sizeof(Quote);
     m.attr("BATCH_ITEMSIZE") = sizeof(BatchRow);
@@ -210,8 +221,31 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("quotes").noconvert(), py::arg("buffer").noconvert(), py::arg("on_batch"),
              "Run quotes through a Python strategy called once per tick batch.")
+        .def("set_order_log", &Backtester::set_order_log, py::arg("on"),
+             "Record order events (placed, cancelled) until take_order_log().")
+        .def("take_order_log", [](Backtester& b) { return to_numpy(b.take_order_log()); })
+        .def("set_stamping", &Backtester::set_stamping, py::arg("on"),
+             "Stamp the stages of each run call's last batch with the monotonic clock (stamps()).")
+        .def("stamps",
+             [](const Backtester& b) {
+                 const StageStamps& s = b.stamps();
+                 return py::make_tuple(s.state_ns, s.signal_ns, s.decision_ns, s.order_ns, s.batches);
+             },
+             "(state_ns, signal_ns, decision_ns, order_ns, batches): time.monotonic_ns() clock.")
+        .def("restore_fills",
+             [](Backtester& b, py::array_t<Fill, py::array::c_style> f) {
+                 for (py::ssize_t k = 0; k < f.size(); ++k) b.restore_fill(f.data()[k]);
+             },
+             py::arg("fills").noconvert(), "Re-book journaled fills (in order) after a restart.")
+        .def("set_next_order_id", &Backtester::set_next_order_id, py::arg("order_id"))
+        .def_property_readonly("next_order_id", &Backtester::next_order_id)
         .def("finish", &Backtester::finish)
         .def("fills", [](const Backtester& b) { return to_numpy(b.fills()); })
+        .def("fills_since", [](const Backtester& b, size_t k) { return tail_numpy(b.fills(), k); }, py::arg("start"),
+             "fills()[start:] without copying the earlier ones (the live path reads only what is new).")
+        .def("resets_since", [](const Backtester& b, size_t k) { return tail_numpy(b.resets(), k); }, py::arg("start"))
+        .def_property_readonly("n_fills", [](const Backtester& b) { return b.fills().size(); })
+        .def_property_readonly("n_resets", [](const Backtester& b) { return b.resets().size(); })
         .def("trades", [](const Backtester& b) { return to_numpy(b.trades()); })
         .def("resets", [](const Backtester& b) { return to_numpy(b.resets()); })
         .def("equity_curve",

@@ -43,6 +43,28 @@ struct Fill {
     uint32_t pad;
 };
 
+// What became of an order, for the live journal and reconciliation: one event when it is placed and
+// one when it is cancelled (a fill is a Fill). Recorded only while the order log is on.
+enum class OrderEventKind : uint8_t {
+    kNew = 0,
+    kReplaced = 1,       // a different target arrived before it filled
+    kSessionClose = 2,
+    kReset = 3,
+    kRemainder = 4,      // size cap with cancel_remainder
+    kEnd = 5,            // end of data / shutdown
+};
+
+struct OrderEvent {
+    uint64_t order_id;
+    int64_t ts;             // ns: decision time (new) or the tick that cancelled it
+    int64_t active_ts;      // ns: decision + latency
+    double units;           // signed units still to fill (new: the whole order)
+    double decision_mid;
+    uint32_t instrument;
+    uint8_t kind;           // OrderEventKind
+    uint8_t pad[3];
+};
+
 struct Trade {              // a round trip: from flat to flat (a flip closes one and opens the next)
     int64_t entry_ts;
     int64_t exit_ts;

@@ -149,6 +149,9 @@ class Engine:
         self.calendars: list[SessionCalendar] = []
         self.core_s = 0.0
         self.model = None  # engine.model.weights.ModelFile once loaded
+        # Sessions are handed to the core up to the newest tick plus this much. A live run looks a
+        # day ahead so the calendar is not recomputed on every small batch.
+        self.session_lookahead_ns = 0
 
     def _load_model(self, needed: bool) -> None:
         if self.config.model is None and not needed:
@@ -224,14 +227,20 @@ class Engine:
             self.core.add_sessions(idx, opens, closes)
             self.covered_hi_ns[idx] = hi_ns
 
-    def run(self, ticks: np.ndarray) -> None:
-        if len(ticks) == 0:
-            return
+    def prepare(self) -> None:
+        """Instruments into the core and the strategy (and model) set up; ``run`` does it on first use."""
         self._sync_instruments()
         if not self.started:
             self._start()
+
+    def run(self, ticks: np.ndarray) -> None:
+        if len(ticks) == 0:
+            return
+        self.prepare()
         ts = ticks["ts_recv"]
-        self._sync_sessions(int(ts[0]), int(ts[-1]))
+        hi = int(ts[-1])
+        if not self.covered_hi_ns or hi > min(self.covered_hi_ns):
+            self._sync_sessions(int(ts[0]), hi + self.session_lookahead_ns)
         t0 = time.perf_counter()
         if self.host is None:
             self.core.run(ticks)

@@ -54,6 +54,24 @@ _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
 
 
+_SMALL = 8  # batches up to this many rows try the scalar path first
+
+
+def _clean(bid, ask, bsz, asz, ts, future_limit_ns):
+    """Rows that break no stateless rule: numpy arrays in, a bool mask out (in place, one pass per
+    condition); Python scalars in, a bool out. NaN fails every comparison, and bid > 0 with ask > bid
+    and ask < inf also bounds bid to a finite positive number."""
+    ok = bid > 0
+    ok &= ask > bid
+    ok &= ask < np.inf
+    ok &= bsz >= 0
+    ok &= bsz < np.inf
+    ok &= asz >= 0
+    ok &= asz < np.inf
+    ok &= ts <= future_limit_ns
+    return ok
+
+
 class BadInputError(ValueError):
     """A row broke a rule whose action is ``reject``.
 
@@ -204,20 +222,12 @@ class QuoteValidator:
         if n == 0:
             return take_rows(quotes)
 
-        bid, ask = quotes["bid_px"], quotes["ask_px"]
-        bsz, asz = quotes["bid_sz"], quotes["ask_sz"]
+        if n <= _SMALL and self._small_clean(quotes):
+            return take_rows(quotes)
+
+        ok = _clean(quotes["bid_px"], quotes["ask_px"], quotes["bid_sz"], quotes["ask_sz"], quotes["ts_recv"],
+                    self.future_limit_ns)
         ts = quotes["ts_recv"]
-        inf = np.inf
-        # One fused pass for the common all-clean case; NaN fails every comparison, and
-        # bid > 0 with ask > bid and ask < inf also bounds bid to a finite positive number.
-        ok = bid > 0
-        ok &= ask > bid
-        ok &= ask < inf
-        ok &= bsz >= 0
-        ok &= bsz < inf
-        ok &= asz >= 0
-        ok &= asz < inf
-        ok &= ts <= self.future_limit_ns
 
         all_ok = bool(ok.all())
         if all_ok:
@@ -281,6 +291,22 @@ class QuoteValidator:
         return take_rows(quotes, keep)
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _small_clean(self, quotes: np.ndarray) -> bool:
+        """A few rows (the live path's usual batch), all clean and strictly later than everything
+        before them: then no rule can apply, and scalar checks beat a dozen numpy calls. Anything
+        else returns False and takes the general path. Advances the state when True."""
+        last = self._last_ts
+        limit = self.future_limit_ns
+        for row in quotes.tolist():  # QUOTE_DTYPE order: ts_event, ts_recv, bid_px, ask_px, bid_sz, ask_sz, ...
+            _, ts, bid, ask, bsz, asz = row[:6]
+            if ts <= last or not _clean(bid, ask, bsz, asz, ts, limit):
+                return False
+            last = ts
+        # Strictly increasing: the final run of equal ts_recv is the last row alone.
+        self._tail = take_rows(quotes, slice(len(quotes) - 1, None))
+        self._last_ts = last
+        return True
 
     def _stateless_rules(self, q: np.ndarray) -> np.ndarray:
         """Rule code (1 + index in RULES) of the first stateless rule each row fails."""
