@@ -15,9 +15,13 @@ recorder opened and is bumped past any file already there, so nothing is ever ov
 starts after ``rotate_bytes`` uncompressed bytes, after ``rotate_s`` seconds of receive time, and
 when the UTC date of ``recv_ns`` changes, so a file never spans two UTC days.
 
-Crash safety: every write goes through zlib; at least every ``flush_s`` (a background thread checks
-even when no frames arrive) and on ``flush()`` the compressor is flushed with ``Z_SYNC_FLUSH`` and
-the bytes handed to the operating system. A ``kill -9`` therefore loses at most the last ``flush_s``
+Cost on the caller: ``write`` only appends the line to a list. Compression (zlib, which releases the
+GIL) happens on the background thread, on another core, every ``flush_s / 4`` or sooner once
+``drain_bytes`` are waiting; without the thread, in ``write`` once ``drain_bytes`` are waiting.
+
+Crash safety: at least every ``flush_s`` (the background thread checks even when no frames arrive)
+and on ``flush()`` the compressor is flushed with ``Z_SYNC_FLUSH`` and the bytes handed to the
+operating system. A ``kill -9`` therefore loses at most the last ``flush_s``
 of frames: the file lacks the gzip trailer, but everything up to the last sync point decompresses
 (``feeds.raw_replay`` reads such a file and notes it as truncated). With ``fsync=True`` the flushes
 are also forced to disk, which covers a power loss too, at a cost in latency.
@@ -93,7 +97,8 @@ class RawRecorder:
         rotate_bytes: int = 256 << 20,
         rotate_s: float = 3600.0,
         flush_s: float = 1.0,
-        level: int = 6,
+        level: int = 1,  # zlib's fastest: a live recorder must keep up with the feed
+        drain_bytes: int = 256 << 10,
         fsync: bool = False,
         clock: Callable[[], float] = time.monotonic,
         background_flush: bool = True,
@@ -110,7 +115,13 @@ class RawRecorder:
         self.level = level
         self.fsync = fsync
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the pending list and the file state
+        self._io = threading.Lock()  # the compressor and the file writes; taken before _lock
+        self._pending: list[bytes] = []  # lines written, not yet compressed
+        self._pending_bytes = 0
+        self.drain_bytes = int(drain_bytes)
+        self._wake = threading.Event()
+        self._background = background_flush
         self._f = None  # the open file
         self._z = None  # its compressor
         self._n = 0  # files opened by this recorder
@@ -156,13 +167,27 @@ class RawRecorder:
         with self._lock:
             if self._closed:
                 raise ValueError("RawRecorder is closed")
-            if self._f is None or self._must_rotate(recv_ns, len(line)):
+            rotate = self._f is None or self._must_rotate(recv_ns, len(line))
+        if rotate:  # rare: finish the old file (its pending lines first), open the next
+            with self._io, self._lock:
+                self._drain_locked()
                 self._open(recv_ns)
-            self._f.write(self._z.compress(line))
+        with self._lock:
+            self._pending.append(line)
+            self._pending_bytes += len(line)
             self._bytes += len(line)
             self._dirty = True
-            if self._clock() - self._last_flush >= self.flush_s:
-                self._flush_locked()
+            big = self._pending_bytes >= self.drain_bytes
+            due = self._clock() - self._last_flush >= self.flush_s
+        if self._background:
+            if big or due:
+                self._wake.set()
+        elif big or due:
+            with self._io:
+                if due:
+                    self._flush_io()
+                else:
+                    self._drain_io()
 
     def _must_rotate(self, recv_ns: int, size: int) -> bool:
         if self._bytes and self._bytes + size > self.rotate_bytes:
@@ -194,27 +219,58 @@ class RawRecorder:
     # -- flushing ---------------------------------------------------------------------------------
     def flush(self) -> None:
         """Make everything written so far readable from the file (a gzip sync point)."""
-        with self._lock:
+        with self._io:
             if not self._closed:
-                self._flush_locked()
+                self._flush_io()
 
-    def _flush_locked(self) -> None:
-        if self._f is not None and self._dirty:
+    def _take_pending(self) -> bytes:
+        with self._lock:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            return data
+
+    def _drain_io(self) -> None:
+        """Compress the pending lines into the file; caller holds _io (and may hold _lock)."""
+        data = self._take_pending()
+        if data and self._z is not None:
+            self._f.write(self._z.compress(data))  # zlib releases the GIL while it deflates
+
+    def _drain_locked(self) -> None:
+        """_drain_io for a caller that already holds both locks (rotation, close)."""
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        if data and self._z is not None:
+            self._f.write(self._z.compress(data))
+
+    def _flush_io(self) -> None:
+        self._drain_io()
+        with self._lock:
+            dirty = self._dirty
+            self._dirty = False
+            self._last_flush = self._clock()
+        if self._f is not None and dirty:
             self._f.write(self._z.flush(zlib.Z_SYNC_FLUSH))
             self._f.flush()
             if self.fsync:
                 os.fsync(self._f.fileno())
-            self._dirty = False
-        self._last_flush = self._clock()
 
     def _flusher(self) -> None:
-        while not self._stop.wait(self.flush_s / 2):
-            with self._lock:
-                if not self._closed and self._dirty and self._clock() - self._last_flush >= self.flush_s:
-                    self._flush_locked()
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_s / 4)
+            self._wake.clear()
+            with self._io:
+                if self._closed:
+                    return
+                if self._dirty and self._clock() - self._last_flush >= self.flush_s:
+                    self._flush_io()
+                elif self._pending_bytes:
+                    self._drain_io()
 
     def _close_file(self) -> None:
         if self._f is not None:
+            self._drain_locked()
             self._f.write(self._z.flush(zlib.Z_FINISH))  # the gzip trailer
             self._f.flush()
             if self.fsync:
@@ -226,13 +282,14 @@ class RawRecorder:
     def close(self) -> None:
         """Finish the current file (gzip trailer) and stop the flush thread."""
         self._stop.set()
-        with self._lock:
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._io, self._lock:
             if self._closed:
                 return
             self._close_file()
             self._closed = True
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
 
     @property
     def path(self) -> Path | None:
