@@ -44,6 +44,26 @@ The packaged default model is made by the command in README.md ("Default model")
 """
 
 
+SIM_EPILOG = """\
+fault schedule: comma-separated name[:arg][xcount]@seconds[/venue] items, e.g.
+  close@30                 drop every connection without a close frame (clients see 1006)
+  stall:10@60              no data for 10 s while pings continue (clients go STALE)
+  nopong:15@70             stop answering pings for 15 s
+  reject:503x3@90          refuse the next 3 upgrades with HTTP 503 (also 429)
+  malformed:5@100          5 broken frames;  gap:3@110  skip 3 update ids;  dup:2@120  repeat a frame
+  shutdown@130             the venue's restart notice, then a normal close
+"""
+
+PAPER_EPILOG = """\
+examples:
+  nextick paper                                              the local simulator, ssm on 1 s ticks
+  nextick paper --strategy momentum --interval raw --duration 60
+  nextick paper --sim-faults close@20,stall:12@40,gap:2@60 --duration 90    watch it recover
+  nextick paper --live --venue binance-usdm --symbols BTCUSDT,ETHUSDT --strategy ssm --interval 1s
+  nextick reconcile runs/paper
+"""
+
+
 def _param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -91,23 +111,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     syn.add_argument("--start", default="2024-01-02", help="first local date of the synthetic sessions (default 2024-01-02)")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    from engine import __version__
-
-    p = argparse.ArgumentParser(prog="nextick", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"nextick {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    b = sub.add_parser(
-        "backtest",
-        help="replay quotes (synthetic or a file) through a strategy with next-tick fills",
-        description="Replay quotes through a strategy with next-tick fills and print a summary of metrics, fills, "
-        "resets and quarantined rows. With no arguments: the embedded synthetic market (3 instruments, "
-        "5 XNYS sessions) and the momentum baseline.",
-        epilog=BACKTEST_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_source_args(b)
+def _add_run_args(b: argparse.ArgumentParser) -> None:
+    """Strategy, execution and output options of a replay (backtest, replay-raw)."""
     strat = b.add_argument_group("strategy")
     strat.add_argument("--strategy", default="momentum",
                        help="momentum | mean_reversion | buy_hold | ssm (= ssm_threshold) | none | package.module:Class")
@@ -135,6 +140,26 @@ def _build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity (Parquet) and summary.json here")
     out.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from engine import __version__
+
+    p = argparse.ArgumentParser(prog="nextick", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"nextick {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    b = sub.add_parser(
+        "backtest",
+        help="replay quotes (synthetic or a file) through a strategy with next-tick fills",
+        description="Replay quotes through a strategy with next-tick fills and print a summary of metrics, fills, "
+        "resets and quarantined rows. With no arguments: the embedded synthetic market (3 instruments, "
+        "5 XNYS sessions) and the momentum baseline.",
+        epilog=BACKTEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(b)
+    _add_run_args(b)
     b.set_defaults(func=cmd_backtest)
 
     t = sub.add_parser(
@@ -169,6 +194,107 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=Path("runs/train"), metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    rr = sub.add_parser(
+        "replay-raw",
+        help="backtest over raw websocket recordings (`nextick record`, ../shared/data/binance-raw)",
+        description="Replay raw frame recordings (`<recv_ns> <frame>` lines, gzip or plain; ns, us or ms stamps) "
+        "through the live decoders into the engine: depth, trade and snapshot frames are counted and "
+        "skipped, bad frames quarantined and counted. A directory means every recording under it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rr.add_argument("raw_paths", nargs="+", type=Path, metavar="FILE", help="recording files or directories")
+    rr.add_argument("--venue", help="venue of every file (default: from the file names: spot_*, usdm_*, <venue>_*)")
+    rr.add_argument("--tick-size", type=float, default=0.01, help="tick size of the instruments (default 0.01)")
+    rr.add_argument("--lot-size", type=float, default=0.001, help="lot size of the instruments (default 0.001)")
+    rr.add_argument("--gap-s", type=float, default=60.0, help="silence that resets an instrument, seconds (default 60)")
+    rr.add_argument("--policy", default="quarantine", help="bad-row policy, as for backtest (default quarantine)")
+    _add_run_args(rr)
+    rr.set_defaults(func=cmd_backtest, data=None, warmup_ticks=None)
+
+    from feeds.venues import VENUE_NAMES
+
+    es = sub.add_parser(
+        "exchange-sim",
+        help="serve a local exchange (Binance, Bybit, OKX, Kraken protocols) on 127.0.0.1, with fault switches",
+        description="A websocket server speaking the venues' BBO protocols on one port (routed by path), streaming "
+        "the synthetic market or a raw recording, with scheduled faults. `nextick paper` embeds it by default.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SIM_EPILOG,
+    )
+    es.add_argument("--venue", action="append", choices=VENUE_NAMES, help="venue to serve (repeatable; default binance-usdm and bybit-linear)")
+    es.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="symbols each venue lists (default BTCUSDT,ETHUSDT)")
+    es.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    es.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    es.add_argument("--rate-hz", type=float, default=10.0, help="synthetic quotes per second per symbol (default 10)")
+    es.add_argument("--speed", type=float, default=1.0, help="time acceleration; 0 = as fast as possible (default 1)")
+    es.add_argument("--raw", type=Path, metavar="FILE", help="stream this raw recording instead of the synthetic market")
+    es.add_argument("--faults", metavar="SCHEDULE", help="e.g. close@30,stall:10@60,reject:503x3@90 (see below)")
+    es.add_argument("--ping-interval-s", type=float, default=20.0, help="websocket pings from the server (default 20)")
+    es.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    es.set_defaults(func=cmd_exchange_sim)
+
+    pa = sub.add_parser(
+        "paper",
+        help="paper trade live quotes (the local simulator by default) with next-tick fills and a journal",
+        description="Run the backtest's engine and strategy on live quotes, with simulated fills at the next tick "
+        "after --latency-ns. With no market option it trades the embedded local exchange simulator, offline. "
+        "Everything is journaled in RUN_DIR/journal.sqlite and the raw frames recorded under RUN_DIR/raw: "
+        "re-running with the same --run-dir resumes after a crash; `nextick reconcile RUN_DIR` replays the "
+        "recording and checks every order and fill.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=PAPER_EPILOG,
+    )
+    pa.add_argument("--venue", action="append", choices=VENUE_NAMES, help="venue (repeatable; default binance-usdm)")
+    pa.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="symbols in the venue's spelling (default BTCUSDT,ETHUSDT)")
+    market = pa.add_mutually_exclusive_group()
+    market.add_argument("--live", action="store_true", help="connect to the venues' production endpoints")
+    market.add_argument("--url", help="websocket base URL for every venue (e.g. a running `nextick exchange-sim`)")
+    pa.add_argument("--strategy", default="ssm", help="built-in strategy or package.module:Class (default ssm)")
+    pa.add_argument("--model", metavar="FILE", help="SSM weights (default: the packaged model)")
+    pa.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE", help="strategy parameter")
+    pa.add_argument("--interval", default="1s", choices=["100ms", "1s", "raw"], help="conflation interval (default 1s)")
+    pa.add_argument("--latency-ns", type=int, default=0, help="decision to order-active delay in ns (default 0)")
+    pa.add_argument("--fee-bps", type=float, default=1.0, help="fee in basis points of notional (default 1)")
+    pa.add_argument("--capital", type=float, default=1_000_000.0, help="initial capital (default 1,000,000)")
+    pa.add_argument("--lot-size", type=float, default=0.001, help="lot size (default 0.001)")
+    pa.add_argument("--warmup-ticks", type=int, default=50, help="ticks after a reset before opening (default 50)")
+    pa.add_argument("--stale-s", type=float, default=10.0, help="no data this long: STALE reset (default 10)")
+    pa.add_argument("--run-dir", type=Path, default=Path("runs/paper"), help="journal and recording (default runs/paper)")
+    pa.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    pa.add_argument("--sim-rate-hz", type=float, default=10.0, help="embedded simulator: quotes/s per symbol (default 10)")
+    pa.add_argument("--sim-faults", metavar="SCHEDULE", help="embedded simulator: fault schedule, as exchange-sim --faults")
+    pa.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    pa.set_defaults(func=cmd_paper)
+
+    rc = sub.add_parser(
+        "reconcile",
+        help="replay a paper run's recording through the backtester and compare orders and fills bit for bit",
+        description="Replay RUN_DIR/raw (the paper run's own recording) through the same decoders, conflator, "
+        "engine and strategy, segment by segment (a restart starts a segment, from the journaled fills), "
+        "and compare every order, fill and reset with RUN_DIR/journal.sqlite. Exit status 1 on any divergence.",
+    )
+    rc.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a `nextick paper --run-dir` directory")
+    rc.add_argument("--json", action="store_true", help="print the report as JSON")
+    rc.set_defaults(func=cmd_reconcile)
+
+    rec = sub.add_parser(
+        "record",
+        help="record raw frames (gzip, `<recv_ns> <frame>`) and normalized quotes (Parquet) from venue streams",
+        description="Connect to venue BBO streams (production, --url, or the embedded simulator with --sim) and "
+        "write raw frames to OUT/raw/<venue>/*.gz (rotating; the format of ../shared/data/binance-raw, plus "
+        "reconnect/stale marker lines) and normalized quotes to OUT/quotes/venue=/instrument=/date=/*.parquet.",
+    )
+    rec.add_argument("--venue", action="append", choices=VENUE_NAMES, required=True, help="venue (repeatable)")
+    rec.add_argument("--symbols", required=True, help="symbols in the venue's spelling, comma-separated")
+    rec_market = rec.add_mutually_exclusive_group()
+    rec_market.add_argument("--url", help="websocket base URL (default: the venues' production endpoints)")
+    rec_market.add_argument("--sim", action="store_true", help="record the embedded local simulator")
+    rec.add_argument("--out", type=Path, default=Path("recordings"), help="output root (default recordings/)")
+    rec.add_argument("--no-quotes", action="store_true", help="raw frames only, no Parquet quotes")
+    rec.add_argument("--rotate-mb", type=float, default=256.0, help="start a new raw file after this many MB (default 256)")
+    rec.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
+    rec.set_defaults(func=cmd_record)
     return p
 
 
@@ -177,6 +303,16 @@ def _source(args: argparse.Namespace, horizon_s: float | None = None):
     (it changes only the exposed expected returns, not the quotes)."""
     from engine.instrument import Instrument
 
+    if getattr(args, "raw_paths", None):
+        from engine.validate import ValidationPolicy
+        from feeds.raw_replay import RawReplay
+
+        return RawReplay(
+            args.raw_paths,
+            args.venue,
+            instrument_defaults={"tick_size": args.tick_size, "lot_size": args.lot_size, "gap_ns": int(args.gap_s * SECOND_NS)},
+            policy=ValidationPolicy.parse(args.policy),
+        )
     if args.data is None:
         from feeds.synthetic import SyntheticConfig, SyntheticMarket
 
@@ -338,6 +474,151 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"IC val {s['val'].ic:.4f} test {s['test'].ic:.4f}; rank IC val {s['val'].rank_ic:.4f} test {s['test'].rank_ic:.4f}")
     for path in paths:
         print(f"wrote {path}")
+    return 0
+
+
+def _symbols(text: str) -> list[str]:
+    syms = [s.strip() for s in text.split(",") if s.strip()]
+    if not syms:
+        raise ValueError("--symbols is empty")
+    return syms
+
+
+def _run_async(coro):
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # uvloop is not on Windows
+        import asyncio
+
+        return asyncio.run(coro)
+
+
+def cmd_exchange_sim(args: argparse.Namespace) -> int:
+    from feeds.exchange_sim import RawFileSource, SyntheticSource, run_exchange_sim
+
+    venues = {v: _symbols(args.symbols) for v in (args.venue or ["binance-usdm", "bybit-linear"])}
+    if args.raw is not None:
+        if len(venues) != 1:
+            raise ValueError("--raw streams one venue's recording: give exactly one --venue")
+        source = RawFileSource(args.raw, next(iter(venues)), speed=args.speed)
+    else:
+        source = SyntheticSource(quote_rate_hz=args.rate_hz, speed=args.speed)
+    try:
+        _run_async(
+            run_exchange_sim(venues, host=args.host, port=args.port, source=source,
+                             ping_interval_s=args.ping_interval_s, faults=args.faults, duration_s=args.duration)
+        )
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    from engine.backtest import BacktestConfig
+    from engine.paper import PaperConfig, PaperTrader
+    from engine.report import _finite_json
+    from feeds.live import FeedConfig
+
+    venues = {v: _symbols(args.symbols) for v in (args.venue or ["binance-usdm"])}
+    backtest = BacktestConfig(
+        strategy=args.strategy,
+        strategy_params=dict(args.param),
+        interval=args.interval,
+        latency_ns=args.latency_ns,
+        fee_bps=args.fee_bps,
+        initial_capital=args.capital,
+        model=args.model,
+    )
+    feed = FeedConfig(stale_after_s=args.stale_s, stale_reconnect_s=3 * args.stale_s)
+
+    async def main():
+        config = PaperConfig(venues=venues, backtest=backtest, feed=feed, lot_size=args.lot_size,
+                             warmup_ticks=args.warmup_ticks, url=args.url)
+        if args.live or args.url:
+            where = args.url or "the venues' production endpoints"
+            print(f"paper: {', '.join(venues)} from {where}; journal {args.run_dir}/journal.sqlite")
+            return await PaperTrader(config, args.run_dir).run(args.duration)
+        import asyncio
+
+        from feeds.exchange_sim import ExchangeSim, SyntheticSource, parse_fault_schedule
+
+        schedule = parse_fault_schedule(args.sim_faults) if args.sim_faults else []
+        async with ExchangeSim(venues=venues, source=SyntheticSource(quote_rate_hz=args.sim_rate_hz)) as sim:
+            print(f"paper: {', '.join(venues)} from the local exchange simulator at {sim.url} "
+                  f"(offline; --live for the venues' production streams); journal {args.run_dir}/journal.sqlite")
+            config.url = sim.url
+            faults = [asyncio.create_task(_fire_later(sim, ev)) for ev in schedule]
+            try:
+                return await PaperTrader(config, args.run_dir).run(args.duration)
+            finally:
+                for t in faults:
+                    t.cancel()
+
+    summary = _run_async(main())
+    import msgspec
+
+    if args.json:
+        print(json.dumps(_finite_json(msgspec.to_builtins(summary)), indent=2))
+    else:
+        print()
+        print(_format_paper(summary))
+    return 0
+
+
+async def _fire_later(sim, ev) -> None:
+    import asyncio
+
+    await asyncio.sleep(ev.at_s)
+    print(f"\nsim fault: {ev.text}")
+    ev.apply(sim)
+
+
+def _format_paper(s) -> str:
+    lat = s.latency_us.get("recv_to_decision", {})
+    lines = [
+        f"paper run {s.run_dir} (segment {s.segment}): {s.quotes_in:,} quotes, {s.ticks:,} ticks in {s.wall_s:.1f} s",
+        f"  equity {s.equity:,.2f}  cash {s.cash:,.2f}  fills {s.fills} ({s.restored_fills} restored from the journal)",
+        "  positions " + (", ".join(f"{k} {v:+g}" for k, v in s.positions.items() if v) or "flat"),
+        "  resets " + ", ".join(f"{k} {v}" for k, v in s.resets.items() if v),
+        "  quarantined " + (", ".join(f"{k} {v}" for k, v in s.quarantined.items()) or "none"),
+    ]
+    for venue, c in s.feeds.items():
+        bad = ", ".join(f"{k} {v}" for k, v in c["quarantined"].items()) or "none"
+        ign = ", ".join(f"{k} {v}" for k, v in c["ignored"].items()) or "none"
+        lines.append(f"  {venue}: {c['frames']:,} frames, {c['quotes']:,} quotes, seq gaps {c['seq_gaps']}, "
+                     f"bad {bad}, ignored {ign}")
+    if lat:
+        lines.append("  latency (us)      count      p50      p90      p99    p99.9      max")
+        for stage, h in s.latency_us.items():
+            lines.append(f"    {stage:<16}{h['count']:>7,}{h['p50']:>9.1f}{h['p90']:>9.1f}{h['p99']:>9.1f}"
+                         f"{h['p99.9']:>9.1f}{h['max']:>9.1f}")
+    if s.engine_errors:
+        lines.append(f"  ENGINE ERRORS {s.engine_errors}: {s.last_error}")
+    return "\n".join(lines)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from engine.reconcile import reconcile
+
+    report = reconcile(args.run_dir)
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(report), indent=2, default=str))
+    else:
+        print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from engine.record import record
+
+    venues = {v: _symbols(args.symbols) for v in args.venue}
+    stats = _run_async(record(venues, args.out, url=args.url, sim=args.sim, quotes=not args.no_quotes,
+                              rotate_bytes=int(args.rotate_mb * (1 << 20)), duration_s=args.duration))
+    print(stats)
     return 0
 
 
