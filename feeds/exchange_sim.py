@@ -56,6 +56,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from engine.latency import StageLatency
 from feeds.venues import ALIASES, VENUE_NAMES, FrameError, FrameKind, Venue, get_venue
 
 log = logging.getLogger("nextick.exchange_sim")
@@ -530,6 +531,8 @@ class _Conn:
         "closing",
         "writer",
         "timer",
+        "stamps",
+        "fresh",
     )
 
     def __init__(self, ws: ServerConnection, vs: _VenueState) -> None:
@@ -545,6 +548,13 @@ class _Conn:
         self.closing = False
         self.writer: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
+        # (monotonic ns when queued, frames) per broadcast, in queue order: the queue stage's latency
+        self.stamps: collections.deque[list[int]] = collections.deque()
+        self.fresh = 0  # frames queued by the broadcast in progress
+
+    def clear(self) -> None:
+        self.q.clear()
+        self.stamps.clear()
 
     def is_open(self) -> bool:
         return not self.closing and self.ws.protocol.state is State.OPEN and not self.ws.transport.is_closing()
@@ -590,6 +600,9 @@ class ExchangeSim:
         self.queue_frames = queue_frames
         self.url = ""
         self.stats = SimStats()
+        # Per-stage latency of the send path (engine.latency): "queue" = a frame queued for a connection
+        # -> written to its socket.
+        self.latency = StageLatency(("queue",))
         self._venues: dict[str, _VenueState] = {}
         self._paths: dict[str, _VenueState] = {}
         for raw_name, symbols in venues.items():
@@ -739,7 +752,7 @@ class ExchangeSim:
             pass
         finally:
             c.closing = True
-            c.q.clear()
+            c.clear()
             if c.timer is not None:
                 c.timer.cancel()
             c.writer.cancel()
@@ -816,7 +829,7 @@ class ExchangeSim:
         if c.closing:
             return
         c.closing = True
-        c.q.clear()
+        c.clear()
         self._spawn(c.ws.close(code, reason))
 
     # ------------------------------------------------------------------ data path
@@ -866,9 +879,15 @@ class ExchangeSim:
                     continue
             for c in targets:
                 c.q.append(wire)
+                c.fresh += 1
             if is_quote:
                 nq += len(targets)
         self.stats.quotes_sent[vs.name] += nq
+        now = time.monotonic_ns()
+        for c in vs.conns:
+            if c.fresh:
+                c.stamps.append([now, c.fresh])
+                c.fresh = 0
         cap = self.queue_frames
         for c in vs.conns:
             if c.q:
@@ -886,8 +905,10 @@ class ExchangeSim:
             out.extend([c.last] * c.dup)
             c.dup = 0
         q = c.q
+        popped = 0
         while q and len(out) < _WRITE_BATCH:
             f = q.popleft()
+            popped += 1
             if c.malformed:
                 sample = _payload(f).decode("utf-8", "replace")
                 variants = malformed_variants(c.vs.venue, sample)
@@ -896,6 +917,7 @@ class ExchangeSim:
                 c.malformed -= 1
             out.append(f)
             c.last = f
+        self._written(c, popped)
         return out
 
     async def _writer(self, c: _Conn) -> None:
@@ -921,9 +943,11 @@ class ExchangeSim:
                     frames = list(q)
                     q.clear()
                     c.last = frames[-1]
+                    self._written(c, len(frames))
                 else:
                     frames = [q.popleft() for _ in range(_WRITE_BATCH)]
                     c.last = frames[-1]
+                    self._written(c, len(frames))
                 transport.write(b"".join(frames))
                 sent[name] += len(frames)
                 if room is not None:
@@ -934,6 +958,21 @@ class ExchangeSim:
         except Exception:
             if c.is_open():
                 log.exception("%s: writer failed", name)
+
+    def _written(self, c: _Conn, n: int) -> None:
+        """``n`` frames leave c's queue for the socket now: their queue latency goes in the histogram."""
+        now = time.monotonic_ns()
+        stamps, add = c.stamps, self.latency["queue"].add
+        while n > 0 and stamps:
+            head = stamps[0]
+            take = min(n, head[1])
+            wait = now - head[0]
+            for _ in range(take):
+                add(wait)
+            n -= take
+            head[1] -= take
+            if head[1] == 0:
+                stamps.popleft()
 
     async def _heartbeats(self, vs: _VenueState) -> None:
         assert vs.heartbeat is not None
@@ -964,7 +1003,7 @@ class ExchangeSim:
             for c in list(vs.conns):
                 if c.is_open():
                     c.closing = True
-                    c.q.clear()
+                    c.clear()
                     c.ws.transport.abort()
                     self.stats.closed_by_fault += 1
         self._count("close")
@@ -1197,6 +1236,9 @@ async def run_exchange_sim(
             quotes = sum(sim.stats.quotes_sent.values())
             print_fn(_status_line(sim, loop.time() - t0, quotes - last_quotes))
             last_quotes = quotes
+        for stage, h in sim.latency.summary().items():
+            print_fn(f"send latency {stage}: {h['count']:,} frames, p50 {h['p50']:.1f} us, p99 {h['p99']:.1f} us, "
+                     f"p99.9 {h['p99.9']:.1f} us, max {h['max']:.1f} us")
     return sim.stats
 
 
@@ -1212,6 +1254,10 @@ def _status_line(sim: ExchangeSim, t: float, quotes: int) -> str:
         extra.append(f"rejected={st.rejected}")
     if st.bad_client_frames:
         extra.append(f"bad_frames={st.bad_client_frames}")
+    q = sim.latency["queue"]
+    if q.n:
+        extra.append(f"queue p50 {q.percentile(50) / 1e3:.0f}us p99 {q.percentile(99) / 1e3:.0f}us "
+                     f"p99.9 {q.percentile(99.9) / 1e3:.0f}us")
     return (
         f"[{t:7.1f}s] conns {conns}" + (f" ({per})" if per else "") + f"  quotes/s {quotes:,}  frames "
         f"{sum(st.frames_sent.values()):,}  faults {faults}" + ("  " + " ".join(extra) if extra else "")

@@ -355,3 +355,14 @@ def test_recv_clock_is_strictly_increasing():
     t = [c.now() for _ in range(10_000)]
     assert all(b > a for a, b in zip(t, t[1:]))
     assert abs(t[0] - time.time_ns()) < 5 * 10**9
+
+
+def test_simulator_measures_its_send_queue_per_frame():
+    async def main():
+        async with Harness() as h:
+            await h.quotes(50)
+            q = h.sim.latency["queue"]
+            assert q.n >= 50  # one sample per frame handed to the socket
+            assert 0 <= q.percentile(50) <= q.percentile(99.9) <= q.max_ns
+
+    run(main())
