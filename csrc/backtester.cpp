@@ -145,6 +145,11 @@ void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset
     }
 }
 
+void Backtester::resume_session(uint32_t i, int64_t at_ns) {
+    if (i >= sess_.size()) throw std::out_of_range("resume_session: unknown instrument " + std::to_string(i));
+    sess_[i].resume(at_ns);
+}
+
 void Backtester::request_reset(uint32_t i, int64_t at_ns) {
     if (i >= sess_.size()) throw std::out_of_range("request_reset: unknown instrument " + std::to_string(i));
     sess_[i].manual_at_ns = std::min(sess_[i].manual_at_ns, at_ns);

@@ -127,6 +127,8 @@ public:
     void restore_fill(const Fill& f);
     void set_next_order_id(uint64_t id) { next_order_id_ = std::max(next_order_id_, id); }
     uint64_t next_order_id() const { return next_order_id_; }
+    // After a restart: the session open at at_ns (if any) is the one instrument i was already in.
+    void resume_session(uint32_t i, int64_t at_ns);
     // MANUAL reset of i at its first in-session tick with ts_recv >= at_ns.
     void request_reset(uint32_t i, int64_t at_ns);
 

@@ -237,6 +237,8 @@ PYBIND11_MODULE(_core, m) {
                  for (py::ssize_t k = 0; k < f.size(); ++k) b.restore_fill(f.data()[k]);
              },
              py::arg("fills").noconvert(), "Re-book journaled fills (in order) after a restart.")
+        .def("resume_session", &Backtester::resume_session, py::arg("instrument"), py::arg("at_ns"),
+             "After a restart: the session open at at_ns counts as already open (no SESSION_OPEN reset).")
         .def("set_next_order_id", &Backtester::set_next_order_id, py::arg("order_id"))
         .def_property_readonly("next_order_id", &Backtester::next_order_id)
         .def("finish", &Backtester::finish)

@@ -38,6 +38,16 @@ struct SessionState {
         }
     }
 
+    // A restarted process picks the run up at at_ns: if a session is open then, it counts as already
+    // open, so the first tick is not a SESSION_OPEN (the caller flags it as a reconnect instead).
+    void resume(int64_t at_ns) {
+        while (cursor < opens.size() && closes[cursor] <= at_ns) ++cursor;
+        if (cursor < opens.size() && opens[cursor] <= at_ns) {
+            open_ns = opens[cursor];
+            close_ns = closes[cursor];
+        }
+    }
+
     // Advances to ts. Returns false outside any session. In session, sets `reason` to the reset
     // this tick triggers (kNone if none); the caller applies it. `flags` are the quote's flags.
     inline bool advance(int64_t ts, uint16_t flags, ResetReason& reason) {

@@ -233,6 +233,14 @@ class Engine:
         if not self.started:
             self._start()
 
+    def resume_at(self, at_ns: int) -> None:
+        """A restarted live run picks up at ``at_ns``: each instrument's session open then counts as
+        already open, so its first tick resets for the reconnect, not as a session open."""
+        self.prepare()
+        self._sync_sessions(at_ns - 8 * 86_400 * SECOND_NS, at_ns + self.session_lookahead_ns)
+        for i in range(len(self.instruments)):
+            self.core.resume_session(i, at_ns)
+
     def run(self, ticks: np.ndarray) -> None:
         if len(ticks) == 0:
             return

@@ -159,7 +159,10 @@ class PaperTrader:
         self.restored_fills = len(fills)
         self._n_fills = self.core.n_fills
         open_orders = j.open_orders()
-        j.begin_segment(self.clock.now(), len(fills), float(self.core.cash), [float(p) for p in self.core.positions()])
+        started_ns = self.clock.now()
+        j.begin_segment(started_ns, len(fills), float(self.core.cash), [float(p) for p in self.core.positions()])
+        if j.segment > 1:
+            self.engine.resume_at(started_ns)
         if open_orders:
             # Working at the crash: decided on state that is gone, so they are cancelled, not revived.
             j.db.execute("BEGIN")
@@ -185,10 +188,13 @@ class PaperTrader:
             counters = FeedCounters()
             norm = FrameNormalizer(get_venue(venue), self.ids[name], counters)
             rec = recorder_cls(self.run_dir, name) if recorder_cls is not None else None
+            if self.journal is not None and self.journal.segment > 1:
+                # A restart lost whatever arrived while the process was down: RECONNECT resets.
+                norm.mark_reconnect()
+                if rec is not None:
+                    rec.event(self.clock.now(), "restart", segment=self.journal.segment)
             if rec is not None:
                 self.recorders.append(rec)
-                if self.journal is not None and self.journal.segment > 1:
-                    rec.event(self.clock.now(), "restart", segment=self.journal.segment)
             self.counters[name] = counters
             self.normalizers[name] = norm
             self.feeds.append(
@@ -367,6 +373,7 @@ class PaperTrader:
                 except TimeoutError:
                     reason = "duration"
         finally:
+            t_stop = time.monotonic()  # the run's length: shutdown (closing sockets, files) not included
             for f in self.feeds:
                 f.stop()
             for t in tasks:
@@ -381,7 +388,7 @@ class PaperTrader:
             self.journal.end_segment(
                 reason, float(self.core.cash), [float(p) for p in self.core.positions()], self._last_ts or None
             )
-            summary = self.summary(time.monotonic() - t0)
+            summary = self.summary(t_stop - t0)
             self.journal.close()
         return summary
 

@@ -124,6 +124,8 @@ def reconcile(run_dir: Path | str) -> ReconcileReport:
             engine = Engine(config, instruments, strategy)
             engine.session_lookahead_ns = 86_400 * SECOND_NS
             engine.prepare()
+            if k > 0:
+                engine.resume_at(lo)  # as the restarted process did
             core = engine.core
             core.set_order_log(True)
             prior = j.fills(core.fills().dtype, before_segment=seg["segment"])

@@ -129,6 +129,10 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
             if src.quarantined
             else f"none (of {src.rows_read:,} rows read)"
         ),
+    ]
+    if src.skipped:
+        lines.append("skipped      " + ", ".join(f"{k} {v:,}" for k, v in src.skipped.items()) + " (not quotes; by design)")
+    lines += [
         f"speed        {r.quotes_per_s:,.0f} quotes/s end to end ({r.wall_s:.2f} s); "
         f"core loop {r.core_ticks_per_s:,.0f} ticks/s",
     ]

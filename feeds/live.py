@@ -170,7 +170,9 @@ class LiveFeed:
                     max_size=cfg.max_frame_bytes or self.venue.max_frame_bytes,
                     compression=None,
                     close_timeout=1.0,
-                    max_queue=None,
+                    # Backpressure: past this many parsed frames waiting, stop reading the socket, so
+                    # the parser cannot outrun the engine and the backlog (memory, latency) stays bounded.
+                    max_queue=_MAX_QUEUE,
                 )
             except InvalidStatus as e:
                 conn.rejected += 1
@@ -242,7 +244,17 @@ class LiveFeed:
         on_data = self.on_data
         mono = time.monotonic_ns
         QUOTES, SHUTDOWN, ERROR = FrameKind.QUOTES, FrameKind.SHUTDOWN, FrameKind.ERROR
-        async for frame in ws:
+        n = 0
+        recv = ws.recv
+        while True:
+            # decode=False: text frames as the bytes that arrived; msgspec reads UTF-8 bytes directly,
+            # and the recorder writes them as they are, so nothing is decoded and re-encoded.
+            frame = await recv(decode=False)
+            # A busy connection never makes ``recv`` wait, so without this the loop would run nothing
+            # else (timers, watchdogs, other connections, the engine's batch) until the burst ends.
+            n += 1
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             recv_mono = mono()
             recv_ns = clock.now()
             if rec is not None:
@@ -259,7 +271,7 @@ class LiveFeed:
             elif kind is None:
                 self._event("malformed", norm.counters.last_error, conn.symbols, quiet=True)
             elif kind is SHUTDOWN:
-                self._event("shutdown_notice", str(frame)[:200], conn.symbols)
+                self._event("shutdown_notice", bytes(frame[:200]).decode("utf-8", "replace"), conn.symbols)
                 finish("shutdown")
                 return
             elif kind is ERROR:
@@ -329,6 +341,9 @@ class LiveFeed:
         if self.on_event is not None:
             self.on_event(ev)
 
+
+_YIELD_EVERY = 256  # frames read between two chances for the rest of the event loop
+_MAX_QUEUE = 4096  # parsed frames waiting for the reader before the socket is paused
 
 _MARKERS = {"disconnected": "reconnect", "stale": "stale", "connected": "connected"}
 

@@ -412,6 +412,7 @@ class RawReplay:
             for stream, n in c.ignored.items():
                 ignored[stream] = ignored.get(stream, 0) + n
         self.ignored = ignored
+        self.stats.skipped = dict(sorted(ignored.items()))
 
     def _on_marker(self, f: _File, ln: int, frame: bytes, nz: FrameNormalizer) -> None:
         try:

@@ -53,6 +53,7 @@ never sees half a Parquet file.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import os
 import threading
@@ -117,12 +118,15 @@ class RawRecorder:
         self._clock = clock
         self._lock = threading.Lock()  # the pending list and the file state
         self._io = threading.Lock()  # the compressor and the file writes; taken before _lock
-        self._pending: list[bytes] = []  # lines written, not yet compressed
-        self._pending_bytes = 0
+        self._pending: collections.deque[bytes] = collections.deque()  # lines written, not yet compressed
+        # Each counter is written by one thread only (the writer, the drainer): no lost updates.
+        self._queued_bytes = 0
+        self._taken_bytes = 0
         self.drain_bytes = int(drain_bytes)
         self._wake = threading.Event()
         self._background = background_flush
         self._f = None  # the open file
+        self._rotate_at_ns = -1  # no file yet: the first write opens one
         self._z = None  # its compressor
         self._n = 0  # files opened by this recorder
         self._start_ns = 0  # first recv_ns in the current file
@@ -144,14 +148,21 @@ class RawRecorder:
     # -- writing ----------------------------------------------------------------------------------
     def write(self, recv_ns: int, frame: str | bytes) -> None:
         """Append ``<recv_ns> <frame>``; ``recv_ns`` is the receive time, ns UTC."""
-        if isinstance(frame, str):
-            data = frame.encode()
-        else:
-            data = bytes(frame)
+        data = frame.encode() if isinstance(frame, str) else frame
         if b"\n" in data or b"\r" in data:
-            data = data.replace(b"\r", b" ").replace(b"\n", b" ")
+            data = bytes(data).replace(b"\r", b" ").replace(b"\n", b" ")
             self.escaped += 1
-        self._append(int(recv_ns), data)
+        line = b"%d %s\n" % (recv_ns, data)
+        n = len(line)
+        if recv_ns >= self._rotate_at_ns or self._bytes + n > self.rotate_bytes or self._closed:
+            self._append(int(recv_ns), line)  # rare: a new file (or a closed recorder's error)
+        else:
+            # The live path: a deque append (thread-safe against the flusher's popleft), no lock.
+            self._pending.append(line)
+            self._bytes += n
+            self._queued_bytes += n
+            self._dirty = True
+            self._after_append()
         self.frames += 1
 
     def event(self, recv_ns: int, kind: str, **fields: Any) -> None:
@@ -159,30 +170,32 @@ class RawRecorder:
         ``reconnect``/``stale`` with ``symbols=[...]``, ``restart``)."""
         if not kind:
             raise ValueError("event kind must be non-empty")
-        self._append(int(recv_ns), b"#" + _encode({"event": kind, **fields}))
+        self._append(int(recv_ns), b"%d #%s\n" % (int(recv_ns), _encode({"event": kind, **fields})))
         self.events += 1
 
-    def _append(self, recv_ns: int, data: bytes) -> None:
-        line = b"%d %s\n" % (recv_ns, data)
+    def _append(self, recv_ns: int, line: bytes) -> None:
         with self._lock:
             if self._closed:
                 raise ValueError("RawRecorder is closed")
             rotate = self._f is None or self._must_rotate(recv_ns, len(line))
-        if rotate:  # rare: finish the old file (its pending lines first), open the next
+        if rotate:  # finish the old file (its pending lines first), open the next
             with self._io, self._lock:
                 self._drain_locked()
                 self._open(recv_ns)
-        with self._lock:
-            self._pending.append(line)
-            self._pending_bytes += len(line)
-            self._bytes += len(line)
-            self._dirty = True
-            big = self._pending_bytes >= self.drain_bytes
-            due = self._clock() - self._last_flush >= self.flush_s
+        self._pending.append(line)
+        self._bytes += len(line)
+        self._queued_bytes += len(line)
+        self._dirty = True
+        self._after_append()
+
+    def _after_append(self) -> None:
+        big = self._queued_bytes - self._taken_bytes >= self.drain_bytes
         if self._background:
-            if big or due:
+            if big:
                 self._wake.set()
-        elif big or due:
+            return
+        due = self._clock() - self._last_flush >= self.flush_s
+        if big or due:
             with self._io:
                 if due:
                     self._flush_io()
@@ -213,6 +226,8 @@ class RawRecorder:
         self._z = zlib.compressobj(self.level, zlib.DEFLATED, 31)
         self._start_ns = recv_ns
         self._day = _utc_day(recv_ns)
+        # The first receive time that needs a new file: rotate_s later, or the next UTC midnight.
+        self._rotate_at_ns = min(recv_ns + self.rotate_ns, (self._day + 1) * DAY_NS)
         self._bytes = 0
         self.paths.append(path)
 
@@ -224,11 +239,13 @@ class RawRecorder:
                 self._flush_io()
 
     def _take_pending(self) -> bytes:
-        with self._lock:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
-            return data
+        """The lines pending now, oldest first; lines appended meanwhile stay for next time."""
+        q = self._pending
+        n = len(q)
+        lines = [q.popleft() for _ in range(n)]
+        data = b"".join(lines)
+        self._taken_bytes += len(data)
+        return data
 
     def _drain_io(self) -> None:
         """Compress the pending lines into the file; caller holds _io (and may hold _lock)."""
@@ -238,11 +255,7 @@ class RawRecorder:
 
     def _drain_locked(self) -> None:
         """_drain_io for a caller that already holds both locks (rotation, close)."""
-        data = b"".join(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
-        if data and self._z is not None:
-            self._f.write(self._z.compress(data))
+        self._drain_io()
 
     def _flush_io(self) -> None:
         self._drain_io()
@@ -265,7 +278,7 @@ class RawRecorder:
                     return
                 if self._dirty and self._clock() - self._last_flush >= self.flush_s:
                     self._flush_io()
-                elif self._pending_bytes:
+                elif self._pending:
                     self._drain_io()
 
     def _close_file(self) -> None:

@@ -23,6 +23,8 @@ class SourceStats(msgspec.Struct, kw_only=True):
     rows_read: int = 0
     rows_emitted: int = 0
     quarantined: dict[str, int] = msgspec.field(default_factory=dict)
+    # Rows read and set aside on purpose, not errors: a raw recording's depth and trade frames, by stream.
+    skipped: dict[str, int] = msgspec.field(default_factory=dict)
     ts_unit: str | None = None
     ts_unit_detected: bool = False
 

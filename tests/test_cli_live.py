@@ -65,3 +65,19 @@ def test_record_then_replay_raw_gives_the_recorded_quotes(tmp_path, capsys):
 def test_reconcile_of_a_directory_without_a_journal_is_a_one_line_error(tmp_path, capsys):
     assert main(["reconcile", str(tmp_path)]) == 2
     assert "no journal" in capsys.readouterr().err
+
+
+def test_replay_raw_summary_counts_skipped_streams(tmp_path, capsys):
+    t = 1723161254087891268
+    lines = [
+        f'{t} {{"stream":"btcusdt@bookTicker","data":{{"u":1,"s":"BTCUSDT","b":"100.0","B":"1","a":"100.1","A":"1"}}}}',
+        f'{t + 1000} {{"stream":"btcusdt@depth@100ms","data":{{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"b":[],"a":[]}}}}',
+        f'{t + 2000} {{"stream":"btcusdt@trade","data":{{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"100.0","q":"1"}}}}',
+        f'{t + 3000} {{"stream":"btcusdt@bookTicker","data":{{"u":2,"s":"BTCUSDT","b":"100.0","B":"2","a":"100.1","A":"1"}}}}',
+    ]
+    path = tmp_path / "spot_btcusdt_20240808.txt"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["replay-raw", str(path), "--strategy", "none", "--interval", "raw", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped      depth@100ms 1, trade 1" in out
+    assert "2 quotes" in out

@@ -115,3 +115,20 @@ def test_zero_slippage_has_one_sign():
         e.run(t)
     s = e.core.fills()["slippage_bps"]
     assert not (np.signbit(s) & (s == 0)).any()  # no -0.0: journals (SQLite) and hashes agree
+
+
+def test_a_resumed_session_resets_for_the_reconnect_not_as_a_session_open():
+    from conftest import S, T0, quotes, table
+
+    from engine.backtest import BacktestConfig, Engine
+    from engine.quote import QuoteFlag
+
+    def first_reset(resume: bool) -> str:
+        e = Engine(BacktestConfig(strategy="none", interval="raw"), table(1), None)
+        if resume:
+            e.resume_at(T0 + 3600 * S)
+        e.run(quotes([(T0 + 3601 * S, 0, 100, 101, 1, 1, int(QuoteFlag.AFTER_RECONNECT))]))
+        return ("SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL")[int(e.core.resets()["reason"][0])]
+
+    assert first_reset(resume=False) == "SESSION_OPEN"
+    assert first_reset(resume=True) == "RECONNECT"

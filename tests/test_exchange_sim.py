@@ -546,7 +546,7 @@ def test_raw_file_source_sends_frames_verbatim_in_order(tmp_path, stamps_us, gz)
     arun(main())
 
 
-def test_raw_file_source_fast_replay_and_skip(tmp_path):
+def test_raw_file_source_fast_replay_to_a_sim_of_any_symbol(tmp_path):
     path = tmp_path / "cap.gz"
     frames = _write_capture(path, True, True)
 

@@ -196,9 +196,17 @@ def test_kill_9_at_any_moment_loses_and_doubles_nothing(tmp_path):
         total[inst] += sz
     assert final_pos == pytest.approx(list(total), abs=1e-9)
     assert np.isfinite(final_cash)
-    # Orders working at a kill were cancelled at the restart, not revived.
-    working = journal_rows(tmp_path, "SELECT COUNT(*) FROM orders WHERE kind = 'restart'")[0][0]
-    assert working >= 0
+    # Each restart resets every instrument for the data lost while down (RECONNECT), not as a new
+    # session: the UTC day did not change.
+    first = journal_rows(tmp_path, "SELECT segment, instrument, reason FROM resets WHERE rowid IN "
+                                   "(SELECT MIN(rowid) FROM resets GROUP BY segment, instrument) ORDER BY segment")
+    for seg, _, reason in first:
+        assert reason == ("SESSION_OPEN" if seg == 1 else "RECONNECT"), first
+    assert {seg for seg, _, _ in first} == set(range(1, kills + 2))
+    # Orders still working at a kill are cancelled at the restart, never revived: each has one end.
+    ends = journal_rows(tmp_path, "SELECT o.order_id, COUNT(c.order_id) FROM orders o LEFT JOIN orders c "
+                                  "ON c.order_id = o.order_id AND c.kind != 'new' WHERE o.kind = 'new' GROUP BY o.order_id")
+    assert all(n <= 1 for _, n in ends)
     report = reconcile(tmp_path)
     assert report.ok, report.format()
 
