@@ -98,7 +98,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     inst.add_argument("--lot-size", type=float, default=1.0, help="size increment; positions are whole lots (default 1)")
     inst.add_argument("--calendar", default=None,
                       help="session calendar: 24x7, XNYS, CME, FX or 'HH:MM-HH:MM Zone Days' (default: 24x7 for files, "
-                      "XNYS for the synthetic market)")
+                      "US-RTH (NYSE hours, no holidays) for the synthetic market)")
     inst.add_argument("--gap-s", type=float, default=60.0, help="silence inside a session that resets state (default 60 s)")
     inst.add_argument("--warmup-ticks", type=int, default=None,
                       help="ticks after a reset before positions may open, for every instrument (default: 50)")
@@ -154,7 +154,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="replay quotes (synthetic or a file) through a strategy with next-tick fills",
         description="Replay quotes through a strategy with next-tick fills and print a summary of metrics, fills, "
         "resets and quarantined rows. With no arguments: the embedded synthetic market (3 instruments, "
-        "5 XNYS sessions) and the momentum baseline.",
+        "5 NYSE-hours sessions) and the momentum baseline.",
         epilog=BACKTEST_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -322,7 +322,7 @@ def _source(args: argparse.Namespace, horizon_s: float | None = None):
                 **extra,
                 n_instruments=args.n_instruments,
                 n_sessions=args.n_sessions,
-                calendar=args.calendar or "XNYS",
+                calendar=args.calendar or SyntheticConfig.calendar,
                 seed=args.seed,
                 quote_rate_hz=args.quote_rate_hz,
                 alpha_strength=args.alpha_strength,
@@ -460,9 +460,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(split, model_config, config, on_step=lambda n, note: (setattr(progress, "note", note), progress.update(n)))
     finally:
         progress.close()
+    from feeds.synthetic import SyntheticConfig
+
     data_desc = (
         {"source": "synthetic", "seed": args.seed, "n_instruments": args.n_instruments, "n_sessions": args.n_sessions,
-         "start": args.start, "alpha_strength": args.alpha_strength, "calendar": args.calendar or "XNYS"}
+         "start": args.start, "alpha_strength": args.alpha_strength, "calendar": args.calendar or SyntheticConfig.calendar}
         if args.data is None else {"source": str(args.data)}
     )
     args.out.mkdir(parents=True, exist_ok=True)

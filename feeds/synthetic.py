@@ -126,7 +126,7 @@ _STREAM_JUMPS = 2
 class SyntheticConfig:
     """Parameters of the synthetic market; the defaults are the engine's demo data set.
 
-    The defaults give 3 instruments x 5 XNYS sessions at 10 quotes/s each: about 702k quotes per
+    The defaults give 3 instruments x 5 US-RTH (NYSE hours) sessions at 10 quotes/s each: about 702k quotes per
     session, 3.5M in all, with 1-2% daily volatility, 2-5 bps spreads and a modest planted alpha
     (the oracle's 10 s expected return has a std of about 0.45 bps against about 3 bps of 10 s
     noise; an EMA-cross momentum strategy paying a 2 bps taker fee loses money on it).
@@ -134,7 +134,10 @@ class SyntheticConfig:
 
     n_instruments: int = 3
     n_sessions: int = 5  # number of sessions generated (per the calendar)
-    calendar: str = "XNYS"  # any engine.calendar spec; "24x7" gives continuous UTC days
+    # Any engine.calendar spec; "24x7" gives continuous UTC days. US-RTH is NYSE hours on every
+    # weekday: a synthetic market has no holidays (and its data set and the default model stay
+    # what they were before XNYS learned the NYSE holidays).
+    calendar: str = "US-RTH"
     start: str = "2024-01-02"  # first local date considered for sessions (ISO date)
     seed: int = 7
     quote_rate_hz: float = 10.0  # mean Poisson quote arrival rate per instrument
