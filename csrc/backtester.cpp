@@ -58,6 +58,7 @@ uint32_t Backtester::add_instrument(const InstrumentSpec& spec) {
     trade_fills_.push_back(0);
     outside_.push_back(0);
     in_batch_.push_back(0);
+    reset_pending_.push_back(0);
     feat_.emplace_back();
     strat_.resize(n);
     if (sig_.model) sig_.model->grow(static_cast<int>(n));
@@ -310,7 +311,15 @@ bool Backtester::begin_tick(const Quote& q, bool& reset) {
         if (order_[i].working()) cancel(i, c_.cancelled_reset, OrderEventKind::kReset, ts);
     }
     if (order_[i].working() && ts > order_[i].active_ts) fill(i, q);
+    if (!two_sided(q)) {
+        // No mid: keep the last mark, and hand the reset on to the next two-sided tick, where the
+        // features, the model slot and the strategy start over.
+        reset_pending_[i] = reset_pending_[i] || reset;
+        return true;
+    }
     mark_[i] = mid_of(q);
+    reset = reset || reset_pending_[i];
+    reset_pending_[i] = 0;
     return true;
 }
 
@@ -340,6 +349,11 @@ void Backtester::end_tick(const Quote& q, double target_units) {
     if (order_log_on_) log_order(o, i, OrderEventKind::kNew, q.ts_recv, o.remaining_lots);
 }
 
+// A quote with one side missing (price 0, size 0) has no mid: it moves sessions, resets and fills
+// (against the side that is there) but neither the marks, the features, the model nor the strategy.
+// A reset it carries takes effect there and reaches the state at the next two-sided tick.
+void Backtester::one_sided_tick(const Quote& q) { end_tick(q, kNaN); }
+
 void Backtester::run_builtin(const Quote* q, size_t n) {
     if (strat_.params().kind == StrategyKind::kPython)
         throw std::logic_error("run_builtin called with a Python strategy configured");
@@ -351,6 +365,10 @@ void Backtester::run_builtin(const Quote* q, size_t n) {
     for (size_t r = 0; r < n; ++r) {
         bool reset = false;
         if (!begin_tick(q[r], reset)) continue;
+        if (!two_sided(q[r])) {
+            one_sided_tick(q[r]);
+            continue;
+        }
         const bool warming = sess_[q[r].instrument].warm_left > 0;
         end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, kNaN, reset, warming));
     }
@@ -376,8 +394,12 @@ void Backtester::run_grouped(const Quote* q, size_t n) {
             in_batch_[q[e].instrument] = 1;
             bool reset = false;
             if (begin_tick(q[e], reset)) {
-                batch_rows_[nb] = e;
-                row_reset_[nb++] = reset ? 1 : 0;
+                if (two_sided(q[e])) {
+                    batch_rows_[nb] = e;
+                    row_reset_[nb++] = reset ? 1 : 0;
+                } else {
+                    one_sided_tick(q[e]);
+                }
             }
             ++e;
         }
@@ -414,7 +436,10 @@ void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap
             const Quote& x = q[e];
             in_batch_[x.instrument] = 1;
             bool reset = false;
-            if (begin_tick(x, reset)) {
+            const bool in_session = begin_tick(x, reset);
+            if (in_session && !two_sided(x)) {
+                one_sided_tick(x);
+            } else if (in_session) {
                 BatchRow& b = buf[nb];
                 b.ts = ts;
                 b.bid_px = x.bid_px;

@@ -162,6 +162,7 @@ public:
 private:
     bool begin_tick(const Quote& q, bool& reset);
     void end_tick(const Quote& q, double target_units);
+    void one_sided_tick(const Quote& q);
     // Features of the n rows q[rows[k]] (already through begin_tick) into x_, then one batched SSM
     // step; writes pred_mid per row (NaN without a model).
     void signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid);
@@ -188,6 +189,7 @@ private:
     std::vector<uint32_t> trade_fills_;
     std::vector<uint64_t> outside_;
     std::vector<uint8_t> in_batch_;
+    std::vector<uint8_t> reset_pending_;  // a reset met on a one-sided tick, for the next two-sided one
     std::vector<FeatureState> feat_;
 
     SignalModel sig_;

@@ -30,4 +30,7 @@ enum QuoteFlag : uint16_t {
 
 inline double mid_of(const Quote& q) { return 0.5 * (q.bid_px + q.ask_px); }
 
+// Both sides present (validation lets through one-sided quotes: the missing side is 0).
+inline bool two_sided(const Quote& q) { return q.bid_px > 0.0 && q.ask_px > 0.0; }
+
 }  // namespace nextick

@@ -26,7 +26,7 @@ RULES = (
     "malformed",  # the reader could not turn the row into a quote (field count, non-numeric text)
     "unknown_symbol",  # the symbol is not in a fixed instrument table
     "nan",  # a price or size is NaN (or infinite)
-    "negative",  # a price <= 0 or a size < 0
+    "negative",  # a price < 0, a size < 0, a zero price with a size, or no side at all
     "crossed",  # bid_px > ask_px
     "locked",  # bid_px == ask_px
     "future",  # ts_recv later than now + tolerance: a clock or unit error upstream
@@ -39,7 +39,7 @@ _EXPLAIN = {
     "malformed": "the row could not be parsed into a quote",
     "unknown_symbol": "the symbol is not in the instrument table",
     "nan": "prices and sizes must be finite numbers",
-    "negative": "prices must be > 0 and sizes >= 0",
+    "negative": "prices must be > 0 and sizes >= 0 (a missing side has price 0 and size 0)",
     "crossed": "bid_px is above ask_px",
     "locked": "bid_px equals ask_px",
     "future": "ts_recv is later than now plus the future tolerance (a clock or timestamp-unit error?)",
@@ -59,16 +59,25 @@ _SMALL = 8  # batches up to this many rows try the scalar path first
 
 def _clean(bid, ask, bsz, asz, ts, future_limit_ns):
     """Rows that break no stateless rule: numpy arrays in, a bool mask out (in place, one pass per
-    condition); Python scalars in, a bool out. NaN fails every comparison, and bid > 0 with ask > bid
-    and ask < inf also bounds bid to a finite positive number."""
-    ok = bid > 0
-    ok &= ask > bid
-    ok &= ask < np.inf
-    ok &= bsz >= 0
+    condition); Python scalars in, a bool out. NaN fails every comparison. A quote is two-sided
+    (0 < bid < ask) or one-sided: the missing side has price 0 and size 0 (``QuoteFlag.ONE_SIDED``;
+    the engine fills nothing against it and its features stay defined)."""
+    ok = bsz >= 0
     ok &= bsz < np.inf
     ok &= asz >= 0
     ok &= asz < np.inf
+    ok &= bid < np.inf
+    ok &= ask < np.inf
     ok &= ts <= future_limit_ns
+    two = bid > 0
+    two &= ask > bid
+    no_bid = bid == 0
+    no_bid &= bsz == 0
+    no_bid &= ask > 0
+    no_ask = ask == 0
+    no_ask &= asz == 0
+    no_ask &= bid > 0
+    ok &= two | no_bid | no_ask
     return ok
 
 
@@ -313,12 +322,16 @@ class QuoteValidator:
         code = np.zeros(len(q), dtype=np.int8)
         bid, ask, bsz, asz, ts = q["bid_px"], q["ask_px"], q["bid_sz"], q["ask_sz"], q["ts_recv"]
         nan = ~(np.isfinite(bid) & np.isfinite(ask) & np.isfinite(bsz) & np.isfinite(asz))
-        neg = (bid <= 0) | (ask <= 0) | (bsz < 0) | (asz < 0)
+        no_bid = (bid == 0) & (bsz == 0)
+        no_ask = (ask == 0) & (asz == 0)
+        neg = (bid < 0) | (ask < 0) | (bsz < 0) | (asz < 0)
+        neg |= ((bid == 0) & ~no_bid) | ((ask == 0) & ~no_ask) | (no_bid & no_ask)
+        both = ~no_bid & ~no_ask
         masks = (
             ("nan", nan),
             ("negative", neg),
-            ("crossed", bid > ask),
-            ("locked", bid == ask),
+            ("crossed", both & (bid > ask)),
+            ("locked", both & (bid == ask)),
             ("future", ts > self.future_limit_ns),
         )
         for rule, mask in reversed(masks):  # earlier rules overwrite later ones: first rule wins
@@ -387,11 +400,15 @@ class QuoteValidator:
             field = next(f for f in _VALUE_FIELDS if not np.isfinite(row[f]))
             return field, float(row[field]), ""
         if rule == "negative":
-            for f in _PRICE_FIELDS:
-                if row[f] <= 0:
-                    return f, float(row[f]), "prices must be > 0"
-            field = next(f for f in _SIZE_FIELDS if row[f] < 0)
-            return field, float(row[field]), "sizes must be >= 0"
+            for f in _PRICE_FIELDS + _SIZE_FIELDS:
+                if row[f] < 0:
+                    return f, float(row[f]), "prices must be > 0 and sizes >= 0"
+            if row["bid_px"] == 0 and row["ask_px"] == 0:
+                return "bid_px", 0.0, "no bid and no ask: both sides missing"
+            for px, sz in (("bid_px", "bid_sz"), ("ask_px", "ask_sz")):
+                if row[px] == 0 and row[sz] != 0:
+                    return px, 0.0, f"{px} is 0 with {sz} {float(row[sz])!r}; a missing side has price and size 0"
+            return "bid_px", float(row["bid_px"]), "prices must be > 0"
         if rule in ("crossed", "locked"):
             op = ">" if rule == "crossed" else "=="
             return "bid_px", float(row["bid_px"]), f"bid_px {row['bid_px']!r} {op} ask_px {row['ask_px']!r}"

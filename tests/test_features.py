@@ -72,14 +72,15 @@ def test_segments_split_at_every_reset_and_targets_stay_inside():
 
 
 def test_features_survive_odd_books():
-    # a one-sided quote (ask missing) and zero sizes: defined values, never NaN or inf
+    # Zero sizes give defined values; a one-sided quote (ask missing) has no mid, so it never reaches the
+    # features or the model: the next tick's return and time step run from the last two-sided tick.
     q = quotes([(T0, 0, 100.0, 100.1), (T0 + 100 * MS, 0, 100.0, 0.0, 0.0, 0.0), (T0 + 200 * MS, 0, 100.0, 100.2, 0.0, 0.0)])
     segs = collect_segments(ArraySource(q, table(1)), interval="raw")
     f = segs[0].features
-    assert np.isfinite(f).all()
-    assert f[1, 0] == 0.0 and f[1, 2] == 0.0
-    # the return after the one-sided quote is measured from the last usable mid
-    assert f[2, 0] == pytest.approx(np.log(100.1 / 100.05) * 1e4)
+    assert len(f) == 2 and np.isfinite(f).all()
+    assert f[1, 2] == 0.0  # zero sizes: no imbalance
+    assert f[1, 0] == pytest.approx(np.log(100.1 / 100.05) * 1e4)
+    assert f[1, 3] == pytest.approx(np.log1p(200.0))  # 200 ms since the last two-sided tick
 
 
 def test_split_by_time_is_chronological():

@@ -199,3 +199,35 @@ def test_fills_match_reference_model(stream, latency_ns, fee_bps, size_cap, canc
     pos = np.zeros(n_inst)
     np.add.at(pos, r.fills["instrument"].astype(int), r.fills["sz"])
     assert np.array_equal(pos, r.final_positions)
+
+
+# -- one-sided quotes ------------------------------------------------------------------------------------
+
+
+def test_one_sided_quotes_fill_against_the_side_that_is_there_and_never_mark_or_decide():
+    # ask missing at T0+1s: a working buy waits, the mark stays, the strategy is not asked.
+    q = quotes([
+        (T0, 0, 100, 101),
+        (T0 + S, 0, 100.5, 0.0, 10, 0.0),  # no ask
+        (T0 + 2 * S, 0, 100, 102),
+    ])
+    strat = Scripted({(0, T0): 5.0, (0, T0 + S): -5.0})
+    r = run(q, table(1), strat)
+    assert [s[1] for s in strat.seen] == [T0, T0 + 2 * S]  # the one-sided tick never reached it
+    assert len(r.fills) == 1
+    assert r.fills[0]["fill_ts"] == T0 + 2 * S and r.fills[0]["px"] == 102  # not at the missing ask
+    assert np.isfinite(r.equity).all() and r.equity.min() > 999_000  # never marked at half the bid
+
+
+def test_a_sell_fills_at_the_bid_while_the_ask_is_missing():
+    q = quotes([(T0, 0, 100, 101), (T0 + S, 0, 99.5, 0.0, 10, 0.0)])
+    r = run(q, table(1), Scripted({(0, T0): -3.0}))
+    assert r.fills[0]["px"] == 99.5 and r.fills[0]["sz"] == -3
+
+
+def test_a_reset_on_a_one_sided_tick_reaches_the_next_two_sided_tick():
+    q = quotes([(T0, 0, 0.0, 101, 0.0, 10), (T0 + S, 0, 100, 101)])  # the session opens one-sided
+    strat = Scripted({})
+    r = run(q, table(1), strat)
+    assert r.resets["ts"].tolist() == [T0]  # the reset took effect (and is recorded) at the first tick
+    assert strat.seen == [(0, T0 + S, True, True)]  # the strategy starts over on the first two-sided one

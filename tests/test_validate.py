@@ -120,6 +120,24 @@ def test_zero_size_is_valid_zero_price_is_not() -> None:
     assert len(kept) == 1 and v.stats.quarantined == {"negative": 1}
 
 
+def test_a_missing_side_is_a_one_sided_quote_not_bad_input() -> None:
+    v = validator()
+    rows = [
+        (T, 0.0, 1.1, 0.0, 5.0),  # no bid
+        (T + 1, 1.0, 0.0, 5.0, 0.0),  # no ask
+        (T + 2, 0.0, 0.0, 0.0, 0.0),  # no quote at all
+        (T + 3, 0.0, 1.1, 2.0, 5.0),  # a zero bid with a size: bad
+    ]
+    kept = v.check(quotes(rows), lines_for(4))
+    assert kept["ts_recv"].tolist() == [T, T + 1]
+    assert v.stats.quarantined == {"negative": 2}
+    # Scalar (small batch) and vectorized paths agree.
+    w = validator()
+    assert [len(w.check(quotes([r]), lines_for(1))) for r in rows] == [1, 1, 0, 0]
+    with pytest.raises(BadInputError, match="both sides missing"):
+        validator("reject").check(quotes(rows[2:3]), lines_for(1))
+
+
 def test_first_rule_wins() -> None:
     v = validator(tolerance_ns=0)
     q = quotes(
@@ -275,13 +293,14 @@ def reference(rows: list[tuple], future_limit_ns: int) -> tuple[list[int], dict[
     last_ts = -(2**63)
     last_by_inst: dict[int, tuple] = {}
     for i, (ts, bid, ask, bsz, asz, inst) in enumerate(rows):
+        no_bid, no_ask = bid == 0 and bsz == 0, ask == 0 and asz == 0  # a missing side
         if not all(math.isfinite(x) for x in (bid, ask, bsz, asz)):
             rule = "nan"
-        elif bid <= 0 or ask <= 0 or bsz < 0 or asz < 0:
+        elif min(bid, ask, bsz, asz) < 0 or (bid == 0 and not no_bid) or (ask == 0 and not no_ask) or (no_bid and no_ask):
             rule = "negative"
-        elif bid > ask:
+        elif not (no_bid or no_ask) and bid > ask:
             rule = "crossed"
-        elif bid == ask:
+        elif not (no_bid or no_ask) and bid == ask:
             rule = "locked"
         elif ts > future_limit_ns:
             rule = "future"
@@ -320,7 +339,10 @@ def test_property_matches_reference_across_any_chunking(rows: list[tuple], cuts:
     # The invariants the engine relies on.
     assert len(kept) + v.stats.quarantined_total == len(rows)
     assert (np.diff(kept["ts_recv"]) >= 0).all()
-    assert (kept["bid_px"] < kept["ask_px"]).all() and (kept["bid_px"] > 0).all()
+    two = (kept["bid_px"] > 0) & (kept["ask_px"] > 0)
+    assert (kept["bid_px"][two] < kept["ask_px"][two]).all()
+    one = ~two  # one-sided: exactly one side missing, with price and size 0
+    assert ((kept["bid_px"][one] == 0) & (kept["bid_sz"][one] == 0) ^ (kept["ask_px"][one] == 0) & (kept["ask_sz"][one] == 0)).all()
     for f in ("bid_px", "ask_px", "bid_sz", "ask_sz"):
         assert np.isfinite(kept[f]).all()
     assert (kept["bid_sz"] >= 0).all() and (kept["ask_sz"] >= 0).all()
