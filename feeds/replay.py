@@ -16,7 +16,10 @@ import csv
 import datetime as _dt
 import gzip
 import io
+import queue
 import re
+import threading
+import zipfile
 import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +39,7 @@ from feeds.source import SourceStats
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+ZIP_SUFFIXES = (".zip",)  # a zip archive holding one CSV (e.g. data.binance.vision), streamed
 
 # ColumnMap.parse keys -> ColumnMap fields.
 _KEYS = {
@@ -174,7 +178,8 @@ class ColumnMap(msgspec.Struct):
 
 
 class FileReplay:
-    """Replays one CSV (``.csv``, ``.txt``, optionally ``.gz``) or Parquet (``.parquet``, ``.pq``) file.
+    """Replays one CSV (``.csv``, ``.txt``, optionally ``.gz``; or a ``.zip`` holding one CSV, streamed)
+    or Parquet (``.parquet``, ``.pq``) file.
 
     Implements ``feeds.source.QuoteSource``. ``instruments`` is the table passed in (fixed: unknown
     symbols are ``unknown_symbol`` rows) or, when ``template`` is given or no table is, a table that
@@ -361,8 +366,7 @@ class FileReplay:
         """Column names as the reader will name them ([] for an empty file)."""
         if self.format == "parquet":
             return list(pq.ParquetFile(self.path).schema_arrow.names)
-        opener = gzip.open if self._gzip else open
-        with opener(self.path, "rt", encoding="utf-8-sig", newline="") as f:
+        with io.TextIOWrapper(self._open_binary(), encoding="utf-8-sig", newline="") as f:
             first = f.readline()
         if not first:
             return []
@@ -376,6 +380,23 @@ class FileReplay:
         if self.has_header:
             return fields
         return [str(i) for i in range(len(fields))]
+
+    def _open_binary(self, prefetch: bool = False):
+        """The CSV's bytes as a stream: decompressed on the fly for gzip and for the one member of a
+        zip archive (nothing is extracted to disk). With ``prefetch``, a compressed stream is
+        decompressed one block ahead on a background thread (``read`` then returns whole blocks)."""
+        if self._gzip:
+            f = gzip.open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+        elif self.path.name.lower().endswith(ZIP_SUFFIXES):
+            f = _open_zip_member(self.path)
+        else:
+            return open(self.path, "rb")
+        return _Prefetch(f, self.block_size) if prefetch else f
+
+    def _read_columns(self) -> list[str]:
+        """The source columns to read: the mapped ones (a subclass may add columns it uses in
+        ``_convert``)."""
+        return list(dict.fromkeys(self.columns.mapped().values()))
 
     def _csv_steps(self) -> Iterator[tuple[pa.RecordBatch | None, np.ndarray, list[tuple]]]:
         """(batch slice of <= chunk_rows rows, each row's line number, wrong-field-count rows
@@ -397,7 +418,7 @@ class FileReplay:
             bad.append((int(row.number), row.text, row.actual_columns, row.expected_columns))
             return "skip"
 
-        cols = list(dict.fromkeys(self.columns.mapped().values()))
+        cols = self._read_columns()
         parse_opts = pacsv.ParseOptions(
             delimiter=self.delimiter,
             invalid_row_handler=on_invalid,
@@ -413,12 +434,11 @@ class FileReplay:
         line0 = 1  # line number of the next block's first line
         first = True
         carry = b""
-        opener = gzip.open if self._gzip else open
-        with opener(self.path, "rb") as f:
+        with self._open_binary(prefetch=True) as f:
             while True:
                 try:
                     data = f.read(self.block_size)
-                except (OSError, EOFError) as exc:  # a truncated or corrupt archive
+                except (OSError, EOFError, zipfile.BadZipFile) as exc:  # a truncated or corrupt archive
                     raise BadInputError(
                         self.source, line0, "file", "malformed", str(exc)[:200],
                         "the file cannot be read past this point (a truncated or corrupt archive?)",
@@ -497,7 +517,7 @@ class FileReplay:
 
     def _parquet_steps(self) -> Iterator[tuple[pa.RecordBatch | None, np.ndarray, list[tuple]]]:
         pf = pq.ParquetFile(self.path)
-        cols = list(dict.fromkeys(self.columns.mapped().values()))
+        cols = self._read_columns()
         row0 = 0
         for batch in pf.iter_batches(batch_size=self.chunk_rows, columns=cols):
             m = batch.num_rows
@@ -954,14 +974,82 @@ def _localize_py(local_ns: np.ndarray, tz: str) -> tuple[np.ndarray, np.ndarray 
     return utc, (nonexistent if nonexistent.any() else None)
 
 
+class _Prefetch:
+    """Reads ``block_size`` blocks of a (decompressing) stream on a background thread, at most
+    ``depth`` blocks ahead, so decompression overlaps parsing (zlib and Arrow release the GIL).
+    ``read`` returns the next block whatever size is asked; errors surface from ``read``."""
+
+    def __init__(self, f, block_size: int, depth: int = 2) -> None:
+        self._f, self._eof = f, False
+        self._q: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(block_size,), name="nextick-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, n: int) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._f.read(n)
+                self._put((None, data))
+                if not data:
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, raised there
+            self._put((exc, b""))
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                pass
+
+    def read(self, _n: int = -1) -> bytes:
+        if self._eof:
+            return b""
+        exc, data = self._q.get()
+        if exc is not None:
+            self._eof = True
+            raise exc
+        self._eof = not data
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def _open_zip_member(path: Path):
+    """A read stream over the single file in zip archive ``path``."""
+    z = zipfile.ZipFile(path)
+    try:
+        members = [i for i in z.infolist() if not i.is_dir()]
+        if len(members) != 1:
+            raise ValueError(
+                f"{path}: a zip archive must hold exactly one CSV file, this one holds {len(members)}; "
+                "extract the one you want"
+            )
+        # The member stream keeps the archive file open after z.close() (zipfile shares it).
+        return z.open(members[0])
+    finally:
+        z.close()
+
+
 def _format_of(path: Path) -> str:
     name = path.name.lower()
-    if name.endswith(CSV_SUFFIXES):
+    if name.endswith(CSV_SUFFIXES + ZIP_SUFFIXES):
         return "csv"
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
     raise ValueError(
-        f"{path}: unknown file type; FileReplay reads {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}. "
+        f"{path}: unknown file type; FileReplay reads {', '.join(CSV_SUFFIXES + ZIP_SUFFIXES + PARQUET_SUFFIXES)}. "
         "Rename the file or convert it."
     )
 

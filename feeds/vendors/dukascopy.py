@@ -1,0 +1,119 @@
+"""Dukascopy tick CSV exports (decoded from Dukascopy's bi5 files), plain or gzip.
+
+Two layouts, told apart by the header:
+
+- ``symbol,ts_ms_utc,bid,ask,bid_volume,ask_volume`` (one instrument per ``symbol`` value);
+- dukascopy-node's ``timestamp,askPrice,bidPrice,askVolume,bidVolume`` (no symbol column: the
+  symbol comes from ``symbol=`` or the file name, ``eurusd-tick-2019-02-04-2019-02-05.csv`` -> EURUSD).
+
+Times are epoch milliseconds UTC (the unit is detected and reported in ``stats.ts_unit``); ``ts_event``
+= ``ts_recv`` (flag ``SYNTHETIC_TS``). Volumes are published in millions of base currency units;
+they are multiplied by ``volume_scale`` (default 1e6, so sizes are in base units, like lot_size;
+pass ``volume_scale=1`` to keep millions).
+
+Reader options: ``symbol`` (only for the layout without a symbol column), ``venue`` (default
+``dukascopy``), ``calendar`` (default ``FX``), ``volume_scale``, ``instrument_defaults``/``template``
+(tick_size defaults to 0.00001), ``instruments``, ``policy``, ``ts_unit``, ``chunk_rows``,
+``block_size``, ``now_ns``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feeds.replay import ColumnMap, FileReplay
+from feeds.vendors._common import base_name, first_line, replay_kwargs, template_for
+
+LAYOUTS: dict[tuple[str, ...], ColumnMap] = {
+    ("symbol", "ts_ms_utc", "bid", "ask", "bid_volume", "ask_volume"): ColumnMap(
+        ts_recv="ts_ms_utc", bid_px="bid", ask_px="ask", bid_sz="bid_volume", ask_sz="ask_volume", symbol="symbol"
+    ),
+    ("timestamp", "askprice", "bidprice", "askvolume", "bidvolume"): ColumnMap(
+        ts_recv="timestamp", bid_px="bidPrice", ask_px="askPrice", bid_sz="bidVolume", ask_sz="askVolume"
+    ),
+}
+_NODE_NAME = re.compile(r"^(?P<symbol>[A-Za-z0-9]+)-tick-", re.IGNORECASE)
+
+
+def _layout(head: bytes) -> tuple[tuple[str, ...], list[str]] | None:
+    raw = [f.strip().strip('"').strip() for f in first_line(head).split(",")]
+    key = tuple(f.lower() for f in raw)
+    return (key, raw) if key in LAYOUTS else None
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    return path.is_file() and _layout(head) is not None
+
+
+def symbol_from_name(path: Path) -> str:
+    name = base_name(path)
+    m = _NODE_NAME.match(name)
+    return m["symbol"].upper() if m else name
+
+
+class DukascopyReplay(FileReplay):
+    """``FileReplay`` that scales the volumes to base units."""
+
+    def __init__(self, path: Path, *, volume_scale: float = 1e6, **kw: Any) -> None:
+        if not (volume_scale > 0):
+            raise ValueError(f"volume_scale must be positive, not {volume_scale!r}")
+        self.volume_scale = float(volume_scale)
+        super().__init__(path, **kw)
+
+    def _convert(self, batch, lines, ts_recv, ts_event):
+        quotes, code, describe = super()._convert(batch, lines, ts_recv, ts_event)
+        if self.volume_scale != 1.0:
+            # Rounded to 1e-6 units: 0.07 million is 70000, not 70000.00000000001.
+            for f in ("bid_sz", "ask_sz"):
+                quotes[f] = np.round(quotes[f] * self.volume_scale, 6)
+        return quotes, code, describe
+
+
+def reader(
+    path: Path,
+    *,
+    symbol: str | None = None,
+    venue: str | None = None,
+    calendar: str | None = None,
+    volume_scale: float = 1e6,
+    policy=None,
+    instruments=None,
+    template=None,
+    instrument_defaults: dict | None = None,
+    ts_unit: str = "auto",
+    chunk_rows: int | None = None,
+    block_size: int | None = None,
+    now_ns: int | None = None,
+    **_: Any,
+) -> DukascopyReplay:
+    from feeds.vendors import head_of
+
+    path = Path(path)
+    found = _layout(head_of(path))
+    if found is None:
+        raise ValueError(
+            f"{path}: not a Dukascopy tick CSV; expected the header "
+            + " or ".join(repr(",".join(k)) for k in LAYOUTS)
+        )
+    key, raw = found
+    # The file's own spelling of each column.
+    spelled = {k: r for k, r in zip(key, raw)}
+    columns = ColumnMap(**{f: spelled[c.lower()] for f, c in LAYOUTS[key].mapped().items()})
+    if columns.symbol is not None:
+        if symbol:
+            raise ValueError(f"{path}: the file has a symbol column; do not pass symbol=")
+    else:
+        symbol = symbol or symbol_from_name(path)
+    inst = template_for(
+        venue=venue or "dukascopy", calendar="FX", defaults={"tick_size": 0.00001},
+        template=template, instrument_defaults=instrument_defaults, calendar_option=calendar,
+    )
+    return DukascopyReplay(
+        path, columns=columns, symbol=symbol or None, volume_scale=volume_scale,
+        **replay_kwargs(policy=policy, instruments=instruments, template=inst, ts_unit=ts_unit,
+                        chunk_rows=chunk_rows, block_size=block_size, now_ns=now_ns),
+    )
