@@ -54,6 +54,13 @@ fault schedule: comma-separated name[:arg][xcount]@seconds[/venue] items, e.g.
   shutdown@130             the venue's restart notice, then a normal close
 """
 
+INGEST_EPILOG = """\
+examples:
+  nextick ingest ../shared/data/tardis ../shared/data/fx ../shared/data/databento --catalog cat
+  nextick ingest BTCUSDT-bookTicker-2024-01-*.zip --catalog cat
+  nextick backtest --catalog cat --instruments BTCUSDT,ETHUSDT --start 2024-01-02 --end 2024-01-05
+"""
+
 PAPER_EPILOG = """\
 examples:
   nextick paper                                              the local simulator, ssm on 1 s ticks
@@ -108,7 +115,15 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     syn.add_argument("--n-sessions", type=int, default=5, help="number of sessions (default 5)")
     syn.add_argument("--quote-rate-hz", type=float, default=10.0, help="mean quotes per second per instrument (default 10)")
     syn.add_argument("--alpha-strength", type=float, default=1.0, help="strength of the planted predictable component (default 1)")
-    syn.add_argument("--start", default="2024-01-02", help="first local date of the synthetic sessions (default 2024-01-02)")
+    syn.add_argument("--start", default=None,
+                     help="first date: of the synthetic sessions (default 2024-01-02), or of a --catalog replay")
+    cat = p.add_argument_group("catalog (`nextick ingest` output)")
+    cat.add_argument("--catalog", type=Path, metavar="DIR", help="replay quotes from this Parquet catalog")
+    cat.add_argument("--instruments", metavar="LIST",
+                     help="comma-separated symbols or venue:symbol (default: every instrument in the catalog)")
+    cat.add_argument("--end", help="last date (inclusive) or datetime (exclusive) of a --catalog replay")
+    cat.add_argument("--memory-mb", type=float, default=256.0,
+                     help="memory budget of a --catalog replay, MiB (default 256): peak use stays within it")
 
 
 def _add_run_args(b: argparse.ArgumentParser) -> None:
@@ -210,7 +225,26 @@ def _build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--gap-s", type=float, default=60.0, help="silence that resets an instrument, seconds (default 60)")
     rr.add_argument("--policy", default="quarantine", help="bad-row policy, as for backtest (default quarantine)")
     _add_run_args(rr)
-    rr.set_defaults(func=cmd_backtest, data=None, warmup_ticks=None)
+    rr.set_defaults(func=cmd_backtest, data=None, warmup_ticks=None, catalog=None)
+
+    ig = sub.add_parser(
+        "ingest",
+        help="turn vendor files (Binance, Tardis, Databento, LOBSTER, HistData, raw recordings, CSV/Parquet) into a Parquet catalog",
+        description="Read each source with the reader its format needs (detected, or --format), validate it, and "
+        "write it into the catalog partitioned by venue, instrument and UTC date, with a manifest of source "
+        "files (SHA-256), row counts and quarantines. Ingesting the same file again changes nothing; a "
+        "changed file replaces its earlier rows. A folder means every file in it that a reader recognizes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=INGEST_EPILOG,
+    )
+    ig.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="files or folders")
+    ig.add_argument("--catalog", type=Path, required=True, metavar="DIR", help="the catalog folder (created if needed)")
+    ig.add_argument("--format", dest="fmt", choices=None, metavar="FORMAT",
+                    help="skip detection: binance, tardis, databento, lobster, histdata, dukascopy, raw, generic")
+    ig.add_argument("--venue", help="venue name, where the format does not say it")
+    ig.add_argument("--symbol", help="symbol, where the file name does not say it")
+    ig.add_argument("--policy", default="quarantine", help="bad-row policy, as for backtest (default quarantine)")
+    ig.set_defaults(func=cmd_ingest)
 
     from feeds.venues import VENUE_NAMES
 
@@ -303,6 +337,16 @@ def _source(args: argparse.Namespace, horizon_s: float | None = None):
     (it changes only the exposed expected returns, not the quotes)."""
     from engine.instrument import Instrument
 
+    if getattr(args, "catalog", None) is not None:
+        from feeds.catalog import Catalog
+
+        if args.data is not None:
+            raise ValueError("give --data or --catalog, not both")
+        if not args.catalog.exists():
+            raise SystemExit(f"nextick: --catalog {args.catalog}: no such folder; make one with `nextick ingest`")
+        names = [s.strip() for s in args.instruments.split(",") if s.strip()] if args.instruments else None
+        return Catalog(args.catalog).source(names, args.start, args.end,
+                                            memory_budget_bytes=int(args.memory_mb * (1 << 20)))
     if getattr(args, "raw_paths", None):
         from engine.validate import ValidationPolicy
         from feeds.raw_replay import RawReplay
@@ -326,7 +370,7 @@ def _source(args: argparse.Namespace, horizon_s: float | None = None):
                 seed=args.seed,
                 quote_rate_hz=args.quote_rate_hz,
                 alpha_strength=args.alpha_strength,
-                start=args.start,
+                start=args.start or SyntheticConfig.start,
             )
         )
     from engine.validate import ValidationPolicy
@@ -414,8 +458,8 @@ def _oracle_run(args: argparse.Namespace, config, first):
     from engine.model.weights import load_model
     from strategies.builtin import builtin_spec
 
-    if args.data is not None:
-        raise ValueError("--oracle needs the synthetic market (its expected returns are known); drop --data")
+    if args.data is not None or getattr(args, "catalog", None) is not None:
+        raise ValueError("--oracle needs the synthetic market (its expected returns are known); drop --data/--catalog")
     # The same horizon and threshold as the SSM run it bounds.
     model = load_model(args.model)
     tick_s = {"1s": 1.0, "100ms": 0.1}.get(args.interval, 1.0)
@@ -464,7 +508,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data_desc = (
         {"source": "synthetic", "seed": args.seed, "n_instruments": args.n_instruments, "n_sessions": args.n_sessions,
-         "start": args.start, "alpha_strength": args.alpha_strength, "calendar": args.calendar or SyntheticConfig.calendar}
+         "start": args.start or SyntheticConfig.start, "alpha_strength": args.alpha_strength, "calendar": args.calendar or SyntheticConfig.calendar}
         if args.data is None else {"source": str(args.data)}
     )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -599,6 +643,19 @@ def _format_paper(s) -> str:
     if s.engine_errors:
         lines.append(f"  ENGINE ERRORS {s.engine_errors}: {s.last_error}")
     return "\n".join(lines)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from engine.ingest import ingest
+    from engine.validate import ValidationPolicy
+
+    options: dict[str, Any] = {"policy": ValidationPolicy.parse(args.policy)}
+    if args.venue:
+        options["venue"] = args.venue
+    if args.symbol:
+        options["symbol"] = args.symbol
+    ingest(args.sources, args.catalog, fmt=args.fmt, **options)
+    return 0
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

@@ -12,13 +12,12 @@ _LINE = re.compile(rb"^\d{10,19} [#{\[]")
 
 
 def sniff(path: Path, head: bytes) -> bool:
+    """A file whose first line is ``<stamp> <frame>``, or a folder whose recordings all are."""
     if path.is_dir():
-        files = list_files(path)
-        if not files:
-            return False
         from feeds.vendors import head_of
 
-        head = head_of(files[0])
+        files = list_files(path)
+        return bool(files) and all(_LINE.match(head_of(f)) for f in files)
     return bool(_LINE.match(head))
 
 
