@@ -10,7 +10,7 @@ CORE_STAMP := $(VENV)/.core
 CORE_SRC   := $(wildcard csrc/*.cpp csrc/*.hpp csrc/*.cu) CMakeLists.txt pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv core clean
+.PHONY: demo test bench bench-baseline venv core clean
 
 demo: $(CORE_STAMP)
 	$(BIN)/nextick backtest --strategy ssm --compare momentum --oracle --alpha-strength 3
@@ -18,8 +18,17 @@ demo: $(CORE_STAMP)
 test: $(CORE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# pytest-benchmark suites, then a report of changes beyond 20% against bench/baseline.json (a report:
+# it never fails). `make bench-baseline` makes the latest run the baseline. `nextick bench` is the
+# user-facing report (JSON, Markdown, HTML).
 bench: $(CORE_STAMP)
-	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
+	mkdir -p .benchmarks
+	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds \
+		--benchmark-json=.benchmarks/latest.json $(PYTEST_ARGS)
+	$(PY) -m bench.compare bench/baseline.json .benchmarks/latest.json
+
+bench-baseline:
+	cp .benchmarks/latest.json bench/baseline.json
 
 venv: $(DEPS_STAMP)
 

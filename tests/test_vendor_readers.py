@@ -493,3 +493,17 @@ def test_shared_histdata_file():
     assert q["ts_recv"][0] == np.datetime64("2020-01-01T22:00:00.065", "ns").astype(np.int64)
     assert 5.9 < (q["ts_recv"][-1] - q["ts_recv"][0]) / 3.6e12 < 6.1
     assert (q["bid_sz"] == 0).all() and src.instruments.symbols == ["EURUSD"]
+
+
+def test_binance_header_with_quoted_names(tmp_path):
+    # Spreadsheet tools and Arrow's CSV writer quote header names: still the Binance header.
+    path = tmp_path / "BTCUSDT-bookTicker-2024-01-02.csv"
+    path.write_text(
+        '"update_id","best_bid_price","best_bid_qty","best_ask_price","best_ask_qty","transaction_time","event_time"\n'
+        "1,100.0,1,100.1,2,1704153600000,1704153600001\n"
+    )
+    from feeds.vendors import detect, open_source
+
+    assert detect(path) == "binance"
+    q = np.concatenate(list(open_source(path).chunks()))
+    assert q["seq"].tolist() == [1] and q["ask_px"].tolist() == [100.1]

@@ -108,7 +108,7 @@ def reader(
 
     path = Path(path)
     line = first_line(head_of(path))
-    fields = [f.strip() for f in line.split(",")] if line else []
+    fields = [f.strip().strip('"').strip() for f in line.split(",")] if line else []  # quoted names too
     has_header = bool(fields) and not is_number(fields[0])
     if has_header and tuple(f.lower() for f in fields) != HEADER:
         raise ValueError(
