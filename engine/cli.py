@@ -312,6 +312,19 @@ def _build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--json", action="store_true", help="print the report as JSON")
     rc.set_defaults(func=cmd_reconcile)
 
+    bn = sub.add_parser(
+        "bench",
+        help="measure this machine: SSM step, SSM vs Transformer, end to end over loopback, backtest throughput, peers",
+        description="Run the benchmark suites and write results.json, summary.md and report.html (with plots) to "
+        "--out, each with the machine described. The full run takes several minutes; --quick is a smoke run. "
+        "Peers (NautilusTrader, hftbacktest) run when installed: pip install -e '.[bench-peers]'.",
+    )
+    bn.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="output folder (default runs/bench)")
+    bn.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every suite (about a minute)")
+    bn.add_argument("--suite", action="append", metavar="NAME",
+                    help="run only this suite (repeatable): ssm_step, ssm_vs_transformer, e2e_loopback, backtest, peers")
+    bn.set_defaults(func=cmd_bench)
+
     rec = sub.add_parser(
         "record",
         help="record raw frames (gzip, `<recv_ns> <frame>`) and normalized quotes (Parquet) from venue streams",
@@ -643,6 +656,15 @@ def _format_paper(s) -> str:
     if s.engine_errors:
         lines.append(f"  ENGINE ERRORS {s.engine_errors}: {s.last_error}")
     return "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from bench.run import run_bench
+    except ImportError as e:
+        raise SystemExit(f"nextick bench needs the bench package of the source tree (make venv): {e}") from None
+    run_bench(args.out, quick=args.quick, suites=args.suite)
+    return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

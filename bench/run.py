@@ -1,0 +1,497 @@
+"""``nextick bench``: the benchmark suites in one run, written up by ``bench/report.py``.
+
+    run_bench(out_dir) -> out_dir/results.json, summary.md, report.html
+
+Suites (one function each; each returns JSON-able results, or raises ``SuiteSkipped`` with the reason
+when it cannot run here):
+
+- ``ssm_step``: the compiled SSM step, per-call latency at batch 1 and throughput at batch 1 to
+  10,000; torch eager (and CUDA torch) on the same weights where torch is installed.
+- ``ssm_vs_transformer``: per-tick cost of a Transformer encoder of the same size class over the last
+  L ticks (window recomputed, and with a key/value cache) against the SSM's O(1) step.
+- ``e2e_loopback``: the exchange simulator in a child process, the paper trader here: per-stage
+  latency at several quote rates and instrument counts, and throughput as fast as possible.
+- ``backtest``: the backtest loop's quotes/s by instrument count: built-in momentum, its Python
+  twin (EmaCross) and the SSM strategy.
+- ``peers``: the same quotes through other engines (bench/peers.py), when installed.
+
+Every figure is measured in this run, one thread (torch is set to one thread too) unless a suite
+says otherwise. ``quick=True`` is the smoke run of ``make test``: tiny sizes, about a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._util import (
+    SuiteSkipped,
+    call_latencies_ns,
+    can_pin,
+    import_torch,
+    percentiles_us,
+    pinned_to,
+    restore_torch_threads,
+    sim_process,
+    time_per_call,
+    timer_overhead_ns,
+)
+from bench.quotes import random_walk_quotes
+from bench.report import KNOWN_TARGETS, machine, write_report
+
+PrintFn = Callable[[str], None]
+PEERS_HINT = "pip install -e '.[bench-peers]'"
+
+
+def _target(suite: str, value: float | None, name: str | None = None) -> dict[str, Any]:
+    """A project target of ``suite`` (bench/report.py KNOWN_TARGETS; the first, or the one called
+    ``name``) against this run's value."""
+    _, name, op, limit, unit = next(t for t in KNOWN_TARGETS if t[0] == suite and (name is None or t[1] == name))
+    met = None if value is None or not np.isfinite(value) else bool(value <= limit if op == "<=" else value >= limit)
+    return {"name": name, "target": f"{op} {limit:g} {unit}", "limit": limit, "unit": unit, "value": value, "met": met}
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+def _ssm_weights():
+    """(config, tensors, torch model or None, description): torch-initialised weights (seed 0, the
+    packaged model's config) exported for the C++ kernel when torch is installed, so both run the
+    same weights; the packaged model's weights otherwise. The cost of a step does not depend on the
+    values."""
+    from engine.model.weights import load_model
+
+    packaged = load_model()
+    cfg = packaged.config
+    try:
+        import torch
+    except ImportError:
+        return cfg, packaged.tensors, None, "packaged default model (torch not installed)"
+    from engine.model.ssm import SSMModel
+
+    torch.manual_seed(0)
+    model = SSMModel(cfg).eval()
+    return cfg, model.export_tensors(), model, "torch-initialised (seed 0), packaged model's config; same weights in C++ and torch"
+
+
+class _CoreStep:
+    """The compiled step on ``batch`` slots with preallocated buffers: ``__call__`` is one step."""
+
+    def __init__(self, cfg, tensors, batch: int, seed: int = 0) -> None:
+        from engine import _core
+
+        self.core = _core.SsmModel(cfg.core_dict(), tensors, batch)
+        self.x = np.random.default_rng(seed).standard_normal((batch, cfg.n_features)).astype(np.float32)
+        self.slots = np.arange(batch, dtype=np.int32)
+        self.reset = np.zeros(batch, np.uint8)
+        self.out = np.empty((batch, cfg.n_out), np.float32)
+
+    def __call__(self) -> None:
+        self.core.step(self.slots, self.x, self.reset, self.out)
+
+
+def _torch_step(torch, model, batch: int, device: str = "cpu", seed: int = 0) -> Callable[[], Any]:
+    """One torch-eager step of ``model`` at ``batch`` (state carried, as in production)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, model.cfg.n_features, generator=g).to(device)
+    state = [model.empty_state(batch)]
+
+    def step() -> None:
+        with torch.inference_mode():
+            _, state[0] = model.step(x, state[0])
+
+    return step
+
+
+# ------------------------------------------------------------------------------------ 1. ssm_step
+
+
+def suite_ssm_step(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
+    batches = [1, 16, 256, 1024, 10_000]
+    min_s = 0.05 if quick else 0.5
+    n_lat, n_lat_torch = (5_000, 300) if quick else (100_000, 5_000)
+    cfg, tensors, model, weights = _ssm_weights()
+    out: dict[str, Any] = {"config": cfg.core_dict(), "weights": weights, "threads": 1, "timer_overhead_ns": timer_overhead_ns()}
+
+    step1 = _CoreStep(cfg, tensors, 1)
+    lat = {"cpp": percentiles_us(call_latencies_ns(step1, n_lat))}
+    torch = None
+    if model is not None:
+        torch = import_torch(threads=1)
+        out["torch_version"] = torch.__version__
+        lat["torch_eager"] = percentiles_us(call_latencies_ns(_torch_step(torch, model, 1), n_lat_torch, warmup=50))
+    else:
+        out["torch"] = {"skipped": "torch is not installed; pip install -e '.[train]'"}
+    out["latency_batch1_us"] = lat
+    print_fn(f"  SSM step, 1 instrument, C++: p50 {lat['cpp']['p50']:.2f} us  p99 {lat['cpp']['p99']:.2f} us"
+             + (f" | torch eager p50 {lat['torch_eager']['p50']:.1f} us" if "torch_eager" in lat else ""))
+
+    rows = []
+    for b in batches:
+        cpp_s = time_per_call(_CoreStep(cfg, tensors, b, seed=b), min_s=min_s)
+        row: dict[str, Any] = {"batch": b, "cpp_us_per_call": cpp_s * 1e6, "cpp_ns_per_instrument": cpp_s / b * 1e9,
+                               "cpp_steps_per_s": b / cpp_s}
+        if torch is not None:
+            t_s = time_per_call(_torch_step(torch, model, b, seed=b), min_s=min_s, repeats=3)
+            row.update(torch_us_per_call=t_s * 1e6, torch_steps_per_s=b / t_s, cpp_speedup_vs_torch=t_s / cpp_s)
+        rows.append(row)
+        print_fn(f"  batch {b:6d}: C++ {row['cpp_steps_per_s']:14,.0f} steps/s"
+                 + (f" | torch eager {row['torch_steps_per_s']:12,.0f} steps/s ({row['cpp_speedup_vs_torch']:.1f}x)"
+                    if "torch_steps_per_s" in row else ""))
+    out["batches"] = rows
+    out["cuda"] = _ssm_cuda(torch, model, batches, quick)
+    for row, c in zip(rows, out["cuda"].get("batches", [])):
+        row.update(cuda_steps_per_s=c["steps_per_s"], cpp_speedup_vs_cuda=c["us_per_call"] / row["cpp_us_per_call"])
+    p50 = lat["cpp"]["p50"]
+    out["targets"] = [_target("ssm_step", p50)]
+    return out
+
+
+def _ssm_cuda(torch, model, batches: list[int], quick: bool, device: str = "cuda") -> dict[str, Any]:
+    """torch eager on the GPU, each step synchronised before the clock is read (``device`` is a
+    parameter so the path can be exercised on the CPU)."""
+    if torch is None:
+        return {"skipped": "torch is not installed"}
+    if device == "cuda" and not torch.cuda.is_available():
+        return {"skipped": f"no CUDA device (torch {torch.__version__}: torch.cuda.is_available() is False)"}
+    import copy
+
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    m = copy.deepcopy(model).to(device)
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if device == "cuda" else device}
+    out["latency_batch1_us"] = percentiles_us(call_latencies_ns(_torch_step(torch, m, 1, device), 300 if quick else 5_000,
+                                                                warmup=50, sync=sync))
+    rows = []
+    for b in batches:
+        s = time_per_call(_torch_step(torch, m, b, device, seed=b), min_s=0.05 if quick else 0.5, repeats=3, sync=sync)
+        rows.append({"batch": b, "us_per_call": s * 1e6, "steps_per_s": b / s})
+    out["batches"] = rows
+    return out
+
+
+# ---------------------------------------------------------------------------- 2. ssm_vs_transformer
+
+
+def suite_ssm_vs_transformer(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
+    torch = import_torch(threads=1)
+    from bench._transformer import TickTransformer, parity_error
+
+    windows = [64, 256] if quick else [64, 256, 512, 1024]
+    batches = [1, 4] if quick else [1, 16]
+    min_s = 0.03 if quick else 0.3
+    cfg, tensors, ssm, _ = _ssm_weights()
+    torch.manual_seed(0)
+    tf = TickTransformer(n_features=cfg.n_features, d_model=64, n_layers=2, n_heads=4, d_ff=128, n_out=cfg.n_out).eval()
+    out: dict[str, Any] = {
+        "transformer": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128, "n_features": cfg.n_features,
+                        "params": tf.n_params(), "positional_encoding": "none (causal mask only)",
+                        "kv_cache_parity_max_abs_err": parity_error(tf)},
+        "ssm": {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "d_state": cfg.d_state,
+                "params": sum(p.numel() for p in ssm.parameters())},
+        "threads": 1,
+        "windows": windows,
+        "batches": batches,
+    }
+
+    ssm_rows = {}
+    for b in batches:
+        cpp_s = time_per_call(_CoreStep(cfg, tensors, b), min_s=min_s)
+        t_s = time_per_call(_torch_step(torch, ssm, b), min_s=min_s, repeats=3)
+        ssm_rows[b] = {"cpp": cpp_s * 1e6, "torch": t_s * 1e6}
+
+    rows = []
+    for b in batches:
+        for L in windows:
+            rec_s = time_per_call(_window_recompute(torch, tf, b, L, cfg.n_features), min_s=min_s, repeats=3)
+            kv_s = time_per_call(_kv_step(torch, tf, b, L, cfg.n_features), min_s=min_s, repeats=3)
+            row = {
+                "batch": b, "window": L,
+                "transformer_recompute_us": rec_s * 1e6, "transformer_kv_cache_us": kv_s * 1e6,
+                "ssm_cpp_us": ssm_rows[b]["cpp"], "ssm_torch_us": ssm_rows[b]["torch"],
+            }
+            for k in ("transformer_recompute", "transformer_kv_cache", "ssm_cpp", "ssm_torch"):
+                row[f"{k}_ticks_per_s"] = b / (row[f"{k}_us"] / 1e6)
+            row["recompute_over_ssm_cpp"] = row["transformer_recompute_us"] / row["ssm_cpp_us"]
+            row["kv_cache_over_ssm_cpp"] = row["transformer_kv_cache_us"] / row["ssm_cpp_us"]
+            rows.append(row)
+            print_fn(f"  batch {b:3d} L {L:5d}: transformer recompute {row['transformer_recompute_us']:10.1f} us, "
+                     f"KV cache {row['transformer_kv_cache_us']:8.1f} us | SSM C++ {row['ssm_cpp_us']:6.2f} us, "
+                     f"torch {row['ssm_torch_us']:7.1f} us per tick")
+    out["rows"] = rows
+    growth = {}
+    for b in batches:
+        first, last = (next(r for r in rows if r["batch"] == b and r["window"] == L) for L in (windows[0], windows[-1]))
+        growth[str(b)] = {k: last[f"{k}_us"] / first[f"{k}_us"]
+                          for k in ("transformer_recompute", "transformer_kv_cache", "ssm_cpp", "ssm_torch")}
+    out["growth_first_to_last_window"] = growth
+    return out
+
+
+def _window_recompute(torch, tf, batch: int, window: int, n_features: int) -> Callable[[], Any]:
+    """Per tick: the newest tick appended to the last ``window`` ticks, the whole window re-run."""
+    g = torch.Generator().manual_seed(window)
+    buf = [torch.randn(batch, window, n_features, generator=g)]
+    x = torch.randn(batch, 1, n_features, generator=g)
+
+    def tick() -> None:
+        with torch.inference_mode():
+            buf[0] = torch.cat([buf[0][:, 1:], x], dim=1)
+            tf(buf[0])
+
+    return tick
+
+
+def _kv_step(torch, tf, batch: int, window: int, n_features: int) -> Callable[[], Any]:
+    """Per tick: one cached step against a full cache of ``window`` positions."""
+    g = torch.Generator().manual_seed(window)
+    x = torch.randn(batch, n_features, generator=g)
+    cache = tf.empty_cache(batch, window)
+    with torch.inference_mode():
+        for _ in range(window):
+            tf.step(x, cache)
+
+    def tick() -> None:
+        with torch.inference_mode():
+            tf.step(x, cache)
+
+    return tick
+
+
+# ---------------------------------------------------------------------------------- 3. e2e_loopback
+
+
+def suite_e2e_loopback(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
+    # (total quotes/s or None = as fast as possible, seconds) per run; every instrument count
+    if quick:
+        plan = [(2, 1000, 1.5)]
+    else:
+        rates = [(100, 20.0), (1000, 10.0), (10_000, 5.0), (None, 5.0)]  # >= 2,000 samples per percentile
+        plan = [(n, r, s) for n in (2, 20, 200) for r, s in rates]
+    warmup_s = 0.5 if quick else 3.0
+    _e2e_run(2, 1000, warmup_s)  # discarded: the first run in a process pays for cold caches and lazy set-up
+    runs = []
+    for n_symbols, rate, seconds in plan:
+        runs.append(_e2e_run(n_symbols, rate, seconds))
+        r = runs[-1]
+        e2e = r["latency_us"].get("recv_to_decision", {})
+        print_fn(f"  {n_symbols:3d} symbols, {r['rate']:>6}: {r['quotes_per_s']:10,.0f} quotes/s, receipt->decision "
+                 f"p50 {e2e.get('p50', float('nan')):8.1f} us p99 {e2e.get('p99', float('nan')):9.1f} us")
+    out: dict[str, Any] = {"pinned": can_pin(), "strategy": "momentum (built-in)", "interval": "raw", "recording": True,
+                           "warmup_s": warmup_s, "runs": runs}
+    out["max_rate_quotes_per_s"] = {str(r["symbols"]): r["quotes_per_s"] for r in runs if r["rate"] == "max"}
+    at_1k = next((r for r in runs if r["rate"] == 1000 and r["symbols"] == 2), None)
+    p99 = at_1k["latency_us"].get("recv_to_decision", {}).get("p99") if at_1k else None
+    out["targets"] = [_target("e2e_loopback", p99)]
+    return out
+
+
+def _e2e_run(n_symbols: int, rate: float | None, seconds: float) -> dict[str, Any]:
+    from engine.backtest import BacktestConfig
+    from engine.paper import PaperConfig, PaperTrader
+    from feeds.live import FeedConfig
+
+    symbols = [f"S{i:03d}USDT" for i in range(n_symbols)]
+    args = ["--speed", "0"] if rate is None else ["--rate-hz", f"{rate / n_symbols:g}"]
+    cfg_kw = {
+        "venues": {"binance-usdm": symbols},
+        "record_raw": True,
+        "backtest": BacktestConfig(strategy="momentum", interval="raw"),
+        "feed": FeedConfig(ping_interval_s=60.0, stale_after_s=30.0, stale_reconnect_s=60.0),
+    }
+    with sim_process(symbols, *args) as url, tempfile.TemporaryDirectory() as d, pinned_to(0):
+        trader = PaperTrader(PaperConfig(url=url, **cfg_kw), Path(d), print_fn=lambda s: None, status_every_s=1.0)
+        s = _run_loop(trader.run(seconds))
+    return {
+        "symbols": n_symbols, "rate": "max" if rate is None else int(rate), "seconds": seconds,
+        "quotes_in": s.quotes_in, "wall_s": s.wall_s, "quotes_per_s": s.quotes_in / s.wall_s if s.wall_s else 0.0,
+        "engine_errors": s.engine_errors, "last_error": s.last_error, "latency_us": s.latency_us,
+    }
+
+
+def _run_loop(coro):
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# -------------------------------------------------------------------------------------- 4. backtest
+
+
+SPANS = {"fast_span": 20.0, "slow_span": 100.0}  # both momentum twins; fast enough to trade often
+
+
+def suite_backtest(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
+    from strategies.ema_cross import EmaCross
+
+    instruments = [1, 100] if quick else [1, 10, 100, 1000]
+    sizes = ({"momentum": 100_000, "ema_cross": 5_000, "ssm_threshold": 20_000} if quick
+             else {"momentum": 2_000_000, "ema_cross": 100_000, "ssm_threshold": 500_000})
+    rounds = 1 if quick else 3
+    rows, ratios = [], []
+    for n_inst in instruments:
+        quotes, table = random_walk_quotes(max(sizes.values()), n_inst)
+        rates = {}
+        for kind, n in sizes.items():
+            rate, fills = _backtest_rate(kind, quotes[:n], table, rounds, EmaCross)
+            rates[kind] = rate
+            rows.append({"instruments": n_inst, "strategy": kind, "quotes": n, "quotes_per_s": rate, "fills": fills})
+        ratios.append({"instruments": n_inst, "momentum_over_ema_cross": rates["momentum"] / rates["ema_cross"],
+                       "momentum_over_ssm_threshold": rates["momentum"] / rates["ssm_threshold"]})
+        print_fn(f"  {n_inst:5d} instruments: momentum {rates['momentum'] / 1e6:8.2f} M quotes/s | EmaCross (Python) "
+                 f"{rates['ema_cross']:10,.0f} | ssm_threshold {rates['ssm_threshold']:10,.0f}")
+    return {"ticks": "raw (no conflation)", "quotes": "bench.quotes.random_walk_quotes", "rounds": rounds,
+            "strategy_params": SPANS, "rows": rows, "ratios": ratios,
+            "notes": "ssm_threshold runs the packaged model; its ticks go straight into Engine.run (no conflator), "
+                     "the config names the model's 1s interval"}
+
+
+def _backtest_rate(kind: str, quotes: np.ndarray, table, rounds: int, ema_cls) -> tuple[float, int]:
+    """Best quotes/s over ``rounds`` fresh engines; the first quote (setup: instruments, sessions,
+    strategy, model) runs outside the timing, as in bench/test_backtest_bench.py."""
+    from engine.backtest import BacktestConfig, Engine
+    from engine.model.weights import DEFAULT_MODEL_PATH
+
+    best, fills = float("inf"), 0
+    for _ in range(rounds):
+        if kind == "ssm_threshold":
+            engine = Engine(BacktestConfig(strategy="ssm_threshold", interval="1s", model=str(DEFAULT_MODEL_PATH)), table, None)
+        else:
+            strategy = ema_cls(**SPANS) if kind == "ema_cross" else None
+            engine = Engine(BacktestConfig(strategy="momentum", strategy_params=SPANS, interval="raw"), table, strategy)
+        engine.run(quotes[:1])
+        t0 = time.perf_counter()
+        engine.run(quotes[1:])
+        best = min(best, time.perf_counter() - t0)
+        fills = len(engine.core.fills())
+    return (len(quotes) - 1) / best, fills
+
+
+# ----------------------------------------------------------------------------------------- 5. peers
+
+
+PEER_FUNCS = ("nextick_ema_cross", "nextick_quote_only", "nautilus_ema_cross", "nautilus_quote_only", "hftbacktest_ema_cross")
+PEER_RATIOS = (  # (name, numerator, denominator): nextick over a peer on the same work
+    ("nextick / nautilus, EMA cross", "nextick_ema_cross", "nautilus_ema_cross"),
+    ("nextick / nautilus, quotes only", "nextick_quote_only", "nautilus_quote_only"),
+    ("nextick / hftbacktest, EMA cross", "nextick_ema_cross", "hftbacktest_ema_cross"),
+)
+
+
+def suite_peers(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
+    try:
+        from bench import peers
+    except ImportError as e:
+        raise SuiteSkipped(f"bench.peers cannot be imported ({e})") from None
+    n = 50_000 if quick else 1_000_000
+    quotes, _ = random_walk_quotes(n, 1)
+    engines: dict[str, Any] = {}
+    for name in PEER_FUNCS:
+        fn = getattr(peers, name, None)
+        if fn is None:
+            engines[name] = {"skipped": f"bench.peers has no {name}"}
+            continue
+        try:
+            res = fn(quotes)  # one instrument's quotes; default spans (20/100)
+            engines[name] = _as_dict(res)
+            if hasattr(res, "wall_quotes_per_s"):
+                engines[name]["wall_quotes_per_s"] = res.wall_quotes_per_s
+        except ImportError as e:  # PeerUnavailable
+            reason = str(e) or type(e).__name__
+            engines[name] = {"skipped": reason if "pip install" in reason else f"{reason}; {PEERS_HINT}"}
+        r = engines[name]
+        print_fn(f"  {name:24s}: " + (f"skipped ({r['skipped']})" if "skipped" in r else f"{r.get('quotes_per_s', float('nan')):14,.0f} quotes/s"))
+    ratios = []
+    for label, a, b in PEER_RATIOS:
+        ea, eb = engines.get(a, {}), engines.get(b, {})
+        if ea.get("quotes_per_s") and eb.get("quotes_per_s"):
+            wa, wb = ea.get("wall_quotes_per_s"), eb.get("wall_quotes_per_s")
+            ratios.append({"name": label, "ratio": ea["quotes_per_s"] / eb["quotes_per_s"],
+                           "wall_ratio": wa / wb if wa and wb else None, "numerator": a, "denominator": b})
+    out: dict[str, Any] = {"quotes": n, "instruments": 1, "engines": engines, "ratios": ratios}
+    by_name = {x["name"]: x["ratio"] for x in ratios}
+    out["targets"] = [_target("peers", by_name.get(label), label) for label, _, _ in PEER_RATIOS if label in by_name]
+    flips = {k: v["trades_or_flips"] for k, v in engines.items() if k.endswith("_ema_cross") and "trades_or_flips" in v}
+    if len(flips) > 1:  # the EMA-cross decisions are the same in every engine (bench/peers.py)
+        out["ema_cross_flips"] = flips
+        out["ema_cross_flips_agree"] = len(set(flips.values())) == 1
+    ran_peer = [k for k, v in engines.items() if not k.startswith("nextick") and "skipped" not in v]
+    if not ran_peer:
+        out["skipped"] = f"no peer engine installed (nautilus_trader, hftbacktest): {PEERS_HINT}"
+    return out
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    if isinstance(obj, dict):
+        return dict(obj)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    try:
+        import msgspec
+
+        return msgspec.to_builtins(obj)
+    except TypeError:
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+
+
+# ------------------------------------------------------------------------------------------- runner
+
+
+SUITES: dict[str, Callable[..., dict[str, Any]]] = {
+    "ssm_step": suite_ssm_step,
+    "ssm_vs_transformer": suite_ssm_vs_transformer,
+    "e2e_loopback": suite_e2e_loopback,
+    "backtest": suite_backtest,
+    "peers": suite_peers,
+}
+
+
+def run_bench(out_dir: Path, *, quick: bool = False, suites: list[str] | None = None, print_fn: PrintFn = print) -> dict:
+    """Run ``suites`` (all by default) and write results.json, summary.md and report.html into
+    ``out_dir``. A suite that cannot run is recorded as ``{"skipped": reason}``; one that fails as
+    ``{"error": traceback}``; neither stops the others. Returns the results."""
+    names = list(SUITES) if suites is None else list(suites)
+    unknown = [s for s in names if s not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "machine": machine(),
+        "suites": {},
+    }
+    for name in names:
+        print_fn(f"[{name}]{' (quick)' if quick else ''}")
+        t0 = time.perf_counter()
+        try:
+            res = SUITES[name](quick=quick, print_fn=print_fn)
+        except SuiteSkipped as e:
+            res = {"skipped": str(e)}
+        except Exception as e:  # recorded, so one broken suite does not lose the others' figures
+            res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        finally:
+            restore_torch_threads()
+        res["wall_s"] = time.perf_counter() - t0
+        if "skipped" in res:
+            print_fn(f"  skipped: {res['skipped']}")
+        if "error" in res:
+            print_fn(f"  ERROR: {res['error']}")
+        results["suites"][name] = res
+    results["wall_s"] = time.perf_counter() - t_start
+    files = write_report(out_dir, results)
+    print_fn(f"wrote {', '.join(str(p) for p in files.values())} in {results['wall_s']:.0f} s")
+    return results
