@@ -18,7 +18,7 @@ from bench.report import (
     svg_chart,
     targets,
 )
-from bench.run import PEERS_HINT, SUITES, run_bench
+from bench.run import PEERS_HINT, SUITES
 
 # what each suite's results hold when it ran
 RESULT_KEYS = {"ssm_step": "batches", "ssm_vs_transformer": "rows", "e2e_loopback": "runs", "backtest": "rows", "peers": "engines"}
@@ -26,10 +26,18 @@ RESULT_KEYS = {"ssm_step": "batches", "ssm_vs_transformer": "rows", "e2e_loopbac
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    """`nextick bench --quick`, as a user runs it (the CLI prints what run_bench prints)."""
+    import contextlib
+    import io
+
+    from engine.cli import main
+
     out = tmp_path_factory.mktemp("bench")
-    lines: list[str] = []
-    results = run_bench(out, quick=True, print_fn=lines.append)
-    return out, results, lines
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["bench", "--quick", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    return out, results, buf.getvalue().splitlines()
 
 
 def test_quick_run_writes_the_three_files(quick_run):
