@@ -556,11 +556,27 @@ class FileReplay:
             q["ts_event"] = recv_ns
             q["flags"] = np.uint16(QuoteFlag.SYNTHETIC_TS)
 
+        # A side left blank, price and size both, is a missing side: a one-sided quote, the side at
+        # 0/0, flagged. A blank price with a size, or in a file without sizes, is malformed (there
+        # is no telling an empty book side from a broken row).
+        blank_side: dict[str, np.ndarray | None] = {}
+        for px, sz in (("bid_px", "bid_sz"), ("ask_px", "ask_sz")):
+            size_col = getattr(cmap, sz)
+            blank = _missing(batch.column(getattr(cmap, px))) if size_col is not None else None
+            if blank is not None:
+                size_blank = _missing(batch.column(size_col))
+                blank = blank & size_blank if size_blank is not None else None
+            blank_side[px] = blank_side[sz] = blank if blank is not None and blank.any() else None
         for field in ("bid_px", "ask_px", "bid_sz", "ask_sz"):
             column = getattr(cmap, field)
             if column is None:
                 continue  # sizes absent: 0.0, which the zeroed array already holds
             vals, bad = _numbers(batch.column(column), (pa.float64(),))
+            side = blank_side[field]
+            if side is not None:
+                vals = np.where(side, 0.0, vals)
+                bad = None if bad is None else bad & ~side
+                q["flags"] |= np.where(side, np.uint16(QuoteFlag.ONE_SIDED), np.uint16(0))
             q[field] = vals
             note(field, column, bad, "expected a number")
         if cmap.seq is not None:

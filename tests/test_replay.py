@@ -610,3 +610,22 @@ def test_shared_fx_files() -> None:
     span_h = (h["ts_recv"][-1] - h["ts_recv"][0]) / 3.6e12
     assert 5.9 < span_h < 6.1
     assert (h["flags"] == QuoteFlag.SYNTHETIC_TS).all() and math.isfinite(h["bid_px"].sum())
+
+
+def test_a_blank_side_is_a_one_sided_quote_and_a_blank_price_alone_is_malformed(tmp_path):
+    from engine.quote import QuoteFlag
+    from feeds.replay import FileReplay
+
+    path = tmp_path / "q.csv"
+    path.write_text(
+        "ts,bid,ask,bid_sz,ask_sz\n"
+        "1704153600000,100.0,100.1,5,6\n"
+        "1704153601000,,100.1,,6\n"  # no bid: one-sided
+        "1704153602000,100.0,,5,\n"  # no ask: one-sided
+        "1704153603000,,100.1,5,6\n"  # a blank bid with a size: malformed
+    )
+    src = FileReplay(path, columns="ts=ts,bid=bid,ask=ask,bid_sz=bid_sz,ask_sz=ask_sz", symbol="X")
+    q = np.concatenate(list(src.chunks()))
+    assert q["bid_px"].tolist() == [100.0, 0.0, 100.0] and q["ask_px"].tolist() == [100.1, 100.1, 0.0]
+    assert [bool(f & QuoteFlag.ONE_SIDED) for f in q["flags"]] == [False, True, True]
+    assert src.stats.quarantined == {"malformed": 1}
