@@ -71,6 +71,31 @@ def decimal(text: Any, venue: str, field: str) -> float:
     raise FrameError(venue, field, f"expected a decimal string, got {type(text).__name__}")
 
 
+_any_json = msgspec.json.Decoder()
+
+
+def json_object(frame: str | bytes, venue: str) -> dict:
+    """A frame that is not on a venue's fast path, as a JSON object; ``FrameError`` otherwise."""
+    try:
+        msg = _any_json.decode(frame)
+    except msgspec.DecodeError as e:
+        raise FrameError(venue, "json", f"not JSON: {e}") from None
+    if not isinstance(msg, dict):
+        raise FrameError(venue, "json", f"expected an object, got {type(msg).__name__}")
+    return msg
+
+
+def top_level(levels: list, venue: str, field: str) -> tuple[float, float]:
+    """(price, size) of the first ``[price, size, ...]`` level of a book side; (0, 0) for an empty
+    side, which makes the quote one-sided."""
+    if not levels:
+        return 0.0, 0.0
+    lvl = levels[0]
+    if len(lvl) < 2:
+        raise FrameError(venue, field, "expected [price, size, ...]")
+    return decimal(lvl[0], venue, field), decimal(lvl[1], venue, field)
+
+
 def field_of(e: Exception, prefix: str = "") -> str:
     """The field a msgspec error is about: ``data.b`` from "Expected `str`, got `int` - at `$.data.b[0][1]`"
     (list indices dropped, a missing field's name appended), under ``prefix`` when the decoded text was

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
-from feeds.venues.base import MS_NS, FrameError, FrameKind, SeqMode, Venue, VenueQuote, decimal, field_of, fmt_decimal
+from feeds.venues.base import MS_NS, FrameError, FrameKind, SeqMode, Venue, VenueQuote, decimal, field_of, fmt_decimal, json_object
 
 _SUFFIX = "@bookTicker"
 
@@ -83,12 +83,7 @@ class BinanceSpot(Venue):
         return FrameKind.QUOTES, [q]
 
     def _decode_other(self, frame: str | bytes) -> tuple[FrameKind, Any]:
-        try:
-            msg = _any.decode(frame)
-        except msgspec.DecodeError as e:
-            raise FrameError(self.name, "json", f"not JSON: {e}") from None
-        if not isinstance(msg, dict):
-            raise FrameError(self.name, "json", f"expected an object, got {type(msg).__name__}")
+        msg = json_object(frame, self.name)
         if "stream" in msg or "data" in msg:
             if not isinstance(msg.get("stream"), str):
                 raise FrameError(self.name, "stream", "missing or not a string")

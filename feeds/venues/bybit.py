@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from feeds.venues.base import MS_NS, FrameError, FrameKind, SeqMode, Venue, VenueQuote, decimal, field_of, fmt_decimal
+from feeds.venues.base import MS_NS, FrameError, FrameKind, SeqMode, Venue, VenueQuote, field_of, fmt_decimal, json_object, top_level
 
 _PREFIX = "orderbook.1."
 _U63 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]  # msgspec bounds stop at int64
@@ -86,31 +86,14 @@ class BybitLinear(Venue):
             return FrameKind.IGNORED, topic.rpartition(".")[0] or topic
         d = m.data
         n = self.name
-        if d.b:
-            lvl = d.b[0]
-            if len(lvl) < 2:
-                raise FrameError(n, "data.b", "expected [price, size]")
-            bid_px, bid_sz = decimal(lvl[0], n, "data.b"), decimal(lvl[1], n, "data.b")
-        else:
-            bid_px = bid_sz = 0.0
-        if d.a:
-            lvl = d.a[0]
-            if len(lvl) < 2:
-                raise FrameError(n, "data.a", "expected [price, size]")
-            ask_px, ask_sz = decimal(lvl[0], n, "data.a"), decimal(lvl[1], n, "data.a")
-        else:
-            ask_px = ask_sz = 0.0
+        bid_px, bid_sz = top_level(d.b, n, "data.b")
+        ask_px, ask_sz = top_level(d.a, n, "data.a")
         u = d.u
         return FrameKind.QUOTES, [VenueQuote(d.s, bid_px, bid_sz, ask_px, ask_sz, (m.cts or m.ts) * MS_NS, u, u == 1)]
 
     def _decode_other(self, frame: str | bytes, err: Exception) -> tuple[FrameKind, Any]:
         n = self.name
-        try:
-            msg = _any.decode(frame)
-        except msgspec.DecodeError as e:
-            raise FrameError(n, "json", f"not JSON: {e}") from None
-        if not isinstance(msg, dict):
-            raise FrameError(n, "json", f"expected an object, got {type(msg).__name__}")
+        msg = json_object(frame, n)
         if "topic" in msg:
             topic = msg["topic"]
             if not isinstance(topic, str):

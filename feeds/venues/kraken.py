@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from feeds.venues.base import FrameError, FrameKind, SeqMode, Venue, VenueQuote, field_of, fmt_decimal
+from feeds.venues.base import FrameError, FrameKind, SeqMode, Venue, VenueQuote, field_of, fmt_decimal, json_object
 
 _NS = 1_000_000_000
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
@@ -108,12 +108,7 @@ class Kraken(Venue):
 
     def _decode_other(self, frame: str | bytes, err: Exception) -> tuple[FrameKind, Any]:
         n = self.name
-        try:
-            msg = _any.decode(frame)
-        except msgspec.DecodeError as e:
-            raise FrameError(n, "json", f"not JSON: {e}") from None
-        if not isinstance(msg, dict):
-            raise FrameError(n, "json", f"expected an object, got {type(msg).__name__}")
+        msg = json_object(frame, n)
         if "channel" in msg:
             channel = msg["channel"]
             if channel == "heartbeat":

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from feeds.venues.base import MS_NS, FrameError, FrameKind, SeqMode, Venue, VenueQuote, decimal, field_of, fmt_decimal
+from feeds.venues.base import MS_NS, FrameError, FrameKind, SeqMode, Venue, VenueQuote, field_of, fmt_decimal, json_object, top_level
 
 _CHANNEL = "bbo-tbt"
 _U63 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]  # msgspec bounds stop at int64
@@ -92,20 +92,8 @@ class Okx(Venue):
             raise FrameError(n, "data", "empty")
         quotes = []
         for d in m.data:
-            if d.bids:
-                lvl = d.bids[0]
-                if len(lvl) < 2:
-                    raise FrameError(n, "data.bids", "expected [price, size, ...]")
-                bid_px, bid_sz = decimal(lvl[0], n, "data.bids"), decimal(lvl[1], n, "data.bids")
-            else:
-                bid_px = bid_sz = 0.0
-            if d.asks:
-                lvl = d.asks[0]
-                if len(lvl) < 2:
-                    raise FrameError(n, "data.asks", "expected [price, size, ...]")
-                ask_px, ask_sz = decimal(lvl[0], n, "data.asks"), decimal(lvl[1], n, "data.asks")
-            else:
-                ask_px = ask_sz = 0.0
+            bid_px, bid_sz = top_level(d.bids, n, "data.bids")
+            ask_px, ask_sz = top_level(d.asks, n, "data.asks")
             try:
                 ms = int(d.ts)
             except ValueError:
@@ -119,12 +107,7 @@ class Okx(Venue):
         if frame == "pong" or frame == b"pong":
             return FrameKind.CONTROL, None
         n = self.name
-        try:
-            msg = _any.decode(frame)
-        except msgspec.DecodeError as e:
-            raise FrameError(n, "json", f"not JSON: {e}") from None
-        if not isinstance(msg, dict):
-            raise FrameError(n, "json", f"expected an object, got {type(msg).__name__}")
+        msg = json_object(frame, n)
         event = msg.get("event")
         if event is not None:
             if event == "error" or event == "channel-conn-count-error":
