@@ -25,9 +25,15 @@ def first_line(head: bytes) -> str:
     return line.decode("utf-8", errors="replace").strip()
 
 
+def header_fields(head: bytes, delimiter: str = ",") -> list[str]:
+    """The first line's fields as the file spells them, stripped (quotes removed); [] for no line."""
+    line = first_line(head)
+    return [f.strip().strip('"').strip() for f in line.split(delimiter)] if line else []
+
+
 def header_names(head: bytes, delimiter: str = ",") -> list[str]:
     """The first line's fields, lower-cased and stripped (quotes removed)."""
-    return [f.strip().strip('"').strip().lower() for f in first_line(head).split(delimiter)]
+    return [f.lower() for f in header_fields(head, delimiter)]
 
 
 def is_number(text: str) -> bool:

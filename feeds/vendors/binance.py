@@ -35,6 +35,7 @@ from feeds.replay import ColumnMap, FileReplay
 from feeds.vendors._common import (
     base_name,
     first_line,
+    header_fields,
     header_names,
     is_number,
     replay_kwargs,
@@ -107,8 +108,9 @@ def reader(
     from feeds.vendors import head_of
 
     path = Path(path)
-    line = first_line(head_of(path))
-    fields = [f.strip().strip('"').strip() for f in line.split(",")] if line else []  # quoted names too
+    head = head_of(path)
+    line = first_line(head)
+    fields = header_fields(head)
     has_header = bool(fields) and not is_number(fields[0])
     if has_header and tuple(f.lower() for f in fields) != HEADER:
         raise ValueError(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from feeds.replay import ColumnMap, FileReplay
-from feeds.vendors._common import base_name, first_line, replay_kwargs, template_for
+from feeds.vendors._common import base_name, header_fields, replay_kwargs, template_for
 
 LAYOUTS: dict[tuple[str, ...], ColumnMap] = {
     ("symbol", "ts_ms_utc", "bid", "ask", "bid_volume", "ask_volume"): ColumnMap(
@@ -40,7 +40,7 @@ _NODE_NAME = re.compile(r"^(?P<symbol>[A-Za-z0-9]+)-tick-", re.IGNORECASE)
 
 
 def _layout(head: bytes) -> tuple[tuple[str, ...], list[str]] | None:
-    raw = [f.strip().strip('"').strip() for f in first_line(head).split(",")]
+    raw = header_fields(head)
     key = tuple(f.lower() for f in raw)
     return (key, raw) if key in LAYOUTS else None
 

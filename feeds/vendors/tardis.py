@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from feeds.replay import ColumnMap, FileReplay
 from feeds.vendors._common import (
-    first_line,
+    header_fields,
     header_names,
     replay_kwargs,
     template_for,
@@ -133,8 +133,7 @@ def reader(
     path = Path(path)
     if symbol:
         raise ValueError(f"{path}: a Tardis file names its symbols in its 'symbol' column; do not pass symbol=")
-    line = first_line(head_of(path))
-    raw = [f.strip().strip('"').strip() for f in line.split(",")] if line else []
+    raw = header_fields(head_of(path))
     col = {n.lower(): n for n in raw}  # lower-case name -> the file's spelling
     missing = [c for c in REQUIRED if c not in col]
     if raw and missing:
