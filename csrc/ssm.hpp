@@ -22,6 +22,8 @@
 
 namespace nextick {
 
+struct StatePrefetch;  // ssm.cpp: the next rows' states, prefetched during the current rows
+
 enum class SsmKind : int32_t { kMamba2 = 0, kS4D = 1 };
 
 const char* ssm_kind_name(SsmKind kind);                // "mamba2" / "s4d"
@@ -130,9 +132,10 @@ private:
     void load(const TensorMap& tensors);
     void alloc_states(int n_slots, bool keep);
     void zero_slot(int slot);
-    void prefetch_slot(int slot) const;
-    void run_block(const int* rows, int nb, const int32_t* slots, const float* x, const uint8_t* reset, float* out);
-    void row_mamba2(const Layer& L, int slot, float* v_in, float* y_out);
+    void run_block(const int* rows, int nb, const int32_t* slots, const float* x, const uint8_t* reset, float* out,
+                   StatePrefetch* pf);
+    void heads_mamba2(const Layer& L, float* const* v_in, int nb) const;
+    void row_mamba2(const Layer& L, int slot, const float* v_in, const float* dt, const float* da, float* y_out);
     void row_s4d(const Layer& L, int slot, float* v_in, float* y_out);
 
     SsmConfig cfg_;
@@ -152,6 +155,10 @@ private:
     const float* head_wt_ = nullptr;  // [d_model][ld_out]
     const float* head_b_ = nullptr;
     std::vector<Layer> layers_;
+    // Per state array, layer by layer (mamba2: conv window then ssm state; s4d: ssm state): the
+    // pool's start and floats per slot, for prefetching a slot's states.
+    std::vector<const float*> state_bases_;
+    std::vector<size_t> state_slot_floats_;
 
     // Scratch, all padded to multiples of 16 floats with zeros beyond the live length. One set per
     // row of a block (step runs up to kRowBlock rows with distinct slots through each matvec).
@@ -168,8 +175,10 @@ private:
     float* a_ = nullptr;     // conv output, silu'd [ld_conv]
     float* xdt_ = nullptr;   // mamba2 dt[h] * xs[h, p] [ld_inner]
     float* daf_ = nullptr;   // mamba2 exp(dt[h] * A[h]) per element h*headdim + p [ld_inner]
-    float* dt_ = nullptr;    // per head dt [ld_heads]
-    float* da_ = nullptr;    // per head exp(dt*A) [ld_heads]
+    // mamba2 dt and exp(dt*A) of every row of a block, row q's head h at q*nheads + h
+    // [pad16(kRowBlock*nheads)]: one vector pass for the block instead of a short one per row.
+    float* dt_ = nullptr;
+    float* da_ = nullptr;
 };
 
 }  // namespace nextick
