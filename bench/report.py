@@ -228,6 +228,8 @@ SUITE_TITLES = {
 # (suite, name, op, limit, unit): "<=" a latency ceiling, ">=" a speed ratio floor.
 KNOWN_TARGETS = (
     ("ssm_step", "SSM step, 1 instrument, p50 (C++)", "<=", 10.0, "us"),
+    ("ssm_step", "SSM step, batch 1, C++ / torch eager", ">=", 30.0, "x"),
+    ("ssm_step", "SSM step, batch 1,024 distinct instruments, one core (C++)", ">=", 500_000.0, "steps/s"),
     ("e2e_loopback", "frame receipt -> decision p99 at 1k quotes/s (2 symbols)", "<=", 200.0, "us"),
     ("peers", "nextick / nautilus, EMA cross", ">=", 100.0, "x"),
     ("peers", "nextick / nautilus, quotes only", ">=", 20.0, "x"),

@@ -150,8 +150,12 @@ def suite_ssm_step(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
     out["cuda"] = _ssm_cuda(torch, model, batches, quick)
     for row, c in zip(rows, out["cuda"].get("batches", [])):
         row.update(cuda_steps_per_s=c["steps_per_s"], cpp_speedup_vs_cuda=c["us_per_call"] / row["cpp_us_per_call"])
-    p50 = lat["cpp"]["p50"]
-    out["targets"] = [_target("ssm_step", p50)]
+    by_batch = {r["batch"]: r for r in rows}
+    out["targets"] = [
+        _target("ssm_step", lat["cpp"]["p50"]),
+        _target("ssm_step", by_batch[1].get("cpp_speedup_vs_torch"), "SSM step, batch 1, C++ / torch eager"),
+        _target("ssm_step", by_batch[1024]["cpp_steps_per_s"], "SSM step, batch 1,024 distinct instruments, one core (C++)"),
+    ]
     return out
 
 

@@ -777,19 +777,47 @@ void conv_silu(float* win, const float* wt, size_t ld, int dc, const float* b, c
 }
 
 // One group's run of w elements: S[n, i] = da[i]*S[n, i] + xd[i]*B[n]; y[i] = sum_n S[n, i]*C[n]
-// (n ascending, from zero); then y = (y + D*xs) * silu(z), the gate of the spec.
+// (n ascending, from zero); then y = (y + D*xs) * silu(z), the gate of the spec. Tiles of
+// kTileVecs vectors keep da, xd and the y accumulators in registers across the n loop, so each
+// state vector costs one load and one store.
+constexpr int kTileVecs = kVec == 16 ? 4 : 2;  // 3 * kTileVecs live vectors: within 16 or 32 registers
 void ssm_update(float* __restrict S, size_t n_stride, int N, int w, const float* __restrict da,
                 const float* __restrict xd, const float* __restrict B, const float* __restrict C,
                 const float* __restrict D, const float* __restrict xs, const float* __restrict z,
                 float* __restrict y) {
-    for (int i = 0; i < w; ++i) y[i] = 0.0f;
-    for (int n = 0; n < N; ++n) {
-        const float bn = B[n], cn = C[n];
-        float* __restrict s = S + static_cast<size_t>(n) * n_stride;
-        for (int i = 0; i < w; ++i) {
-            const float v = da[i] * s[i] + xd[i] * bn;
-            s[i] = v;
-            y[i] += v * cn;
+    constexpr int TW = kTileVecs * kVec;
+    int i0 = 0;
+    for (; i0 + TW <= w; i0 += TW) {
+        vfloat dav[kTileVecs], xdv[kTileVecs], acc[kTileVecs];
+        for (int t = 0; t < kTileVecs; ++t) {
+            std::memcpy(&dav[t], da + i0 + t * kVec, sizeof(vfloat));
+            std::memcpy(&xdv[t], xd + i0 + t * kVec, sizeof(vfloat));
+            acc[t] = vfloat{};
+        }
+        for (int n = 0; n < N; ++n) {
+            const vfloat bn = splat(B[n], std::make_index_sequence<kVec>{});
+            const vfloat cn = splat(C[n], std::make_index_sequence<kVec>{});
+            float* s = S + static_cast<size_t>(n) * n_stride + i0;
+            for (int t = 0; t < kTileVecs; ++t) {
+                vfloat sv;
+                std::memcpy(&sv, s + t * kVec, sizeof sv);
+                const vfloat v = dav[t] * sv + xdv[t] * bn;
+                std::memcpy(s + t * kVec, &v, sizeof v);
+                acc[t] += v * cn;
+            }
+        }
+        for (int t = 0; t < kTileVecs; ++t) std::memcpy(y + i0 + t * kVec, &acc[t], sizeof(vfloat));
+    }
+    if (i0 < w) {
+        for (int i = i0; i < w; ++i) y[i] = 0.0f;
+        for (int n = 0; n < N; ++n) {
+            const float bn = B[n], cn = C[n];
+            float* __restrict s = S + static_cast<size_t>(n) * n_stride;
+            for (int i = i0; i < w; ++i) {
+                const float v = da[i] * s[i] + xd[i] * bn;
+                s[i] = v;
+                y[i] += v * cn;
+            }
         }
     }
     for (int i = 0; i < w; ++i) y[i] = (y[i] + D[i] * xs[i]) * vm::silu(z[i]);

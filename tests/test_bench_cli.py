@@ -72,7 +72,9 @@ def test_suite_figures(quick_run):
     assert [b["batch"] for b in ssm["batches"]] == [1, 16, 256, 1024, 10_000]
     assert ssm["latency_batch1_us"]["cpp"]["p50"] > 0 and ssm["batches"][0]["cpp_steps_per_s"] > 0
     assert "skipped" in ssm["cuda"] or ssm["cuda"]["batches"]
-    assert {t["name"] for t in ssm["targets"]} == {KNOWN_TARGETS[0][1]}
+    assert {t["name"] for t in ssm["targets"]} == {t[1] for t in KNOWN_TARGETS if t[0] == "ssm_step"}
+    at_1024 = next(t for t in ssm["targets"] if "1,024" in t["name"])
+    assert at_1024["value"] == ssm["batches"][3]["cpp_steps_per_s"] and isinstance(at_1024["met"], bool)
     if "skipped" not in s["ssm_vs_transformer"]:
         tr = s["ssm_vs_transformer"]
         assert tr["transformer"]["kv_cache_parity_max_abs_err"] < 1e-4
