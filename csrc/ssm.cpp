@@ -47,6 +47,11 @@ struct StatePrefetch {
     int slot_i = 0, array_i = 0;
     size_t line = 0;  // next line within the current (slot, array) region
 
+    void clear() {
+        n_slots = slot_i = array_i = 0;
+        line = 0;
+    }
+
     // Up to max_lines consecutive lines of the current region into *p; 0 when all are handed out.
     int take(int max_lines, const char** p) {
         while (slot_i < n_slots) {
@@ -131,6 +136,13 @@ inline void pin(vfloat& v) {
 #endif
 }
 
+// Lines 2k and 2k+1 of the run pf[0 : pf_lines), towards L2. always_inline: as a call, GCC 12's
+// IPA finds it free of side effects and deletes it.
+inline __attribute__((always_inline)) void prefetch_pair(const char* pf, int pf_lines, int k) {
+    if (2 * k < pf_lines) __builtin_prefetch(pf + 128 * static_cast<size_t>(k), 0, 2);
+    if (2 * k + 1 < pf_lines) __builtin_prefetch(pf + 128 * static_cast<size_t>(k) + 64, 0, 2);
+}
+
 // Matvec block for R rows at once: y[r][j0 + j] = init[j0 + j] (or 0) + sum_{k=0}^{K-1}
 // wt[k*ld + j0 + j] * u[r][k], k ascending, for j < JB. JB and R are compile-time so that the R*JB
 // accumulators are registers for the whole k loop; each weight vector is loaded once for R rows
@@ -143,12 +155,6 @@ inline void pin(vfloat& v) {
 // One row is a plain loop (each weight is used once, and GCC keeps the accumulators in registers);
 // several rows are written in vectors with the weights pinned in registers (pin), which plain
 // loops cannot express.
-// always_inline: as a call, GCC 12's IPA finds it free of side effects and deletes it.
-inline __attribute__((always_inline)) void prefetch_pair(const char* pf, int pf_lines, int k) {
-    if (2 * k < pf_lines) __builtin_prefetch(pf + 128 * static_cast<size_t>(k), 0, 2);
-    if (2 * k + 1 < pf_lines) __builtin_prefetch(pf + 128 * static_cast<size_t>(k) + 64, 0, 2);
-}
-
 template <int R, int JB>
 inline void mv_block(const float* __restrict wt, size_t ld, const float* const* u, int k_n,
                      const float* __restrict init, float* const* y, size_t j0, const char* pf, int pf_lines) {
@@ -668,9 +674,7 @@ void SsmModel::step(int n_rows, const int32_t* slots, const float* x, const uint
             block[nb++] = i++;
         }
         // The next block's slots (at most kMaxRows: a repeat there only prefetches more than needed).
-        pf.n_slots = 0;
-        pf.slot_i = pf.array_i = 0;
-        pf.line = 0;
+        pf.clear();
         for (int j = i; j < n_rows && pf.n_slots < kMaxRows; ++j)
             if (slots[j] >= 0) pf.slots[pf.n_slots++] = slots[j];
         if (nb > 0) run_block(block, nb, slots, x, reset, out, &pf);
