@@ -45,8 +45,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE
 
 INSTALL_HINT = "pip install -e '.[bench-peers]'"
 DEFAULT_NOTIONAL = 1_000_000.0  # nextick's default: initial capital 1e6 over one instrument

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE
 
 S = 1_000_000_000
 T0 = 1_704_153_600 * S + 3600 * S  # 2024-01-02 01:00 UTC, inside a 24x7 session

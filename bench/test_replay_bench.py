@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.quotes import random_walk_quotes
-from engine.validate import QuoteValidator, ValidationPolicy
+from engine.domain.source import SourceStats
+from engine.domain.validate import QuoteValidator, ValidationPolicy
 from feeds.replay import FileReplay
-from feeds.source import SourceStats
 
 N_ROWS = 1_000_000
 N_INSTRUMENTS = 10

@@ -19,15 +19,15 @@ import msgspec
 import numpy as np
 
 from engine import _core
-from engine.calendar import SessionCalendar
-from engine.instrument import InstrumentTable
+from engine.domain.calendar import SessionCalendar
+from engine.domain.instrument import InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE
+from engine.domain.source import QuoteSource, SourceStats
+from engine.domain.timestamps import DAY_NS, SECOND_NS
 from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie_memmel
-from engine.quote import QUOTE_DTYPE
-from feeds.source import QuoteSource, SourceStats
 from strategies.base import BatchHost, Strategy
 from strategies.builtin import BUILTINS, builtin_spec, is_builtin
 
-SECOND_NS = 1_000_000_000
 INTERVALS_NS: dict[str, int | None] = {"raw": None, "100ms": 100_000_000, "1s": SECOND_NS}
 RESET_REASONS: tuple[str, ...] = tuple(_core.RESET_REASONS)
 
@@ -237,7 +237,7 @@ class Engine:
         """A restarted live run picks up at ``at_ns``: each instrument's session open then counts as
         already open, so its first tick resets for the reconnect, not as a session open."""
         self.prepare()
-        self._sync_sessions(at_ns - 8 * 86_400 * SECOND_NS, at_ns + self.session_lookahead_ns)
+        self._sync_sessions(at_ns - 8 * DAY_NS, at_ns + self.session_lookahead_ns)
         for i in range(len(self.instruments)):
             self.core.resume_session(i, at_ns)
 

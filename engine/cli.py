@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SECOND_NS = 1_000_000_000
+from engine.domain.timestamps import SECOND_NS
 
 DESCRIPTION = """\
 nextick: a low-latency streaming trading engine. Quotes stream through a conflator into per-instrument
@@ -348,7 +348,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _source(args: argparse.Namespace, horizon_s: float | None = None):
     """The quote source the options describe. ``horizon_s`` sets the synthetic oracle's horizon
     (it changes only the exposed expected returns, not the quotes)."""
-    from engine.instrument import Instrument
+    from engine.domain.instrument import Instrument
 
     if getattr(args, "catalog", None) is not None:
         from feeds.catalog import Catalog
@@ -361,7 +361,7 @@ def _source(args: argparse.Namespace, horizon_s: float | None = None):
         return Catalog(args.catalog).source(names, args.start, args.end,
                                             memory_budget_bytes=int(args.memory_mb * (1 << 20)))
     if getattr(args, "raw_paths", None):
-        from engine.validate import ValidationPolicy
+        from engine.domain.validate import ValidationPolicy
         from feeds.raw_replay import RawReplay
 
         return RawReplay(
@@ -386,7 +386,7 @@ def _source(args: argparse.Namespace, horizon_s: float | None = None):
                 start=args.start or SyntheticConfig.start,
             )
         )
-    from engine.validate import ValidationPolicy
+    from engine.domain.validate import ValidationPolicy
     from feeds.replay import ColumnMap, FileReplay
 
     if not args.data.exists():
@@ -466,10 +466,9 @@ def _oracle_run(args: argparse.Namespace, config, first):
     """The ssm_threshold rule fed the synthetic market's true expected return: what a perfect signal
     would have made under the same fills and fees."""
     from engine.backtest import run_backtest
-    from strategies.oracle import OracleThreshold
-
     from engine.model.weights import load_model
     from strategies.builtin import builtin_spec
+    from strategies.oracle import OracleThreshold
 
     if args.data is not None or getattr(args, "catalog", None) is not None:
         raise ValueError("--oracle needs the synthetic market (its expected returns are known); drop --data/--catalog")
@@ -484,14 +483,14 @@ def _oracle_run(args: argparse.Namespace, config, first):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.model.config import SSMConfig
-    from engine.model.dataset import collect_segments, split_by_time
     from engine.progress import Progress
+    from engine.training.dataset import collect_segments, split_by_time
 
     try:
         import torch
     except ImportError:
         raise SystemExit("nextick train needs torch: pip install 'nextick[train]' (or torch==2.13.0)") from None
-    from engine.model.train import TrainConfig, export, train, write_report
+    from engine.training.train import TrainConfig, export, train, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -601,7 +600,11 @@ def cmd_paper(args: argparse.Namespace) -> int:
             return await PaperTrader(config, args.run_dir).run(args.duration)
         import asyncio
 
-        from feeds.exchange_sim import ExchangeSim, SyntheticSource, parse_fault_schedule
+        from feeds.exchange_sim import (
+            ExchangeSim,
+            SyntheticSource,
+            parse_fault_schedule,
+        )
 
         schedule = parse_fault_schedule(args.sim_faults) if args.sim_faults else []
         async with ExchangeSim(venues=venues, source=SyntheticSource(quote_rate_hz=args.sim_rate_hz)) as sim:
@@ -668,8 +671,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from engine.domain.validate import ValidationPolicy
     from engine.ingest import ingest
-    from engine.validate import ValidationPolicy
 
     options: dict[str, Any] = {"policy": ValidationPolicy.parse(args.policy)}
     if args.venue:

@@ -135,7 +135,7 @@ def _ts_array(ts_ns: ArrayLike) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise MetricsInputError(
             f"ts_ns must be integer nanoseconds, got dtype {arr.dtype}; "
-            "convert with engine.timestamps.to_ns"
+            "convert with engine.domain.timestamps.to_ns"
         )
     if arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
         raise MetricsInputError("ts_ns does not fit int64 nanoseconds")

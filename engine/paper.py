@@ -31,18 +31,18 @@ import msgspec
 import numpy as np
 
 from engine.backtest import INTERVALS_NS, BacktestConfig, Engine, load_strategy
-from engine.instrument import Instrument, InstrumentTable
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.latency import StageLatency
+from engine.domain.quote import QUOTE_DTYPE
+from engine.domain.source import SourceStats
+from engine.domain.timestamps import DAY_NS, SECOND_NS
+from engine.domain.validate import QuoteValidator, ValidationPolicy
 from engine.journal import Journal
-from engine.latency import StageLatency
-from engine.quote import QUOTE_DTYPE
-from engine.validate import QuoteValidator, ValidationPolicy
 from feeds.live import FeedConfig, FeedEvent, LiveFeed, RecvClock
 from feeds.normalize import FeedCounters, FrameNormalizer
-from feeds.source import SourceStats
 from feeds.venues import get_venue
 from strategies.builtin import is_builtin
 
-SECOND_NS = 1_000_000_000
 _I64_MAX_TOLERANCE = 10**18  # our own receive clock cannot be "in the future"
 _SPIN_S = 0.002  # the interval-end timer wakes this early and spins the rest
 
@@ -114,7 +114,7 @@ class PaperTrader:
         bt = config.backtest
         strategy = None if is_builtin(bt.strategy) else load_strategy(bt.strategy, bt.strategy_params)
         self.engine = Engine(bt, self.instruments, strategy)
-        self.engine.session_lookahead_ns = 86_400 * SECOND_NS
+        self.engine.session_lookahead_ns = DAY_NS
         self.core = self.engine.core
         self.clock = RecvClock()
         self.interval_ns = INTERVALS_NS[bt.interval]

@@ -17,12 +17,12 @@ import msgspec
 import numpy as np
 
 from engine.backtest import BacktestConfig, Engine, load_strategy, stream_ticks
-from engine.instrument import Instrument, InstrumentTable
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.timestamps import DAY_NS
+from engine.domain.validate import ValidationPolicy
 from engine.journal import ORDER_EVENT_KINDS, RESET_REASONS, Journal
-from engine.validate import ValidationPolicy
 from strategies.builtin import is_builtin
 
-SECOND_NS = 1_000_000_000
 _NO_FUTURE = 10**18
 
 
@@ -122,7 +122,7 @@ def reconcile(run_dir: Path | str) -> ReconcileReport:
             last_ts = seg["last_ts_ns"]
             strategy = None if is_builtin(config.strategy) else load_strategy(config.strategy, config.strategy_params)
             engine = Engine(config, instruments, strategy)
-            engine.session_lookahead_ns = 86_400 * SECOND_NS
+            engine.session_lookahead_ns = DAY_NS
             engine.prepare()
             if k > 0:
                 engine.resume_at(lo)  # as the restarted process did

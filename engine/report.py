@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import platform
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 
 from engine import _core
 from engine.backtest import RESET_REASONS, BacktestResult
+from engine.domain.timestamps import format_ns_seconds
 from engine.metrics import JobsonKorkie
 
 _RULE = "-" * 78
@@ -37,10 +37,6 @@ def _num(x: float, fmt: str = ".2f") -> str:
     if not math.isfinite(x):
         return "n/a"
     return format(x, ".2e") if abs(x) >= _BIG_NUM else format(x, fmt)
-
-
-def _when(ts_ns: int) -> str:
-    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(ns: int) -> str:
@@ -81,7 +77,7 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
         f"{', ...' if len(r.instruments) > 6 else ''}), source {src.source}",
     ]
     if len(r.equity_ts_ns):
-        lines.append(f"period       {_when(int(r.equity_ts_ns[0]))} .. {_when(int(r.equity_ts_ns[-1]))} UTC")
+        lines.append(f"period       {format_ns_seconds(int(r.equity_ts_ns[0]))} .. {format_ns_seconds(int(r.equity_ts_ns[-1]))} UTC")
     unit = f", timestamps in {src.ts_unit} ({'detected' if src.ts_unit_detected else 'given'})" if src.ts_unit else ""
     lines += [
         f"data         {r.quotes_in:,} quotes -> {r.ticks:,} ticks (interval {r.config.interval}){unit}",
@@ -110,7 +106,7 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
         if x.ruined_at_ns is not None:
             lines.append(
                 f"CAPITAL EXHAUSTED: {x.strategy} equity reached {x.equity[x.equity <= 0][0]:,.2f} at "
-                f"{_when(x.ruined_at_ns)} UTC; its metrics cover the run until then. Lower the notional or fees."
+                f"{format_ns_seconds(x.ruined_at_ns)} UTC; its metrics cover the run until then. Lower the notional or fees."
             )
     lines.append(_RULE)
     c = r.counters

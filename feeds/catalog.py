@@ -85,10 +85,17 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, as_rows, concat_rows, take_rows
-from feeds.recorder import DAY_NS, instrument_dir_name, quote_schema
-from feeds.source import SourceStats
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, as_rows, concat_rows, take_rows
+from engine.domain.source import SourceStats
+from engine.domain.timestamps import (
+    DAY_NS,
+    day_date,
+    epoch_day,
+    format_ns,
+    parse_time_ns,
+)
+from feeds.recorder import instrument_dir_name, quote_schema
 
 MANIFEST = "catalog.json"
 QUOTES_DIR = "quotes"
@@ -125,7 +132,6 @@ _READ_BUFFER = 16 << 10
 
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
-_EPOCH = _dt.date(1970, 1, 1)
 _COLUMNS = tuple(quote_schema().names)
 assert _COLUMNS[:7] == QUOTE_DTYPE.names[:7] and _COLUMNS[7] == "flags"
 # Offsets of instrument (u4) and flags (u2) in the last 8-byte word of a quote; the word is written
@@ -158,7 +164,7 @@ class FileEntry(msgspec.Struct, kw_only=True):
 
 
 class InstrumentEntry(msgspec.Struct, kw_only=True):
-    """An instrument's metadata, as ``engine.instrument.Instrument`` has it."""
+    """An instrument's metadata, as ``engine.domain.instrument.Instrument`` has it."""
 
     venue: str
     symbol: str
@@ -283,10 +289,6 @@ class InstrumentInfo(msgspec.Struct, frozen=True, kw_only=True):
 # -- helpers ------------------------------------------------------------------------------------------
 
 
-def _date_of_day(day: int) -> str:
-    return (_EPOCH + _dt.timedelta(days=int(day))).isoformat()
-
-
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -349,50 +351,6 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             out[k] = str(v)
     return out
-
-
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_INT_RE = re.compile(r"^[+-]?\d+$")
-
-
-def to_ns(value: Any, *, end: bool = False) -> int | None:
-    """A time bound as int ns UTC. Accepts None, ints (ns), ``datetime``/``date`` objects and ISO-8601
-    strings (naive times are UTC; up to 9 fraction digits). A bare date means its midnight, or, for
-    ``end=True``, the next midnight, so that ``end="2024-01-03"`` includes that whole day."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"not a time: {value!r}")
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, np.datetime64):
-        return int(value.astype("datetime64[ns]").astype(np.int64))
-    if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        delta = value - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-    if isinstance(value, _dt.date):
-        days = (value - _EPOCH).days + (1 if end else 0)
-        return days * DAY_NS
-    if not isinstance(value, str):
-        raise TypeError(f"not a time: {value!r}")
-    s = value.strip()
-    if _INT_RE.match(s):
-        return int(s)
-    if _DATE_RE.match(s):
-        return to_ns(_dt.date.fromisoformat(s), end=end)
-    # Split off a fraction finer than microseconds, which datetime cannot hold.
-    m = re.match(r"^(.*T\d{2}:\d{2}:\d{2}|.* \d{2}:\d{2}:\d{2})\.(\d{1,9})(.*)$", s)
-    frac_ns = 0
-    if m:
-        s = m.group(1) + m.group(3)
-        frac_ns = int(m.group(2).ljust(9, "0"))
-    try:
-        dt = _dt.datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"cannot read {value!r} as a time; use ISO-8601 (2024-01-02, 2024-01-02T09:30:00Z) or ns") from None
-    return to_ns(dt) + frac_ns
 
 
 # -- ingest: the partition writer -----------------------------------------------------------------------
@@ -529,7 +487,7 @@ class _PartWriter:
                 self._finish(self.open.pop(lru.key))
             d = (
                 self.qdir / f"venue={instrument_dir_name(inst.venue)}"
-                / f"instrument={instrument_dir_name(inst.symbol)}" / f"date={_date_of_day(day)}"
+                / f"instrument={instrument_dir_name(inst.symbol)}" / f"date={day_date(day).isoformat()}"
             )
             if d not in self._dirs:
                 self.journal.add_dir(d.relative_to(self.root))
@@ -620,7 +578,7 @@ class _PartWriter:
                     path=part.final.relative_to(self.root).as_posix(),
                     venue=venue,
                     symbol=symbol,
-                    date=_date_of_day(day),
+                    date=day_date(day).isoformat(),
                     seq=part.seq,
                     rows=part.rows,
                     ts_min=part.ts_min,
@@ -1029,7 +987,7 @@ class Catalog:
         ``start`` (inclusive) to ``end`` (exclusive; a bare date includes that day), merged in
         ``ts_recv`` order. See ``CatalogSource``."""
         return CatalogSource(
-            self, self._select(instruments), to_ns(start), to_ns(end, end=True),
+            self, self._select(instruments), parse_time_ns(start), parse_time_ns(end, end=True),
             memory_budget_bytes=memory_budget_bytes, chunk_rows=chunk_rows, batch_rows=batch_rows,
             use_threads=use_threads, prefetch=prefetch,
         )
@@ -1303,7 +1261,7 @@ class CatalogSource:
         )
         span = ""
         if start_ns is not None or end_ns is not None:
-            span = f" [{_fmt_ns(start_ns)} .. {_fmt_ns(end_ns)})"
+            span = f" [{format_ns(start_ns)} .. {format_ns(end_ns)})"
         self.stats = SourceStats(source=f"catalog {catalog.root}{span}", ts_unit="ns")
 
         # Streams: per instrument (catalog order), per source (ingest order): the rank breaks ties.
@@ -1320,7 +1278,7 @@ class CatalogSource:
                 i = ids.get(f"{p.venue}:{p.symbol}")
                 if i is None or p.ts_max < lo or p.ts_min >= hi:
                     continue
-                day = (_dt.date.fromisoformat(p.date) - _EPOCH).days
+                day = epoch_day(p.date)
                 if first_day <= day <= last_day:
                     groups[(i, src.rank)].append(p)
                     used = True
@@ -1423,14 +1381,6 @@ class CatalogSource:
                 st.rows_emitted += len(piece)
                 yield piece
             del out, piece
-
-
-def _fmt_ns(ns: int | None) -> str:
-    if ns is None:
-        return "..."
-    secs, frac = divmod(int(ns), 1_000_000_000)
-    t = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return t + (f".{frac:09d}".rstrip("0") if frac else "") + "Z"
 
 
 def open_catalog(root: Path | str) -> Catalog:

@@ -56,7 +56,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from engine.latency import StageLatency
+from engine.domain.latency import StageLatency
 from feeds.venues import ALIASES, VENUE_NAMES, FrameError, FrameKind, Venue, get_venue
 
 log = logging.getLogger("nextick.exchange_sim")
@@ -600,7 +600,7 @@ class ExchangeSim:
         self.queue_frames = queue_frames
         self.url = ""
         self.stats = SimStats()
-        # Per-stage latency of the send path (engine.latency): "queue" = a frame queued for a connection
+        # Per-stage latency of the send path (engine.domain.latency): "queue" = a frame queued for a connection
         # -> written to its socket.
         self.latency = StageLatency(("queue",))
         self._venues: dict[str, _VenueState] = {}

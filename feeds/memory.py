@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from engine.instrument import InstrumentTable
-from engine.quote import QUOTE_DTYPE
-from feeds.source import SourceStats
+from engine.domain.instrument import InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE
+from engine.domain.source import SourceStats
 
 
 class ArraySource:

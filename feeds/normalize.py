@@ -26,7 +26,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 
-from engine.quote import QUOTE_DTYPE, QuoteFlag
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag
 from feeds.venues.base import FrameError, FrameKind, SeqMode, Venue
 
 _ROW = struct.Struct("<qqddddQIH2x")

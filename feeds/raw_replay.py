@@ -3,7 +3,7 @@
 The files ``feeds.recorder.RawRecorder`` writes, and captures in the same shape such as
 ``../shared/data/binance-raw``. Every frame goes through ``feeds.normalize.FrameNormalizer`` (one per
 venue, shared by that venue's files), the code the live feed runs, so a recording replays into the
-quotes the live run built, flags included; the quotes then pass ``engine.validate.QuoteValidator``.
+quotes the live run built, flags included; the quotes then pass ``engine.domain.validate.QuoteValidator``.
 
 - Files: a directory means every ``*.gz``, ``*.txt`` and ``*.log`` under it. Gzip is recognized by
   its magic bytes; concatenated gzip members are read in turn. A gzip stream that ends without its
@@ -45,12 +45,12 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, concat_rows, take_rows
-from engine.timestamps import NS_PER, TimestampUnitError, detect_unit
-from engine.validate import BadInputError, QuoteValidator, ValidationPolicy
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, concat_rows, take_rows
+from engine.domain.source import SourceStats
+from engine.domain.timestamps import NS_PER, TimestampUnitError, detect_unit
+from engine.domain.validate import BadInputError, QuoteValidator, ValidationPolicy
 from feeds.normalize import FeedCounters, FrameNormalizer
-from feeds.source import SourceStats
 from feeds.venues import ALIASES, VENUE_NAMES, get_venue
 
 SUFFIXES = (".gz", ".txt", ".log")

@@ -67,10 +67,9 @@ from urllib.parse import quote, unquote
 import msgspec
 import numpy as np
 
-from engine.quote import QUOTE_DTYPE
+from engine.domain.quote import QUOTE_DTYPE
+from engine.domain.timestamps import DAY_NS, SECOND_NS
 
-DAY_NS = 86_400 * 1_000_000_000
-_SECOND_NS = 1_000_000_000
 _encode = msgspec.json.encode
 
 
@@ -79,7 +78,7 @@ def _utc_day(ns: int) -> int:
 
 
 def _utc_stamp(ns: int) -> str:
-    return _dt.datetime.fromtimestamp(ns // _SECOND_NS, tz=_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return _dt.datetime.fromtimestamp(ns // SECOND_NS, tz=_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
 
 
 class RawRecorder:
@@ -111,7 +110,7 @@ class RawRecorder:
         self.venue = venue
         self.dir = Path(root) / "raw" / venue
         self.rotate_bytes = int(rotate_bytes)
-        self.rotate_ns = int(rotate_s * _SECOND_NS)
+        self.rotate_ns = int(rotate_s * SECOND_NS)
         self.flush_s = float(flush_s)
         self.level = level
         self.fsync = fsync
@@ -371,7 +370,7 @@ def _pair(item: Any) -> tuple[str, str]:
     if isinstance(item, tuple):
         venue, symbol = item
         return str(venue), str(symbol)
-    return str(item.venue), str(item.symbol)  # an engine.instrument.Instrument
+    return str(item.venue), str(item.symbol)  # an engine.domain.instrument.Instrument
 
 
 class QuoteRecorder:

@@ -2,7 +2,7 @@
 
 The file is streamed in blocks (CSV: ``block_size`` bytes per Arrow batch; Parquet: ``chunk_rows``
 rows per batch), converted to ``QUOTE_DTYPE`` chunks of at most ``chunk_rows`` rows, and validated
-(``engine.validate``), so memory stays bounded by the block and chunk sizes, never by the file.
+(``engine.domain.validate``), so memory stays bounded by the block and chunk sizes, never by the file.
 
 Everything is parsed from text by Arrow's vectorized kernels. A value that does not parse is a
 ``malformed`` row (found by a regex pre-filter and, when that is not enough, by bisecting the
@@ -31,11 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, QuoteFlag, as_rows, take_rows
-from engine.timestamps import NS_PER, UNITS, detect_unit, to_ns
-from engine.validate import BadInputError, QuoteValidator, ValidationPolicy
-from feeds.source import SourceStats
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag, as_rows, take_rows
+from engine.domain.source import SourceStats
+from engine.domain.timestamps import NS_PER, UNITS, detect_unit, to_ns
+from engine.domain.validate import BadInputError, QuoteValidator, ValidationPolicy
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -181,7 +181,7 @@ class FileReplay:
     """Replays one CSV (``.csv``, ``.txt``, optionally ``.gz``; or a ``.zip`` holding one CSV, streamed)
     or Parquet (``.parquet``, ``.pq``) file.
 
-    Implements ``feeds.source.QuoteSource``. ``instruments`` is the table passed in (fixed: unknown
+    Implements ``engine.domain.source.QuoteSource``. ``instruments`` is the table passed in (fixed: unknown
     symbols are ``unknown_symbol`` rows) or, when ``template`` is given or no table is, a table that
     grows with each new symbol (``template`` with the symbol replaced). With both, the passed table
     is the starting point and new symbols are added from the template.

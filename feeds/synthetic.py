@@ -8,7 +8,7 @@ deterministic by ``SyntheticConfig.seed``.
 The model, top to bottom
 ========================
 
-Time. Quotes exist only inside the sessions of ``config.calendar`` (``engine.calendar``), each
+Time. Quotes exist only inside the sessions of ``config.calendar`` (``engine.domain.calendar``), each
 ``[open_ns, close_ns)`` in UTC nanoseconds; ``n_sessions`` sessions are generated starting at the
 local date ``start``. The latent processes below live in calendar time and keep evolving between
 sessions, so prices gap at the open.
@@ -101,14 +101,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.calendar import SessionCalendar
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, concat_rows, take_rows
-from feeds.source import SourceStats
-
-SECOND_NS = 1_000_000_000
-_US_NS = 1_000
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+from engine.domain.calendar import SessionCalendar
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, concat_rows, take_rows
+from engine.domain.source import SourceStats
+from engine.domain.timestamps import DAY_NS, SECOND_NS, US_NS, datetime_ns
 
 # Spawn-key namespaces of the random streams (see module docstring); never renumber, or every
 # generated data set changes.
@@ -134,7 +131,7 @@ class SyntheticConfig:
 
     n_instruments: int = 3
     n_sessions: int = 5  # number of sessions generated (per the calendar)
-    # Any engine.calendar spec; "24x7" gives continuous UTC days. US-RTH is NYSE hours on every
+    # Any engine.domain.calendar spec; "24x7" gives continuous UTC days. US-RTH is NYSE hours on every
     # weekday: a synthetic market has no holidays (and its data set and the default model stay
     # what they were before XNYS learned the NYSE holidays).
     calendar: str = "US-RTH"
@@ -298,8 +295,7 @@ class _Piece(NamedTuple):
 
 
 def _local_midnight_ns(day: dt.date, tz: dt.tzinfo) -> int:
-    delta = dt.datetime.combine(day, dt.time(0), tzinfo=tz) - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * SECOND_NS + delta.microseconds * _US_NS
+    return datetime_ns(dt.datetime.combine(day, dt.time(0), tzinfo=tz))
 
 
 class SyntheticMarket:
@@ -349,7 +345,7 @@ class SyntheticMarket:
         self._grid_ns = max(1, int(round(cfg.grid_s * SECOND_NS)))
         cells = max(1, int(cfg.block_quotes / (n * cfg.quote_rate_hz) / cfg.grid_s))
         self._block_ns = cells * self._grid_ns
-        self._lat_max_ns = int(round(cfg.latency_max_us * _US_NS))
+        self._lat_max_ns = int(round(cfg.latency_max_us * US_NS))
         inv_tick = 1.0 / cfg.tick_size
         # Dividing integer tick counts by an integral 1/tick gives the correctly rounded decimal
         # (100.01, not 100.01000000000001), so prices compare equal to the venue's decimal strings.
@@ -403,7 +399,7 @@ class SyntheticMarket:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         days = 2 * cfg.n_sessions + 14
         while True:
-            opens, closes = cal.sessions_between(lo, lo + days * 86_400 * SECOND_NS)
+            opens, closes = cal.sessions_between(lo, lo + days * DAY_NS)
             keep = opens >= lo  # drop an overnight session opened the day before ``start``
             opens, closes = opens[keep], closes[keep]
             if len(opens) >= cfg.n_sessions:
@@ -584,7 +580,7 @@ class SyntheticMarket:
         ts = b0 + (cum[:n] * scale).astype(np.int64) + np.arange(n, dtype=np.int64)
         label = rng_e.integers(0, n_inst, n, dtype=np.uint32) if n_inst > 1 else np.zeros(n, np.uint32)
         z = rng_e.standard_normal((7, n))
-        lat_ns = cfg.latency_min_us * _US_NS + rng_e.standard_exponential(n) * (cfg.latency_jitter_us * _US_NS)
+        lat_ns = cfg.latency_min_us * US_NS + rng_e.standard_exponential(n) * (cfg.latency_jitter_us * US_NS)
         lat_ns = np.minimum(lat_ns, self._lat_max_ns).astype(np.int64)
         z_end = rng_e.standard_normal(1 + 3 * n_inst)
 

@@ -22,7 +22,7 @@ import abc
 
 import numpy as np
 
-from engine.instrument import InstrumentTable
+from engine.domain.instrument import InstrumentTable
 
 # Layout of csrc/backtester.hpp BatchRow; the core writes rows in place, the strategy reads them.
 BATCH_DTYPE = np.dtype(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.instrument import InstrumentTable
+from engine.domain.instrument import InstrumentTable
 from strategies.base import Strategy, TickBatch
 from strategies.builtin import BuiltinSpec
 

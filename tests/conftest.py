@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from engine.backtest import BacktestConfig, run_backtest
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE
 from feeds.memory import ArraySource
 from strategies.base import Strategy, TickBatch
 

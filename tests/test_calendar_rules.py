@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.calendar import CalendarError, SessionCalendar, nyse_year
+from engine.domain.calendar import CalendarError, SessionCalendar, nyse_year
 
 UTC = dt.timezone.utc
 

@@ -23,10 +23,11 @@ from hypothesis import strategies as hst
 import feeds.catalog as fcat
 import feeds.vendors
 from engine.backtest import BacktestConfig, run_backtest
-from engine.instrument import Instrument
-from engine.quote import QUOTE_DTYPE, concat_rows
-from engine.validate import BadInputError
-from feeds.catalog import Catalog, to_ns
+from engine.domain.instrument import Instrument
+from engine.domain.quote import QUOTE_DTYPE, concat_rows
+from engine.domain.timestamps import parse_time_ns as to_ns
+from engine.domain.validate import BadInputError
+from feeds.catalog import Catalog
 from feeds.recorder import instrument_dir_name, quote_schema
 from feeds.replay import FileReplay
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import SHARED_DATA
+
 from engine.cli import main
 
 T0_MS = 1_704_153_600_000  # 2024-01-02 00:00:00 UTC

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import MS, T0, quotes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import MS, T0, quotes
 from engine import _core
-from engine.quote import QUOTE_DTYPE, QuoteFlag
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag
 
 
 @st.composite

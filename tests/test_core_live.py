@@ -118,10 +118,10 @@ def test_zero_slippage_has_one_sign():
 
 
 def test_a_resumed_session_resets_for_the_reconnect_not_as_a_session_open():
-    from conftest import S, T0, quotes, table
+    from conftest import T0, S, quotes, table
 
     from engine.backtest import BacktestConfig, Engine
-    from engine.quote import QuoteFlag
+    from engine.domain.quote import QuoteFlag
 
     def first_reset(resume: bool) -> str:
         e = Engine(BacktestConfig(strategy="none", interval="raw"), table(1), None)

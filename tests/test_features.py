@@ -9,10 +9,15 @@ import pytest
 
 from engine import _core
 from engine.model.config import FEATURE_NAMES
-from engine.model.dataset import collect_segments, horizon_target, split_by_time, split_segments
+from engine.training.dataset import (
+    collect_segments,
+    horizon_target,
+    split_by_time,
+    split_segments,
+)
 from feeds.memory import ArraySource
 from feeds.synthetic import SyntheticConfig, SyntheticMarket
-from tests.conftest import MS, S, T0, quotes, table
+from tests.conftest import MS, T0, S, quotes, table
 
 SMALL = SyntheticConfig(n_instruments=2, n_sessions=3, calendar="09:30-10:00 America/New_York Mon-Fri", outages_per_session=1.0,
                         outage_s=(70.0, 90.0))
@@ -41,7 +46,7 @@ def test_tapped_features_match_the_reference_tick_for_tick():
     ticks = np.concatenate([conflator.push(c) for c in market.chunks()] + [conflator.flush()])
     segments = collect_segments(SyntheticMarket(SMALL), interval="1s")
     rows = np.concatenate([np.c_[np.full(len(s.ts_ns), s.instrument), s.ts_ns] for s in segments])
-    from engine.calendar import SessionCalendar
+    from engine.domain.calendar import SessionCalendar
 
     cal = SessionCalendar.parse(SMALL.calendar)
     opens, closes = cal.sessions_between(int(ticks["ts_recv"][0]) - 86_400 * S, int(ticks["ts_recv"][-1]) + 1)

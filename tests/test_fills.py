@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import MS, T0, S, Scripted, quotes, run, table
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import MS, S, T0, Scripted, quotes, run, table
 
 
 def test_no_fill_on_decision_tick_even_at_same_timestamp():

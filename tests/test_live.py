@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 import uvloop
-from msgspec.structs import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
-from engine.quote import QuoteFlag
+from engine.domain.quote import QuoteFlag
 from feeds.backoff import Backoff
 from feeds.exchange_sim import ExchangeSim, SyntheticSource
 from feeds.live import FeedConfig, LiveFeed, RecvClock

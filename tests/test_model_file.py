@@ -11,7 +11,14 @@ import pytest
 from safetensors.numpy import save_file
 
 from engine.model.config import FEATURE_NAMES, SSMConfig, tensor_shapes
-from engine.model.weights import DEFAULT_MODEL_PATH, ModelFileError, Normalizer, SignalSpec, load_model, save_model
+from engine.model.weights import (
+    DEFAULT_MODEL_PATH,
+    ModelFileError,
+    Normalizer,
+    SignalSpec,
+    load_model,
+    save_model,
+)
 
 CFG = SSMConfig(d_model=16, n_layers=1, headdim=8, d_state=4)
 NORM = Normalizer(names=FEATURE_NAMES, mean=(0.0,) * 5, std=(1.0,) * 5, target_mean=0.0, target_std=2.0)

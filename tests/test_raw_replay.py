@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.backtest import BacktestConfig, run_backtest
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, QuoteFlag, concat_rows
-from engine.validate import BadInputError, ValidationPolicy
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag, concat_rows
+from engine.domain.source import QuoteSource
+from engine.domain.validate import BadInputError, ValidationPolicy
 from feeds.normalize import FrameNormalizer
 from feeds.raw_replay import RawReplay, venue_from_name
 from feeds.recorder import RawRecorder
-from feeds.source import QuoteSource
 from feeds.venues import get_venue
 
 S = 1_000_000_000

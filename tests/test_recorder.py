@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE
 from feeds.raw_replay import RawReplay
 from feeds.recorder import (
     QuoteRecorder,

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, QuoteFlag
-from engine.validate import BadInputError
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag
+from engine.domain.source import QuoteSource
+from engine.domain.validate import BadInputError
 from feeds.replay import ColumnMap, FileReplay, _localize, _localize_py
-from feeds.source import QuoteSource
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 T0_MS = 1_700_000_000_000  # 2023-11-14, a plausible epoch in ms
@@ -613,7 +613,7 @@ def test_shared_fx_files() -> None:
 
 
 def test_a_blank_side_is_a_one_sided_quote_and_a_blank_price_alone_is_malformed(tmp_path):
-    from engine.quote import QuoteFlag
+    from engine.domain.quote import QuoteFlag
     from feeds.replay import FileReplay
 
     path = tmp_path / "q.csv"

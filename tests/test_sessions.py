@@ -6,10 +6,10 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from conftest import MS, T0, S, Scripted, quotes, run, table
 
-from conftest import MS, S, T0, Scripted, quotes, run, table
-from engine.calendar import CalendarError, SessionCalendar
-from engine.quote import QuoteFlag
+from engine.domain.calendar import CalendarError, SessionCalendar
+from engine.domain.quote import QuoteFlag
 
 
 def utc_ns(*args) -> int:

@@ -9,11 +9,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.backtest import BacktestConfig, Engine, run_backtest, stream_ticks  # noqa: E402
-from engine.quote import concat_rows  # noqa: E402
+from engine.domain.quote import concat_rows  # noqa: E402
 from engine.model.config import FEATURE_NAMES, SSMConfig  # noqa: E402
-from engine.model.dataset import split_segments  # noqa: E402
-from engine.model.dataset import _compact  # noqa: E402
 from engine.model.weights import Normalizer, SignalSpec, save_model  # noqa: E402
+from engine.training.dataset import (
+    _compact,  # noqa: E402
+    split_segments,  # noqa: E402
+)
 from feeds.synthetic import SyntheticConfig, SyntheticMarket  # noqa: E402
 from strategies.base import Strategy, TickBatch  # noqa: E402
 from tests.test_ssm_parity import make_model, rel_err  # noqa: E402

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import MS, T0, S, quotes, run, table
 
-from conftest import MS, S, T0, quotes, run, table
 from engine.backtest import BacktestConfig, load_strategy, run_backtest
-from engine.quote import QUOTE_DTYPE
+from engine.domain.quote import QUOTE_DTYPE
 from feeds.memory import ArraySource
 from strategies.base import Strategy, StrategyError, TickBatch
 from strategies.ema_cross import EmaCross

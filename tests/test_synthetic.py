@@ -8,9 +8,9 @@ import functools
 import numpy as np
 import pytest
 
-from engine.calendar import SessionCalendar
-from engine.quote import QUOTE_DTYPE, mid_px
-from feeds.source import QuoteSource
+from engine.domain.calendar import SessionCalendar
+from engine.domain.quote import QUOTE_DTYPE, mid_px
+from engine.domain.source import QuoteSource
 from feeds.synthetic import SyntheticConfig, SyntheticMarket, SyntheticSession
 
 SECOND_NS = 1_000_000_000

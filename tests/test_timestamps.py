@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.timestamps import TimestampUnitError, detect_unit, to_ns
+from engine.domain.timestamps import TimestampUnitError, detect_unit, to_ns
 
 
 @pytest.mark.parametrize(

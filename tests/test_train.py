@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 
 from engine.cli import main  # noqa: E402
 from engine.model.config import SSMConfig  # noqa: E402
-from engine.model.dataset import collect_segments, split_by_time  # noqa: E402
-from engine.model.train import TrainConfig, train  # noqa: E402
 from engine.model.weights import load_model  # noqa: E402
+from engine.training.dataset import collect_segments, split_by_time  # noqa: E402
+from engine.training.train import TrainConfig, train  # noqa: E402
 from feeds.synthetic import SyntheticConfig, SyntheticMarket  # noqa: E402
 
 CAL = "09:30-09:50 America/New_York Mon-Fri"

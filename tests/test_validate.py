@@ -10,9 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.quote import QUOTE_DTYPE
-from engine.validate import RULES, BadInputError, QuoteValidator, ValidationPolicy
-from feeds.source import SourceStats
+from engine.domain.quote import QUOTE_DTYPE
+from engine.domain.source import SourceStats
+from engine.domain.validate import (
+    RULES,
+    BadInputError,
+    QuoteValidator,
+    ValidationPolicy,
+)
 
 NOW_NS = 1_700_000_000 * 10**9
 SOURCE = "feed_2024.csv"

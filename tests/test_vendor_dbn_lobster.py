@@ -17,10 +17,10 @@ import pyarrow as pa
 import pytest
 
 from engine.backtest import BacktestConfig, run_backtest
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, QuoteFlag, concat_rows
-from engine.validate import BadInputError, ValidationPolicy
-from feeds.source import QuoteSource
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag, concat_rows
+from engine.domain.source import QuoteSource
+from engine.domain.validate import BadInputError, ValidationPolicy
 from feeds.vendors import databento as dbn_vendor
 from feeds.vendors import detect, lobster, open_source
 

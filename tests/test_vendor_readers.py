@@ -17,9 +17,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine.backtest import BacktestConfig, run_backtest
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QuoteFlag
-from engine.validate import BadInputError
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QuoteFlag
+from engine.domain.validate import BadInputError
 from feeds import vendors
 from feeds.vendors import binance, dukascopy, histdata, tardis
 

@@ -15,10 +15,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.quote import QuoteFlag
+from engine.domain.quote import QuoteFlag
+from engine.domain.timestamps import MS_NS
 from feeds.normalize import FrameNormalizer
-from feeds.venues import VENUE_NAMES, FrameError, FrameKind, SeqMode, VenueQuote, get_venue
-from feeds.venues.base import MS_NS, fmt_decimal
+from feeds.venues import (
+    VENUE_NAMES,
+    FrameError,
+    FrameKind,
+    SeqMode,
+    VenueQuote,
+    get_venue,
+)
+from feeds.venues.base import fmt_decimal
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 S = 1_000_000_000

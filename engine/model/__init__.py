@@ -1,2 +1,3 @@
-"""The SSM signal: configuration, torch reference (``ssm``), training (``train``), weights files
-(``weights``) and the compiled runtime. Only ``ssm`` and ``train`` import torch."""
+"""The signal model: configuration (``config``), the torch reference (``ssm``), weights files
+(``weights``) and the compiled runtime behind them. Only ``ssm`` imports torch. Training lives above
+the backtest, in ``engine.training``."""

@@ -1,6 +1,6 @@
 """Readers for the files users already have, and the one function that picks the right one.
 
-Each module reads one vendor's format into a ``feeds.source.QuoteSource`` (time-ordered
+Each module reads one vendor's format into a ``engine.domain.source.QuoteSource`` (time-ordered
 ``QUOTE_DTYPE`` chunks, validated per DESIGN.md, timestamp unit detected and reported) and says
 whether a file looks like its format (``sniff``). ``open_source(path)`` asks them in turn:
 
@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from feeds.source import QuoteSource
+from engine.domain.source import QuoteSource
 
 # Tried in this order; the generic reader last.
 FORMATS: tuple[str, ...] = (

@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.validate import ValidationPolicy
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.validate import ValidationPolicy
 
 # Instrument fields a reader option may set; symbol and venue come from the file or the reader.
 _INSTRUMENT_FIELDS = ("tick_size", "lot_size", "calendar", "gap_ns", "warmup_ticks")

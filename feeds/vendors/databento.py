@@ -46,7 +46,6 @@ Errors name ``file:N`` where N is the 1-based record number.
 
 from __future__ import annotations
 
-import datetime as _dt
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,11 +53,12 @@ from typing import Any
 
 import numpy as np
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, QuoteFlag
-from engine.validate import BadInputError, QuoteValidator, ValidationPolicy
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag
+from engine.domain.source import SourceStats
+from engine.domain.timestamps import DAY_NS, epoch_day
+from engine.domain.validate import BadInputError, QuoteValidator, ValidationPolicy
 from feeds.replay import _Coalescer
-from feeds.source import SourceStats
 from feeds.vendors._common import template_for, with_symbol
 
 EXTRA_HINT = "reading DBN files needs the 'dbn' extra: pip install 'nextick[dbn]' (databento-dbn)"
@@ -80,7 +80,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _UNDEF_PRICE = np.iinfo(np.int64).max
 _ONE_SIDED = np.uint16(QuoteFlag.ONE_SIDED)
 _SYNTHETIC_TS = np.uint16(QuoteFlag.SYNTHETIC_TS)
-_DAY_NS = 86_400 * 10**9
 
 
 class MissingExtraError(ImportError, ValueError):
@@ -178,12 +177,6 @@ def _read(f, n: int) -> bytes:
 # -- symbology -------------------------------------------------------------------------------------
 
 
-def _date_day(d: Any) -> int:
-    if isinstance(d, str):
-        d = _dt.date.fromisoformat(d)
-    return (d - _dt.date(1970, 1, 1)).days
-
-
 def _mapping_entries(mappings: dict[str, list[dict]], order: list[str] = ()) -> list[tuple[int, int, int, str]]:
     """(instrument_id, first day, end day (exclusive), name) from the metadata symbology, in the
     order the symbols were requested (``order``), then by name."""
@@ -195,7 +188,7 @@ def _mapping_entries(mappings: dict[str, list[dict]], order: list[str] = ()) -> 
             sym = str(iv["symbol"]).strip()
             if not sym.isdigit():
                 continue  # not an instrument_id (another stype_out): nothing to map from records
-            per_key.setdefault(key, []).append((int(sym), _date_day(iv["start_date"]), _date_day(iv["end_date"])))
+            per_key.setdefault(key, []).append((int(sym), epoch_day(iv["start_date"]), epoch_day(iv["end_date"])))
     out: list[tuple[int, int, int, str]] = []
     for key, ivs in per_key.items():
         ivs.sort(key=lambda t: t[1])
@@ -248,7 +241,7 @@ class _Symbology:
             dyn = np.isin(ids, self.dynamic_ids)
             if dyn.any():
                 rows = np.flatnonzero(dyn)
-                day = ts_recv[rows] // _DAY_NS
+                day = ts_recv[rows] // DAY_NS
                 rk = (ids[rows].astype(np.int64) << 20) | day
                 pos = np.searchsorted(self._keys, rk, side="right") - 1
                 ok = (pos >= 0) & ((self._keys[np.maximum(pos, 0)] >> 20) == ids[rows]) & (

@@ -54,11 +54,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from engine.instrument import Instrument, InstrumentTable
-from engine.quote import QUOTE_DTYPE, QuoteFlag, concat_rows, take_rows
-from engine.validate import BadInputError, QuoteValidator, ValidationPolicy
+from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag, concat_rows, take_rows
+from engine.domain.source import SourceStats
+from engine.domain.timestamps import DAY_NS, SECOND_NS, epoch_day
+from engine.domain.validate import BadInputError, QuoteValidator, ValidationPolicy
 from feeds.replay import _Coalescer, _localize, _numbers
-from feeds.source import SourceStats
 from feeds.vendors._common import first_line, is_number, template_for, with_symbol
 
 NAME_RE = re.compile(
@@ -74,7 +75,6 @@ _LINE_BITS = 40
 _LINE_MASK = (1 << _LINE_BITS) - 1
 _ONE_SIDED = np.uint16(QuoteFlag.ONE_SIDED)
 _I64_MIN = np.iinfo(np.int64).min
-_NS = 1_000_000_000
 
 
 class Pair:
@@ -300,10 +300,10 @@ class _DayClock:
     def __init__(self, date: _dt.date, tz: str) -> None:
         self.tz = tz
         zi = zoneinfo.ZoneInfo(tz)
-        self.midnight_ns = (date - _dt.date(1970, 1, 1)).days * 86_400 * _NS  # naive local midnight
+        self.midnight_ns = epoch_day(date) * DAY_NS  # naive local midnight
         start = _dt.datetime.combine(date, _dt.time(0), tzinfo=zi).utcoffset()
         end = _dt.datetime.combine(date, _dt.time(23, 59, 59), tzinfo=zi).utcoffset()
-        self.offset_ns = int(start.total_seconds()) * _NS if start == end else None  # None: DST changes today
+        self.offset_ns = int(start.total_seconds()) * SECOND_NS if start == end else None  # None: DST changes today
 
     def utc(self, local_ns_of_day: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         local = self.midnight_ns + local_ns_of_day

@@ -19,8 +19,6 @@ from typing import Any
 
 import msgspec
 
-MS_NS = 1_000_000
-
 
 class FrameKind(enum.IntEnum):
     QUOTES = 0  # payload: list[VenueQuote], usually one

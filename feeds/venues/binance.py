@@ -17,7 +17,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
-from feeds.venues.base import MS_NS, FrameError, FrameKind, SeqMode, Venue, VenueQuote, decimal, field_of, fmt_decimal, json_object
+from engine.domain.timestamps import MS_NS
+from feeds.venues.base import (
+    FrameError,
+    FrameKind,
+    SeqMode,
+    Venue,
+    VenueQuote,
+    decimal,
+    field_of,
+    fmt_decimal,
+    json_object,
+)
 
 _SUFFIX = "@bookTicker"
 

@@ -23,9 +23,18 @@ from typing import Any
 
 import msgspec
 
-from feeds.venues.base import FrameError, FrameKind, SeqMode, Venue, VenueQuote, field_of, fmt_decimal, json_object
+from engine.domain.timestamps import SECOND_NS as _NS
+from feeds.venues.base import (
+    FrameError,
+    FrameKind,
+    SeqMode,
+    Venue,
+    VenueQuote,
+    field_of,
+    fmt_decimal,
+    json_object,
+)
 
-_NS = 1_000_000_000
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 _UTC = _dt.timezone.utc
 

@@ -21,7 +21,18 @@ from typing import Annotated, Any
 
 import msgspec
 
-from feeds.venues.base import MS_NS, FrameError, FrameKind, SeqMode, Venue, VenueQuote, field_of, fmt_decimal, json_object, top_level
+from engine.domain.timestamps import MS_NS
+from feeds.venues.base import (
+    FrameError,
+    FrameKind,
+    SeqMode,
+    Venue,
+    VenueQuote,
+    field_of,
+    fmt_decimal,
+    json_object,
+    top_level,
+)
 
 _CHANNEL = "bbo-tbt"
 _U63 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]  # msgspec bounds stop at int64

@@ -6,15 +6,14 @@ from collections.abc import Iterable, Iterator
 
 import msgspec
 
-from engine.calendar import SessionCalendar
-
-SECOND_NS = 1_000_000_000
+from engine.domain.calendar import SessionCalendar
+from engine.domain.timestamps import SECOND_NS
 
 
 class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     """Static description of one tradable instrument.
 
-    ``calendar`` is a session spec (see ``engine.calendar``); ``gap_ns`` is the longest silence
+    ``calendar`` is a session spec (see ``engine.domain.calendar``); ``gap_ns`` is the longest silence
     inside a session before the state is reset with reason GAP; ``warmup_ticks`` is how many ticks
     after any reset the strategy may not open positions.
     """

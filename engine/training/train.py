@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from engine.model.config import SSMConfig
-from engine.model.dataset import Segment, Split, fit_normalizer, horizon_target
 from engine.model.ssm import SSMModel
 from engine.model.weights import Normalizer, SignalSpec, save_model
+from engine.training.dataset import Segment, Split, fit_normalizer, horizon_target
 
 
 class TrainConfig(msgspec.Struct, kw_only=True):

@@ -19,8 +19,8 @@ import time
 import msgspec
 import numpy as np
 
-from engine.quote import QUOTE_DTYPE, concat_rows, take_rows
-from feeds.source import SourceStats
+from engine.domain.quote import QUOTE_DTYPE, concat_rows, take_rows
+from engine.domain.source import SourceStats
 
 RULES = (
     "malformed",  # the reader could not turn the row into a quote (field count, non-numeric text)

@@ -13,11 +13,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from engine.domain.source import QuoteSource
+from engine.domain.timestamps import DAY_NS
 from engine.model.config import FEATURE_NAMES
 from engine.model.weights import Normalizer
-from feeds.source import QuoteSource
-
-DAY_NS = 86_400 * 1_000_000_000
 
 
 class Segment(NamedTuple):

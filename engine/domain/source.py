@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import msgspec
 import numpy as np
 
-from engine.instrument import InstrumentTable
+from engine.domain.instrument import InstrumentTable
 
 
 class SourceStats(msgspec.Struct, kw_only=True):

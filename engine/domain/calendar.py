@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
+from engine.domain.timestamps import datetime_ns
+
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ALIASES = {
     "24x7": "24x7 00:00-00:00 UTC Mon-Sun",
@@ -142,11 +144,6 @@ def _parse_hhmm(text: str) -> dt.time:
     return dt.time(0, mm) if hh == 24 else dt.time(hh, mm)
 
 
-def _ns(t: dt.datetime) -> int:
-    delta = t - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
 class SessionCalendar:
     """Sessions of one calendar spec; see the module docstring for the grammar."""
 
@@ -198,7 +195,7 @@ class SessionCalendar:
         open_local = dt.datetime.combine(day, self.open, tzinfo=self.tz)
         close_day = day + dt.timedelta(days=1) if self.overnight else day
         close_local = dt.datetime.combine(close_day, close, tzinfo=self.tz)
-        return _ns(open_local), _ns(close_local)
+        return datetime_ns(open_local), datetime_ns(close_local)
 
     def sessions_between(self, lo_ns: int, hi_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Sessions ``[open, close)`` overlapping ``[lo_ns, hi_ns]``, sorted: (opens_ns, closes_ns)."""
