@@ -76,12 +76,12 @@ void Backtester::set_strategy(const StrategyParams& p) { strat_.configure(p); }
 
 void Backtester::set_model(const SignalModel& m) {
     if (!m.model) throw std::invalid_argument("set_model: no model");
-    if (m.model->config().n_features != kNumFeatures)
-        throw std::invalid_argument("set_model: the model takes " + std::to_string(m.model->config().n_features) +
+    if (m.model->n_features() != kNumFeatures)
+        throw std::invalid_argument("set_model: the model takes " + std::to_string(m.model->n_features()) +
                                     " features; the engine computes " + std::to_string(kNumFeatures));
-    if (m.model->config().n_out != 1)
+    if (m.model->n_outputs() != 1)
         throw std::invalid_argument("set_model: the signal reads one output (predicted return); the model has " +
-                                    std::to_string(m.model->config().n_out));
+                                    std::to_string(m.model->n_outputs()));
     for (int k = 0; k < kNumFeatures; ++k)
         if (!(m.std[k] > 0.0) || !std::isfinite(m.mean[k]))
             throw std::invalid_argument("set_model: feature normalizer " + std::to_string(k) + " is not usable (std <= 0 or NaN)");

@@ -24,7 +24,7 @@
 #include "features.hpp"
 #include "quote.hpp"
 #include "session.hpp"
-#include "ssm.hpp"
+#include "model_backend.hpp"
 #include "strategies.hpp"
 
 namespace nextick {
@@ -69,9 +69,10 @@ struct TapRow {
 };
 static_assert(sizeof(TapRow) == 96, "TapRow layout");
 
-// The model and the statistics that map features in and predictions out.
+// The model (any backend: the C++ SSM kernel, or another behind the same seam) and the statistics
+// that map features in and predictions out.
 struct SignalModel {
-    std::shared_ptr<SsmModel> model;
+    std::shared_ptr<ModelBackend> model;
     double mean[kNumFeatures] = {};
     double std[kNumFeatures] = {1.0, 1.0, 1.0, 1.0, 1.0};
     double target_mean = 0.0;   // output * target_std + target_mean = log-return to horizon, bps
@@ -109,7 +110,7 @@ public:
     uint32_t add_instrument(const InstrumentSpec& spec);
     void add_sessions(uint32_t i, const int64_t* opens, const int64_t* closes, size_t n);
     void set_strategy(const StrategyParams& p);
-    // The SSM whose slot i is instrument i. Its state pool is sized (and zeroed) here; instruments
+    // The model whose slot i is instrument i. Its state pool is sized (and zeroed) here; instruments
     // added later get fresh slots.
     void set_model(const SignalModel& m);
     bool has_model() const { return static_cast<bool>(sig_.model); }

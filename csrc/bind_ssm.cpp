@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bind_util.hpp"
 #include "ssm.hpp"
 
 namespace py = pybind11;
@@ -18,20 +19,13 @@ using nextick::SsmConfig;
 using nextick::SsmKind;
 using nextick::SsmModel;
 using nextick::SsmStateView;
+using namespace nextick::bind;
 
 namespace {
 
 const char* const kConfigKeys[] = {"kind",    "n_features", "d_model", "n_layers", "d_inner",
                                    "headdim", "nheads",     "d_state", "d_conv",   "ngroups",
                                    "n_out",   "norm_eps",   "softplus_threshold"};
-
-std::string type_name(py::handle h) { return Py_TYPE(h.ptr())->tp_name; }
-
-std::string shape_str(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
 
 int config_int(const py::dict& d, const char* key, int dflt) {
     if (!d.contains(key)) return dflt;
@@ -111,33 +105,6 @@ py::dict config_dict(const SsmConfig& c) {
     return d;
 }
 
-// The array behind `obj`, or a TypeError naming `what`.
-py::array as_array(const py::handle& obj, const std::string& what) {
-    if (!py::isinstance<py::array>(obj)) throw py::type_error(what + " must be a numpy.ndarray, got " + type_name(obj));
-    return py::reinterpret_borrow<py::array>(obj);
-}
-
-// Dtype, layout and alignment, so that the raw pointer can be read as T[] in C order.
-template <class T>
-bool is_dtype(const py::array& a) {
-    return py::array_t<T>::check_(a);
-}
-
-void require_layout(const py::array& a, const std::string& what) {
-    if (!(a.flags() & py::array::c_style)) throw py::type_error(what + " must be C-contiguous");
-    if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) throw py::type_error(what + " must be aligned");
-}
-
-// A float32 [rows, cols] array usable in place, or the TypeError/ValueError naming `what`.
-void require_float_matrix(const py::array& a, const std::string& what, py::ssize_t rows, int cols) {
-    if (!is_dtype<float>(a))
-        throw py::type_error(what + " must be float32, got dtype " + py::str(a.dtype()).cast<std::string>());
-    if (a.ndim() != 2 || a.shape(0) != rows || a.shape(1) != cols)
-        throw py::value_error(what + " must have shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
-                              "), got " + shape_str(a));
-    require_layout(a, what);
-}
-
 py::array state_array(const SsmStateView& v) {
     // The capsule owns a reference to the pool buffer: the view stays valid even after the model
     // is resized (it then shows the old, detached pool) or garbage collected.
@@ -152,9 +119,10 @@ py::array state_array(const SsmStateView& v) {
 }  // namespace
 
 void bind_ssm(py::module_& m) {
-    py::class_<SsmModel, std::shared_ptr<SsmModel>>(
+    py::class_<SsmModel, nextick::ModelBackend, std::shared_ptr<SsmModel>>(
         m, "SsmModel",
-        "Streaming SSM inference (mamba2 or s4d) over a pool of per-slot states; see csrc/ssm.hpp.")
+        "Streaming SSM inference (mamba2 or s4d) on this CPU over a pool of per-slot states, the first "
+        "ModelBackend; see csrc/ssm.hpp. Views of its state pool: conv_state, ssm_state.")
         .def(py::init([](const py::dict& config, const py::dict& tensors, int n_slots) {
                  SsmConfig cfg = parse_config(config);
                  SsmModel::TensorMap map;
@@ -187,60 +155,12 @@ void bind_ssm(py::module_& m) {
                 return d;
             },
             py::arg("config"), "Every tensor name the config needs, with its shape.")
-        .def(
-            "step",
-            [](SsmModel& model, const py::object& slots_obj, const py::object& x_obj, const py::object& reset_obj,
-               const py::object& out_obj) {
-                const SsmConfig& c = model.config();
-                py::array slots = as_array(slots_obj, "step: slots");
-                if (!is_dtype<int32_t>(slots))
-                    throw py::type_error("step: slots must be int32, got dtype " + py::str(slots.dtype()).cast<std::string>());
-                if (slots.ndim() != 1) throw py::value_error("step: slots must be 1-D, got shape " + shape_str(slots));
-                require_layout(slots, "step: slots");
-                const py::ssize_t n = slots.shape(0);
-                if (n > INT_MAX) throw py::value_error("step: too many rows");
-
-                py::array x = as_array(x_obj, "step: x");
-                require_float_matrix(x, "step: x", n, c.n_features);
-
-                py::array reset = as_array(reset_obj, "step: reset");
-                if (!is_dtype<uint8_t>(reset) && !is_dtype<bool>(reset))
-                    throw py::type_error("step: reset must be uint8 or bool, got dtype " +
-                                         py::str(reset.dtype()).cast<std::string>());
-                if (reset.ndim() != 1 || reset.shape(0) != n)
-                    throw py::value_error("step: reset must have shape (" + std::to_string(n) + ",), got " +
-                                          shape_str(reset));
-                require_layout(reset, "step: reset");
-
-                py::array out;
-                if (out_obj.is_none()) {
-                    out = py::array_t<float>({n, static_cast<py::ssize_t>(c.n_out)});
-                } else {
-                    out = as_array(out_obj, "step: out");
-                    require_float_matrix(out, "step: out", n, c.n_out);
-                    if (!out.writeable()) throw py::value_error("step: out is read-only");
-                }
-                const auto* s = static_cast<const int32_t*>(slots.data());
-                const auto* xp = static_cast<const float*>(x.data());
-                const auto* r = static_cast<const uint8_t*>(reset.data());
-                auto* o = static_cast<float*>(out.mutable_data());
-                {
-                    py::gil_scoped_release nogil;
-                    model.step(static_cast<int>(n), s, xp, r, o);
-                }
-                return out;
-            },
-            py::arg("slots"), py::arg("x"), py::arg("reset"), py::arg("out") = py::none(),
-            "One step per row: slots int32[n] (-1 = padding row, NaN out, no state touched), x float32[n, "
-            "n_features], reset uint8/bool[n] (zero the slot first), out float32[n, n_out] or None. "
-            "Returns out. Arrays are used in place, never converted.")
-        .def("reset_slot", &SsmModel::reset_slot, py::arg("slot"), "Zero one slot's states.")
-        .def("reset_all", &SsmModel::reset_all, "Zero every slot's states.")
-        .def("resize", &SsmModel::resize, py::arg("n_slots"),
-             "New zeroed pool of n_slots slots; views taken before keep showing the old pool.")
-        .def("grow", &SsmModel::grow, py::arg("n_slots"),
-             "At least n_slots slots; existing slots keep their states, new ones start at zero.")
-        .def_property_readonly("n_slots", &SsmModel::n_slots)
+        .def_property_readonly("kernel", &SsmModel::kernel,
+                               "The compiled kernel variant step() runs (avx512, avx2, sse2, neon or generic).")
+        .def("set_kernel", &SsmModel::set_kernel, py::arg("name"),
+             "Run another kernel variant (one of SsmModel.kernels(), or 'auto'); the results are the same bits.")
+        .def_static("kernels", &SsmModel::kernels,
+                    "The kernel variants compiled into this build that this CPU runs, best first.")
         .def_property_readonly("config", [](const SsmModel& model) { return config_dict(model.config()); })
         .def(
             "conv_state", [](const SsmModel& model, int layer) { return state_array(model.conv_state(layer)); },
@@ -258,6 +178,6 @@ void bind_ssm(py::module_& m) {
             return std::string("SsmModel(kind=") + nextick::ssm_kind_name(c.kind) + ", n_features=" +
                    std::to_string(c.n_features) + ", d_model=" + std::to_string(c.d_model) +
                    ", n_layers=" + std::to_string(c.n_layers) + ", n_out=" + std::to_string(c.n_out) +
-                   ", n_slots=" + std::to_string(model.n_slots()) + ")";
+                   ", n_slots=" + std::to_string(model.n_slots()) + ", kernel=" + model.kernel() + ")";
         });
 }

@@ -12,6 +12,7 @@
 #include "backtester.hpp"
 #include "bind_ssm.hpp"
 #include "conflator.hpp"
+#include "ssm.hpp"
 #include "quote.hpp"
 
 namespace py = pybind11;
@@ -23,6 +24,8 @@ namespace {
 
 std::string build_info() {
     std::string s = "version=" NEXTICK_VERSION;
+    // The vector unit the core (tick loop, features) was compiled for; the SSM kernel has its own
+    // variants, chosen at run time.
 #if defined(__AVX512F__)
     s += " simd=avx512";
 #elif defined(__AVX2__)
@@ -32,6 +35,9 @@ std::string build_info() {
 #else
     s += " simd=baseline";
 #endif
+    std::string kernels;
+    for (const auto& k : nextick::SsmModel::kernels()) kernels += (kernels.empty() ? "" : ",") + k;
+    s += " ssm_kernels=" + kernels;
 #if defined(__VERSION__)
     s += " compiler=\"" __VERSION__ "\"";
 #endif
@@ -80,6 +86,8 @@ PYBIND11_MODULE(_core, m) {
     PYBIND11_NUMPY_DTYPE(TapRow, ts, bid_px, ask_px, mid, ret_bps, log_spread, imbalance, log_dt_ms, session_frac,
                          pred_mid, out, instrument, reset);
 
+    bind_backend(m);
+    bind_ssm(m);
     m.def("build_info", &build_info, "Compiler, version and vector extensions the core was built with.");
     m.attr("ORDER_EVENT_KINDS") = py::make_tuple("new", "replaced", "session_close", "reset", "remainder", "end");
     m.attr("RESET_REASONS") = py::make_tuple("SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL");
@@ -175,14 +183,14 @@ PYBIND11_MODULE(_core, m) {
              py::arg("span"), py::arg("entry_z"), py::arg("exit_z"), py::arg("threshold_bps"),
              py::arg("stop_loss_bps"), py::arg("take_profit_bps"), py::arg("max_units"), py::arg("hold_ticks"))
         .def("set_model",
-             [](Backtester& b, std::shared_ptr<SsmModel> model,
+             [](Backtester& b, const py::object& model,
                 py::array_t<double, py::array::c_style | py::array::forcecast> mean,
                 py::array_t<double, py::array::c_style | py::array::forcecast> std, double target_mean,
                 double target_std) {
                  if (mean.size() != kNumFeatures || std.size() != kNumFeatures)
                      throw py::value_error("set_model: mean and std need " + std::to_string(kNumFeatures) + " values");
                  SignalModel m;
-                 m.model = std::move(model);
+                 m.model = as_backend(model);
                  for (int k = 0; k < kNumFeatures; ++k) {
                      m.mean[k] = mean.data()[k];
                      m.std[k] = std.data()[k];
@@ -193,7 +201,9 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("model"), py::kw_only(), py::arg("mean"), py::arg("std"), py::arg("target_mean"),
              py::arg("target_std"),
-             "Step this SsmModel per in-session tick (slot = instrument) and hand predictions to strategies.")
+             "Step this model backend (an engine._core.ModelBackend such as SsmModel, or any object with its "
+             "methods: engine.model.backend) per in-session tick, slot = instrument, and hand predictions to "
+             "strategies.")
         .def("set_tap", &Backtester::set_tap, py::arg("on"),
              "Record every in-session tick's features and prediction (training sets, parity tests).")
         .def("take_tap", [](Backtester& b) { return to_numpy(b.take_tap()); },
@@ -286,5 +296,4 @@ PYBIND11_MODULE(_core, m) {
             return d;
         });
 
-    bind_ssm(m);
 }

@@ -20,9 +20,14 @@
 #include <utility>
 #include <vector>
 
+#include "model_backend.hpp"
+
 namespace nextick {
 
-struct StatePrefetch;  // ssm.cpp: the next rows' states, prefetched during the current rows
+// ssm_kernel.hpp: the seam between SsmModel and the compiled kernel variants.
+struct SsmLayer;
+struct SsmPlan;
+struct SsmKernel;
 
 enum class SsmKind : int32_t { kMamba2 = 0, kS4D = 1 };
 
@@ -78,7 +83,7 @@ struct SsmStateView {
 // Summation orders: matvecs accumulate k = 0..K-1 from the bias (or zero) with one accumulator per
 // output; sum_n in order 0..N-1 from zero; rmsnorm's sum of squares in 16 interleaved partial sums
 // combined pairwise (a fixed order in the code, not a property of the vector width).
-class SsmModel {
+class SsmModel final : public ModelBackend {
 public:
     // name -> (shape, row-major float32 data); read only during the constructor.
     using Tensor = std::pair<std::vector<size_t>, const float*>;
@@ -93,26 +98,35 @@ public:
     SsmModel(const SsmConfig& config, const TensorMap& tensors, int n_slots);
     SsmModel(const SsmModel&) = delete;
     SsmModel& operator=(const SsmModel&) = delete;
-    ~SsmModel();
+    ~SsmModel() override;
 
     // Rows are processed in order, each independently. slots[i] < 0 marks a padding row: its out row
     // is NaN and no state is touched (its reset flag is ignored). A slot >= n_slots() throws
     // std::out_of_range before any state or output is written. reset[i] != 0 zeroes the slot's
     // states before the row (reset may be null: no resets). x is [n_rows, n_features], out is
     // [n_rows, n_out], both row-major. No heap allocation.
-    void step(int n_rows, const int32_t* slots, const float* x, const uint8_t* reset, float* out);
+    void step(int n_rows, const int32_t* slots, const float* x, const uint8_t* reset, float* out) override;
 
-    void reset_slot(int slot);  // std::out_of_range unless 0 <= slot < n_slots()
-    void reset_all();
+    void reset_slot(int slot) override;  // std::out_of_range unless 0 <= slot < n_slots()
+    void reset_all() override;
     // New pool of n_slots slots, all zero (existing states are dropped, not carried over). Views
     // taken before keep the old pool alive but no longer show the model's state.
-    void resize(int n_slots);
+    void resize(int n_slots) override;
     // At least n_slots slots: existing slots keep their states, added ones start at zero; no-op
     // when the pool is already that large. Reallocates like resize (old views detach).
-    void grow(int n_slots);
+    void grow(int n_slots) override;
 
-    int n_slots() const { return n_slots_; }
+    int n_slots() const override { return n_slots_; }
     const SsmConfig& config() const { return cfg_; }
+
+    // ModelBackend: the C++ kernel on this CPU. A slot's state reads and writes layer by layer, the
+    // conv window (mamba2) then the ssm state, each in its stored order.
+    std::string backend_name() const override { return "cpu"; }
+    int n_features() const override { return cfg_.n_features; }
+    int n_outputs() const override { return cfg_.n_out; }
+    size_t state_size() const override;
+    void get_state(int slot, float* dst) const override;
+    void set_state(int slot, const float* src) override;
 
     // Per layer: mamba2 conv window [n_slots, d_conv-1, conv_dim] (index 0 = oldest raw xBC) and
     // ssm state [n_slots, nheads, headdim, d_state]; s4d ssm state [n_slots, d_inner, d_state] and
@@ -124,61 +138,39 @@ public:
     SsmStateView conv_state(int layer) const;
     SsmStateView ssm_state(int layer) const;
 
+    // The compiled variant of the step kernel that step() runs: "avx512", "avx2" or "sse2" on x86-64
+    // (one per instruction set level, csrc/ssm_kernel.cpp), "neon" on arm64, "generic" elsewhere.
+    // Every variant computes the same bits; only speed differs.
+    const char* kernel() const;
+    // Run the named variant from now on; "auto" (the default, or the NEXTICK_SSM_KERNEL environment
+    // variable at construction) picks the best one this CPU runs. std::invalid_argument names the
+    // variants this CPU can run.
+    void set_kernel(const std::string& name);
+    // The variants compiled into this build that this CPU can run, best first.
+    static std::vector<std::string> kernels();
+
 private:
-    struct Layer;
     struct Buffer;
 
     void build_layout();
     void load(const TensorMap& tensors);
     void alloc_states(int n_slots, bool keep);
     void zero_slot(int slot);
-    void run_block(const int* rows, int nb, const int32_t* slots, const float* x, const uint8_t* reset, float* out,
-                   StatePrefetch* pf);
-    void heads_mamba2(const Layer& L, float* const* v_in, int nb) const;
-    void row_mamba2(const Layer& L, int slot, const float* v_in, const float* dt, const float* da, float* y_out);
-    void row_s4d(const Layer& L, int slot, float* v_in, float* y_out);
 
     SsmConfig cfg_;
     int n_slots_ = 0;
-    std::mutex mu_;  // step/reset/resize from different threads (GIL released) must not interleave
-
-    // Padded sizes: every matrix is stored transposed [in][ld] with ld = outputs rounded up to 16.
-    size_t ld_model_ = 0, ld_in_ = 0, ld_out_ = 0, ld_conv_ = 0, ld_inner_ = 0;
-    size_t conv_slot_ = 0, ssm_slot_ = 0;  // floats per slot in each layer's state arrays
+    mutable std::mutex mu_;  // step/reset/resize from different threads (GIL released) must not interleave
     int head_w_ = 0;  // mamba2 headdim; s4d d_inner
 
     std::unique_ptr<Buffer> weights_;
     std::unique_ptr<Buffer> scratch_;
-    const float* enc_wt_ = nullptr;   // [F][ld_model]
-    const float* enc_b_ = nullptr;
-    const float* norm_f_ = nullptr;
-    const float* head_wt_ = nullptr;  // [d_model][ld_out]
-    const float* head_b_ = nullptr;
-    std::vector<Layer> layers_;
+    std::vector<SsmLayer> layers_;
     // Per state array, layer by layer (mamba2: conv window then ssm state; s4d: ssm state): the
     // pool's start and floats per slot, for prefetching a slot's states.
     std::vector<const float*> state_bases_;
     std::vector<size_t> state_slot_floats_;
-
-    // Scratch, all padded to multiples of 16 floats with zeros beyond the live length. One set per
-    // row of a block (step runs up to kRowBlock rows with distinct slots through each matvec).
-    static constexpr int kRowBlock = 4;
-    struct RowScratch {
-        float* h = nullptr;  // residual stream [ld_model]
-        float* u = nullptr;  // normed input of a layer / of the head [ld_model]
-        float* v = nullptr;  // in_proj output [ld_in]
-        float* y = nullptr;  // mixer output, out_proj input [ld_inner]
-        float* t = nullptr;  // out_proj / head output [max(ld_model, ld_out)]
-    };
-    RowScratch rows_[kRowBlock];
-    // Shared by the per-row mixer, which runs one row at a time.
-    float* a_ = nullptr;     // conv output, silu'd [ld_conv]
-    float* xdt_ = nullptr;   // mamba2 dt[h] * xs[h, p] [ld_inner]
-    float* daf_ = nullptr;   // mamba2 exp(dt[h] * A[h]) per element h*headdim + p [ld_inner]
-    // mamba2 dt and exp(dt*A) of every row of a block, row q's head h at q*nheads + h
-    // [pad16(kRowBlock*nheads)]: one vector pass for the block instead of a short one per row.
-    float* dt_ = nullptr;
-    float* da_ = nullptr;
+    std::unique_ptr<SsmPlan> plan_;     // what the kernel reads: layout, weights, layers, scratch
+    const SsmKernel* kernel_ = nullptr;
 };
 
 }  // namespace nextick

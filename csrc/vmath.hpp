@@ -23,8 +23,15 @@
 #define NEXTICK_VINLINE inline
 #endif
 
+// Each kernel variant (ssm_kernel.cpp, once per instruction set) includes this with its own
+// NEXTICK_VMATH_ISA, so the inline functions of different variants never share a symbol.
+#ifndef NEXTICK_VMATH_ISA
+#define NEXTICK_VMATH_ISA generic
+#endif
+
 namespace nextick {
 namespace vm {
+inline namespace NEXTICK_VMATH_ISA {
 
 NEXTICK_VINLINE float from_bits(uint32_t u) {
     float f;
@@ -195,5 +202,6 @@ inline void vsoftplus_inplace(float* x, int n, float threshold) {
     for (int i = 0; i < n; ++i) x[i] = softplus(x[i], threshold);
 }
 
+}  // namespace NEXTICK_VMATH_ISA
 }  // namespace vm
 }  // namespace nextick

@@ -53,6 +53,8 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
     # SSM weights (engine.model.weights). None: the packaged default when the strategy needs a
     # model (ssm_threshold), no model otherwise. A Python strategy given a model sees batch.pred_mid.
     model: str | None = None
+    # What runs the model (engine.model.backend): "cpu" is the compiled C++ kernel.
+    backend: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.interval not in INTERVALS_NS:
@@ -156,6 +158,7 @@ class Engine:
     def _load_model(self, needed: bool) -> None:
         if self.config.model is None and not needed:
             return
+        from engine.model.backend import make_backend
         from engine.model.weights import load_model
 
         m = load_model(self.config.model)
@@ -166,7 +169,7 @@ class Engine:
             )
         norm = m.normalizer
         self.core.set_model(
-            m.core_model(max(len(self.instruments), 1)),
+            make_backend(self.config.backend, m, max(len(self.instruments), 1)),
             mean=np.asarray(norm.mean),
             std=np.asarray(norm.std),
             target_mean=norm.target_mean,

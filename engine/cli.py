@@ -133,6 +133,8 @@ def _add_run_args(b: argparse.ArgumentParser) -> None:
                        help="momentum | mean_reversion | buy_hold | ssm (= ssm_threshold) | none | package.module:Class")
     strat.add_argument("--model", metavar="FILE",
                        help="SSM weights (model.safetensors from `nextick train`); default: the packaged model")
+    strat.add_argument("--backend", default="cpu", metavar="NAME",
+                       help="what runs the model: cpu (the compiled C++ kernel, default); engine.model.backend lists others")
     strat.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
                        help="strategy parameter (repeatable), e.g. fast_span=20")
     strat.add_argument("--compare", metavar="STRATEGY",
@@ -286,6 +288,7 @@ def _build_parser() -> argparse.ArgumentParser:
     market.add_argument("--url", help="websocket base URL for every venue (e.g. a running `nextick exchange-sim`)")
     pa.add_argument("--strategy", default="ssm", help="built-in strategy or package.module:Class (default ssm)")
     pa.add_argument("--model", metavar="FILE", help="SSM weights (default: the packaged model)")
+    pa.add_argument("--backend", default="cpu", metavar="NAME", help="what runs the model (default cpu, the C++ kernel)")
     pa.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE", help="strategy parameter")
     pa.add_argument("--interval", default="1s", choices=["100ms", "1s", "raw"], help="conflation interval (default 1s)")
     pa.add_argument("--latency-ns", type=int, default=0, help="decision to order-active delay in ns (default 0)")
@@ -434,6 +437,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             risk_free_rate=args.risk_free_rate,
             warmup_ticks=args.warmup_ticks,
             model=args.model,
+            backend=args.backend,
         )
 
     runs = [(args.strategy, dict(args.param))]
@@ -588,6 +592,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
         fee_bps=args.fee_bps,
         initial_capital=args.capital,
         model=args.model,
+        backend=args.backend,
     )
     feed = FeedConfig(stale_after_s=args.stale_s, stale_reconnect_s=3 * args.stale_s)
 

@@ -1,0 +1,461 @@
+// The SSM step kernel: one block of rows through every layer (the contract is in ssm.hpp, the seam
+// with SsmModel in ssm_kernel.hpp). CMake compiles this file once per instruction set, with
+// NEXTICK_KERNEL_NAME naming the variant; compiled on its own it is the "generic" variant for
+// whatever flags it gets. Everything here has internal linkage but the one registration function,
+// so the variants' copies of the same code never meet at link time.
+//
+// Layout choices, all for the vectorizer (plain loops, GCC -O3, and GCC/Clang vector extensions
+// where plain loops cannot say it; no intrinsics, so every variant computes the same bits through
+// its own vector width):
+//   * matrices are stored transposed, [in][ld] with ld = outputs rounded up to 16 and zero padding,
+//     so a matvec is `for k: for j: acc[j] += wt[k][j] * u[k]`, vectorized across outputs, and the
+//     accumulators of a block of outputs stay in registers for the whole k loop;
+//   * up to max_rows consecutive rows with distinct slots go through each matvec together, so a
+//     weight vector loaded once serves them all (one row alone is bound by streaming the ~225 KB of
+//     weights of the default config from L2); every output keeps its own accumulator and order;
+//   * the conv weights are stored [k][channel] for the same reason as the matrices;
+//   * the conv window keeps the spec's layout; the ssm state puts d_state outermost ([n][h][p]
+//     per slot, s4d [n][c], with dA, dB, C stored [n][c] to match), so that the update and
+//     y = sum_n S*C run as long vector loops across all of d_inner with the sum over n still
+//     sequential in n.
+// Memory: a slot's states are ~20 KB (default config), so 1,024 instruments are 20 MB, past L2 and
+// often past this core's share of L3. The matvecs of each block of rows prefetch the next block's
+// states, two lines per k step (StatePrefetch), so the fetch overlaps the arithmetic.
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "ssm_kernel.hpp"
+
+#ifndef NEXTICK_KERNEL_NAME
+#define NEXTICK_KERNEL_NAME generic
+#endif
+// vmath's functions are inline: an inline namespace per variant keeps each variant's copy its own.
+#define NEXTICK_VMATH_ISA NEXTICK_KERNEL_NAME
+#include "vmath.hpp"
+
+namespace nextick {
+namespace {
+
+// Up to max_lines consecutive lines of the current (slot, state array) region of pf into *p; 0 when
+// all are handed out.
+int take_lines(StatePrefetch& pf, int max_lines, const char** p) {
+    while (pf.slot_i < pf.n_slots) {
+        if (pf.array_i == pf.n_arrays) {
+            ++pf.slot_i;
+            pf.array_i = 0;
+            continue;
+        }
+        const size_t bytes = pf.slot_floats[pf.array_i] * sizeof(float);
+        const size_t n_lines = (bytes + 63) / 64;
+        if (pf.line >= n_lines) {
+            ++pf.array_i;
+            pf.line = 0;
+            continue;
+        }
+        const size_t n = n_lines - pf.line < static_cast<size_t>(max_lines) ? n_lines - pf.line : max_lines;
+        *p = reinterpret_cast<const char*>(pf.bases[pf.array_i] + pf.slot_floats[pf.array_i] * pf.slots[pf.slot_i]) +
+             pf.line * 64;
+        pf.line += n;
+        return static_cast<int>(n);
+    }
+    return 0;
+}
+
+// Vector type of the target's widest float registers (GCC/Clang vector extension: plain
+// elementwise IEEE arithmetic, so every width computes the same bits).
+#if defined(__AVX512F__)
+constexpr int kVec = 16;
+#elif defined(__AVX__)
+constexpr int kVec = 8;
+#else
+constexpr int kVec = 4;
+#endif
+typedef float vfloat __attribute__((vector_size(kVec * sizeof(float))));
+// The same vector at any float alignment, for loads and stores. Not memcpy into a vfloat: with an
+// Intel -mtune (which prefers 256-bit moves) GCC expands such a memcpy into two 256-bit stores to
+// the stack and one 512-bit reload, a failed store forward per weight vector, and keeps the
+// matvec accumulators in memory: the batched step ran 3.5x slower.
+typedef float vfloat_u __attribute__((vector_size(kVec * sizeof(float)), aligned(alignof(float)), may_alias));
+
+inline vfloat vload(const float* p) { return *reinterpret_cast<const vfloat_u*>(p); }
+inline void vstore(float* p, vfloat v) { *reinterpret_cast<vfloat_u*>(p) = v; }
+
+template <size_t... I>
+inline vfloat splat(float x, std::index_sequence<I...>) {
+    return vfloat{((void)I, x)...};
+}
+
+// Keeps v in a register: the compiler would otherwise fold each use of a loaded weight vector into
+// its multiply as a memory operand, loading it R times per k, and the loads, not the multiplies,
+// then bound the matvec (pinned, batch 1024 runs ~8% faster on the Zen 5 dev box).
+inline void pin(vfloat& v) {
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX512F__)
+    asm("" : "+v"(v));
+#else
+    asm("" : "+x"(v));
+#endif
+#elif defined(__aarch64__)
+    asm("" : "+w"(v));
+#else
+    (void)v;
+#endif
+}
+
+// Lines 2k and 2k+1 of the run pf[0 : pf_lines), towards L2. always_inline: as a call, GCC 12's
+// IPA finds it free of side effects and deletes it.
+inline __attribute__((always_inline)) void prefetch_pair(const char* pf, int pf_lines, int k) {
+    if (2 * k < pf_lines) __builtin_prefetch(pf + 128 * static_cast<size_t>(k), 0, 2);
+    if (2 * k + 1 < pf_lines) __builtin_prefetch(pf + 128 * static_cast<size_t>(k) + 64, 0, 2);
+}
+
+// Matvec block for R rows at once: y[r][j0 + j] = init[j0 + j] (or 0) + sum_{k=0}^{K-1}
+// wt[k*ld + j0 + j] * u[r][k], k ascending, for j < JB. JB and R are compile-time so that the R*JB
+// accumulators are registers for the whole k loop; each weight vector is loaded once for R rows
+// (at batch 1 the weights stream from L2 and bound the speed; R rows share that stream), and the
+// R*JB/kVec independent add chains hide the add latency. Each output is still one accumulator
+// summed in the order k = 0..K-1, so the result of a row does not depend on R or on the other
+// rows. Iteration k also prefetches lines 2k and 2k+1 of the run pf[0 : pf_lines) (two per k: a
+// block's matvecs have ~1,000 k steps, the next block's states ~1,300 lines).
+//
+// One row is a plain loop (each weight is used once, and GCC keeps the accumulators in registers);
+// several rows are written in vectors with the weights pinned in registers (pin), which plain
+// loops cannot express.
+template <int R, int JB>
+inline void mv_block(const float* __restrict wt, size_t ld, const float* const* u, int k_n,
+                     const float* __restrict init, float* const* y, size_t j0, const char* pf, int pf_lines) {
+    if constexpr (R == 1) {
+        float acc[JB];
+        for (int j = 0; j < JB; ++j) acc[j] = init ? init[j0 + j] : 0.0f;
+        const float* u0 = u[0];
+        for (int k = 0; k < k_n; ++k) {
+            prefetch_pair(pf, pf_lines, k);
+            const float* w = wt + static_cast<size_t>(k) * ld + j0;
+            const float uk = u0[k];
+            for (int j = 0; j < JB; ++j) acc[j] += w[j] * uk;
+        }
+        for (int j = 0; j < JB; ++j) y[0][j0 + j] = acc[j];
+    } else {
+        constexpr int NV = JB / kVec;
+        static_assert(JB % kVec == 0, "blocks are whole vectors");
+        vfloat acc[R][NV];
+        for (int v = 0; v < NV; ++v) {
+            vfloat a0 = vfloat{};
+            if (init) a0 = vload(init + j0 + v * kVec);
+            for (int r = 0; r < R; ++r) acc[r][v] = a0;
+        }
+        const float* up[R];
+        for (int r = 0; r < R; ++r) up[r] = u[r];
+        for (int k = 0; k < k_n; ++k) {
+            prefetch_pair(pf, pf_lines, k);
+            const float* w = wt + static_cast<size_t>(k) * ld + j0;
+            vfloat wv[NV];
+            for (int v = 0; v < NV; ++v) {
+                wv[v] = vload(w + v * kVec);
+                pin(wv[v]);
+            }
+            for (int r = 0; r < R; ++r) {
+                const vfloat uk = splat(up[r][k], std::make_index_sequence<kVec>{});
+                for (int v = 0; v < NV; ++v) acc[r][v] += wv[v] * uk;
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NV; ++v) vstore(y[r] + j0 + v * kVec, acc[r][v]);
+    }
+}
+
+// Widest block for R rows whose accumulators fit the register file (AVX-512: 32 zmm of 16 floats;
+// AVX: 16 ymm of 8; otherwise 16 registers of 4). Only speed depends on these, never the result.
+#if defined(__AVX512F__)
+constexpr int kMaxRows = 4;
+constexpr int block_width(int rows) { return rows <= 2 ? 128 : 64; }
+#elif defined(__AVX__)
+constexpr int kMaxRows = 4;
+constexpr int block_width(int rows) { return rows == 1 ? 64 : rows == 2 ? 32 : 16; }
+#else
+constexpr int kMaxRows = 2;
+constexpr int block_width(int rows) { return rows == 1 ? 32 : 16; }
+#endif
+
+// The last (ld - j0) < block_width(R) outputs, a multiple of 16, in one block of that width.
+template <int R, int W>
+inline void mv_tail(const float* wt, size_t ld, const float* const* u, int k_n, const float* init, float* const* y,
+                    size_t j0, const char* pf, int pf_lines) {
+    if constexpr (W > 0) {
+        if (ld - j0 == static_cast<size_t>(W))
+            mv_block<R, W>(wt, ld, u, k_n, init, y, j0, pf, pf_lines);
+        else
+            mv_tail<R, W - 16>(wt, ld, u, k_n, init, y, j0, pf, pf_lines);
+    }
+}
+
+template <int R>
+void mv_rows(const float* wt, size_t ld, const float* const* u, int k_n, const float* init, float* const* y,
+             StatePrefetch* pf) {
+    constexpr int JB = block_width(R);
+    const char* run = nullptr;
+    size_t j = 0;
+    for (; j + JB <= ld; j += JB) {
+        const int n = pf ? take_lines(*pf, 2 * k_n, &run) : 0;
+        mv_block<R, JB>(wt, ld, u, k_n, init, y, j, run, n);
+    }
+    if (j < ld) {
+        const int n = pf ? take_lines(*pf, 2 * k_n, &run) : 0;
+        mv_tail<R, JB - 16>(wt, ld, u, k_n, init, y, j, run, n);
+    }
+}
+
+// y[r][0:ld] = init (or 0) + wt^T u[r] over k = 0..k_n-1 for r < rows <= kMaxRows, with wt stored
+// [k_n][ld], ld a multiple of 16. pf (may be null) supplies lines to prefetch on the way.
+void matvec(const float* wt, size_t ld, const float* const* u, int k_n, const float* init, float* const* y,
+            int rows, StatePrefetch* pf) {
+    switch (rows) {
+        case 1: mv_rows<1>(wt, ld, u, k_n, init, y, pf); break;
+        case 2: mv_rows<2>(wt, ld, u, k_n, init, y, pf); break;
+#if !defined(__AVX512F__) && !defined(__AVX__)
+        default: break;
+#else
+        case 3: mv_rows<3>(wt, ld, u, k_n, init, y, pf); break;
+        default: mv_rows<4>(wt, ld, u, k_n, init, y, pf); break;
+#endif
+    }
+}
+
+// out[i] = (v[i] * (1 / sqrt(mean(v*v) + eps))) * w[i]. The sum of squares runs in 16 interleaved
+// partial sums (lane l takes i = l, l+16, ...; then lanes fold l += l+8, l+4, l+2, l+1): a fixed
+// order that vectorizes, where one sequential sum would be a latency chain of n adds.
+void rmsnorm(const float* v, const float* w, float* out, int n, float eps) {
+    float lane[kLane] = {};
+    int i = 0;
+    for (; i + static_cast<int>(kLane) <= n; i += kLane)
+        for (size_t l = 0; l < kLane; ++l) lane[l] += v[i + l] * v[i + l];
+    for (int l = 0; i + l < n; ++l) lane[l] += v[i + l] * v[i + l];
+    for (size_t w2 = kLane / 2; w2 >= 1; w2 /= 2)
+        for (size_t l = 0; l < w2; ++l) lane[l] += lane[l + w2];
+    const float inv = 1.0f / std::sqrt(lane[0] / static_cast<float>(n) + eps);
+    for (int j = 0; j < n; ++j) out[j] = (v[j] * inv) * w[j];
+}
+
+// dt = softplus(dt_raw + dt_bias) and dA = exp(dt * A) for every head of the nb rows of a block,
+// row q's head h in lane q*nheads + h of plan.dt and plan.da. Pad lanes compute softplus(0) and exp(0) and
+// are never read.
+void heads_mamba2(const SsmPlan& p, const SsmLayer& L, float* const* v_in, int nb) {
+    const SsmConfig& c = p.cfg;
+    float* const dt_ = p.dt;
+    float* const da_ = p.da;
+    const int nh = c.nheads, lanes = static_cast<int>(pad16(static_cast<size_t>(nb) * nh));
+    const size_t dt_at = static_cast<size_t>(c.d_inner) + c.conv_dim();
+    for (int q = 0; q < nb; ++q)
+        for (int h = 0; h < nh; ++h) dt_[q * nh + h] = v_in[q][dt_at + h] + L.dt_bias[h];
+    for (int i = nb * nh; i < lanes; ++i) dt_[i] = 0.0f;
+    for (int i = 0; i < lanes; ++i) dt_[i] = vm::softplus(dt_[i], c.softplus_threshold);
+    for (int q = 0; q < nb; ++q)
+        for (int h = 0; h < nh; ++h) da_[q * nh + h] = dt_[q * nh + h] * L.A[h];
+    for (int i = nb * nh; i < lanes; ++i) da_[i] = 0.0f;
+    for (int i = 0; i < lanes; ++i) da_[i] = vm::exp(da_[i]);
+}
+
+// Causal depthwise conv for d_conv = 4 in one pass per channel: a = silu(b + w0*win0 + w1*win1 +
+// w2*win2 + w3*x) summed in that order, and the window shifts (win0 <- win1 <- win2 <- x).
+void conv4_silu(float* __restrict win0, float* __restrict win1, float* __restrict win2, const float* __restrict w0,
+                const float* __restrict w1, const float* __restrict w2, const float* __restrict w3,
+                const float* __restrict b, const float* __restrict x, float* __restrict a, int cd) {
+    for (int ch = 0; ch < cd; ++ch) {
+        float acc = b[ch];
+        acc += w0[ch] * win0[ch];
+        acc += w1[ch] * win1[ch];
+        acc += w2[ch] * win2[ch];
+        acc += w3[ch] * x[ch];
+        win0[ch] = win1[ch];
+        win1[ch] = win2[ch];
+        win2[ch] = x[ch];
+        a[ch] = vm::silu(acc);
+    }
+}
+
+// The same for any d_conv: window [d_conv-1][cd], oldest first.
+void conv_silu(float* win, const float* wt, size_t ld, int dc, const float* b, const float* x, float* a, int cd) {
+    for (int ch = 0; ch < cd; ++ch) a[ch] = b[ch];
+    for (int k = 0; k < dc - 1; ++k) {
+        const float* w = wt + static_cast<size_t>(k) * ld;
+        const float* s = win + static_cast<size_t>(k) * cd;
+        for (int ch = 0; ch < cd; ++ch) a[ch] += w[ch] * s[ch];
+    }
+    const float* w = wt + static_cast<size_t>(dc - 1) * ld;
+    for (int ch = 0; ch < cd; ++ch) a[ch] += w[ch] * x[ch];
+    if (dc > 1) {
+        std::memmove(win, win + cd, static_cast<size_t>(dc - 2) * cd * sizeof(float));
+        std::memcpy(win + static_cast<size_t>(dc - 2) * cd, x, static_cast<size_t>(cd) * sizeof(float));
+    }
+    vm::vsilu_inplace(a, cd);
+}
+
+// One group's run of w elements: S[n, i] = da[i]*S[n, i] + xd[i]*B[n]; y[i] = sum_n S[n, i]*C[n]
+// (n ascending, from zero); then y = (y + D*xs) * silu(z), the gate of the spec. Tiles of
+// kTileVecs vectors keep da, xd and the y accumulators in registers across the n loop, so each
+// state vector costs one load and one store.
+constexpr int kTileVecs = kVec == 16 ? 4 : 2;  // 3 * kTileVecs live vectors: within 16 or 32 registers
+void ssm_update(float* __restrict S, size_t n_stride, int N, int w, const float* __restrict da,
+                const float* __restrict xd, const float* __restrict B, const float* __restrict C,
+                const float* __restrict D, const float* __restrict xs, const float* __restrict z,
+                float* __restrict y) {
+    constexpr int TW = kTileVecs * kVec;
+    int i0 = 0;
+    for (; i0 + TW <= w; i0 += TW) {
+        vfloat dav[kTileVecs], xdv[kTileVecs], acc[kTileVecs];
+        for (int t = 0; t < kTileVecs; ++t) {
+            dav[t] = vload(da + i0 + t * kVec);
+            xdv[t] = vload(xd + i0 + t * kVec);
+            acc[t] = vfloat{};
+        }
+        for (int n = 0; n < N; ++n) {
+            const vfloat bn = splat(B[n], std::make_index_sequence<kVec>{});
+            const vfloat cn = splat(C[n], std::make_index_sequence<kVec>{});
+            float* s = S + static_cast<size_t>(n) * n_stride + i0;
+            for (int t = 0; t < kTileVecs; ++t) {
+                const vfloat v = dav[t] * vload(s + t * kVec) + xdv[t] * bn;
+                vstore(s + t * kVec, v);
+                acc[t] += v * cn;
+            }
+        }
+        for (int t = 0; t < kTileVecs; ++t) vstore(y + i0 + t * kVec, acc[t]);
+    }
+    if (i0 < w) {
+        for (int i = i0; i < w; ++i) y[i] = 0.0f;
+        for (int n = 0; n < N; ++n) {
+            const float bn = B[n], cn = C[n];
+            float* __restrict s = S + static_cast<size_t>(n) * n_stride;
+            for (int i = i0; i < w; ++i) {
+                const float v = da[i] * s[i] + xd[i] * bn;
+                s[i] = v;
+                y[i] += v * cn;
+            }
+        }
+    }
+    for (int i = 0; i < w; ++i) y[i] = (y[i] + D[i] * xs[i]) * vm::silu(z[i]);
+}
+
+
+// From v_in = in_proj output of one row (and its heads' dt, exp(dt*A)) to y_out = the gated,
+// normed input of out_proj, updating the slot's states.
+void row_mamba2(const SsmPlan& P, const SsmLayer& L, int slot, const float* v_in, const float* dt, const float* da,
+                float* y_out) {
+    const SsmConfig& c = P.cfg;
+    const int di = c.d_inner, cd = c.conv_dim(), dc = c.d_conv, nh = c.nheads, hd = c.headdim, N = c.d_state;
+    const int G = c.ngroups, heads_per_group = nh / G;
+    const float* z = v_in;
+    const float* xbc = v_in + di;
+
+    float* win = L.conv.get() + P.conv_slot * slot;
+    float* a = P.a;
+    if (dc == 4) {
+        const size_t cds = static_cast<size_t>(cd);
+        conv4_silu(win, win + cds, win + 2 * cds, L.conv_wt, L.conv_wt + P.ld_conv, L.conv_wt + 2 * P.ld_conv,
+                   L.conv_wt + 3 * P.ld_conv, L.conv_b, xbc, a, cd);
+    } else {
+        conv_silu(win, L.conv_wt, P.ld_conv, dc, L.conv_b, xbc, a, cd);
+    }
+
+    // Per n, the heads of one group are one contiguous run of the pool ([n][h][p] per slot), so
+    // the update runs across the whole run (d_inner for G = 1) with the per-head factors as
+    // vectors (plan.daf, plan.xdt).
+    for (int h = 0; h < nh; ++h)
+        for (int p = 0; p < hd; ++p) {
+            P.xdt[h * hd + p] = dt[h] * a[h * hd + p];
+            P.daf[h * hd + p] = da[h];
+        }
+    float* S = L.ssm.get() + P.ssm_slot * slot;
+    const int run = heads_per_group * hd;
+    for (int g = 0; g < G; ++g) {
+        const size_t i0 = static_cast<size_t>(g) * run;
+        ssm_update(S + i0, di, N, run, P.daf + i0, P.xdt + i0, a + di + g * N, a + di + G * N + g * N, L.D_elem + i0,
+                   a + i0, z + i0, y_out + i0);
+    }
+    // RMSNorm of the gated product over all of d_inner at once (the spec's order).
+    rmsnorm(y_out, L.gnorm_w, y_out, di, c.norm_eps);
+}
+
+void row_s4d(const SsmPlan& P, const SsmLayer& L, int slot, float* v_in, float* y_out) {
+    const SsmConfig& c = P.cfg;
+    const int di = c.d_inner, N = c.d_state;
+    const float* xx = v_in;
+    float* z = v_in + di;
+    // S[n,:] = dA[n,:]*S[n,:] + dB[n,:]*xx; y += C[n,:]*S[n,:], n ascending (all stored [n][c]).
+    float* S = L.ssm.get() + P.ssm_slot * slot;
+    for (int ch = 0; ch < di; ++ch) y_out[ch] = 0.0f;
+    for (int n = 0; n < N; ++n) {
+        float* __restrict s = S + static_cast<size_t>(n) * di;
+        const float* __restrict dA = L.dA + static_cast<size_t>(n) * P.ld_inner;
+        const float* __restrict dB = L.dB + static_cast<size_t>(n) * P.ld_inner;
+        const float* __restrict C = L.C + static_cast<size_t>(n) * P.ld_inner;
+        float* __restrict y = y_out;
+        for (int ch = 0; ch < di; ++ch) {
+            const float v = dA[ch] * s[ch] + dB[ch] * xx[ch];
+            s[ch] = v;
+            y[ch] += C[ch] * v;
+        }
+    }
+    for (int ch = 0; ch < di; ++ch) y_out[ch] = y_out[ch] + L.D[ch] * xx[ch];
+    vm::vsilu_inplace(z, di);
+    for (int j = 0; j < di; ++j) y_out[j] = y_out[j] * z[j];
+}
+
+// The rows of one block through every layer: the matvecs take the block's rows together, the mixer
+// one row at a time.
+void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, const float* x, float* out,
+               StatePrefetch* pf) {
+    const SsmConfig& c = P.cfg;
+    const int F = c.n_features, dm = c.d_model, n_out = c.n_out;
+    const float* in[kMaxRows];
+    float* h[kMaxRows];
+    float* u[kMaxRows];
+    float* v[kMaxRows];
+    float* y[kMaxRows];
+    float* t[kMaxRows];
+    for (int q = 0; q < nb; ++q) {
+        in[q] = x + static_cast<size_t>(rows[q]) * F;
+        h[q] = P.rows[q].h;
+        u[q] = P.rows[q].u;
+        v[q] = P.rows[q].v;
+        y[q] = P.rows[q].y;
+        t[q] = P.rows[q].t;
+    }
+
+    matvec(P.enc_wt, P.ld_model, in, F, P.enc_b, h, nb, pf);
+    for (int l = 0; l < c.n_layers; ++l) {
+        const SsmLayer& L = P.layers[l];
+        for (int q = 0; q < nb; ++q) rmsnorm(h[q], L.norm_w, u[q], dm, c.norm_eps);
+        matvec(L.in_wt, P.ld_in, u, dm, nullptr, v, nb, pf);
+        if (c.kind == SsmKind::kMamba2) heads_mamba2(P, L, v, nb);
+        for (int q = 0; q < nb; ++q) {
+            if (c.kind == SsmKind::kMamba2)
+                row_mamba2(P, L, slots[rows[q]], v[q], P.dt + q * c.nheads, P.da + q * c.nheads, y[q]);
+            else
+                row_s4d(P, L, slots[rows[q]], v[q], y[q]);
+        }
+        // h + out_proj @ y2, the product summed on its own first (as the spec writes it).
+        matvec(L.out_wt, P.ld_model, y, c.d_inner, nullptr, t, nb, pf);
+        for (int q = 0; q < nb; ++q)
+            for (int j = 0; j < dm; ++j) h[q][j] = h[q][j] + t[q][j];
+    }
+    for (int q = 0; q < nb; ++q) rmsnorm(h[q], P.norm_f, u[q], dm, c.norm_eps);
+    matvec(P.head_wt, P.ld_out, u, dm, P.head_b, t, nb, pf);
+    for (int q = 0; q < nb; ++q)
+        for (int j = 0; j < n_out; ++j) out[static_cast<size_t>(rows[q]) * n_out + j] = t[q][j];
+}
+
+}  // namespace
+
+#define NEXTICK_STR2(x) #x
+#define NEXTICK_STR(x) NEXTICK_STR2(x)
+#define NEXTICK_KERNEL_DEF2(name) ssm_kernel_##name
+#define NEXTICK_KERNEL_DEF(name) NEXTICK_KERNEL_DEF2(name)
+
+const SsmKernel& NEXTICK_KERNEL_DEF(NEXTICK_KERNEL_NAME)() {
+    static_assert(kMaxRows <= kMaxBlockRows, "SsmPlan holds kMaxBlockRows rows of scratch");
+    static const SsmKernel kernel{NEXTICK_STR(NEXTICK_KERNEL_NAME), kMaxRows, &run_block};
+    return kernel;
+}
+
+}  // namespace nextick
