@@ -673,13 +673,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from engine.domain.validate import ValidationPolicy
     from engine.ingest import ingest
+    from feeds.vendors.options import ReaderOptions
 
-    options: dict[str, Any] = {"policy": ValidationPolicy.parse(args.policy)}
-    if args.venue:
-        options["venue"] = args.venue
-    if args.symbol:
-        options["symbol"] = args.symbol
-    ingest(args.sources, args.catalog, fmt=args.fmt, **options)
+    options = ReaderOptions(
+        policy=ValidationPolicy.parse(args.policy), venue=args.venue or None, symbol=args.symbol or None
+    )
+    ingest(args.sources, args.catalog, fmt=args.fmt, options=options)
     return 0
 
 
