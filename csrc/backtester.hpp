@@ -110,6 +110,7 @@ public:
     uint32_t add_instrument(const InstrumentSpec& spec);
     void add_sessions(uint32_t i, const int64_t* opens, const int64_t* closes, size_t n);
     void set_strategy(const StrategyParams& p);
+    const StrategyParams& strategy_params() const { return strat_.params(); }
     // The model whose slot i is instrument i. Its state pool is sized (and zeroed) here; instruments
     // added later get fresh slots.
     void set_model(const SignalModel& m);

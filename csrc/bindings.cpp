@@ -6,8 +6,10 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "backtester.hpp"
 #include "bind_ssm.hpp"
@@ -61,14 +63,65 @@ py::array_t<T> tail_numpy(const std::vector<T>& v, size_t start) {
 
 QuoteArray quotes_to_numpy(const std::vector<Quote>& v) { return to_numpy(v); }
 
+// Built-in strategy names, as strategies.builtin.BUILTINS spells them (the Python strategy's kind
+// is set by set_python_strategy, never by name).
+constexpr std::pair<const char*, StrategyKind> kStrategyKinds[] = {
+    {"momentum", StrategyKind::kMomentum},   {"mean_reversion", StrategyKind::kMeanReversion},
+    {"buy_hold", StrategyKind::kBuyHold},    {"ssm_threshold", StrategyKind::kSsmThreshold},
+    {"none", StrategyKind::kNone},           {"python", StrategyKind::kPython},
+};
+
 StrategyKind parse_kind(const std::string& name) {
-    if (name == "momentum") return StrategyKind::kMomentum;
-    if (name == "mean_reversion") return StrategyKind::kMeanReversion;
-    if (name == "buy_hold") return StrategyKind::kBuyHold;
-    if (name == "ssm_threshold") return StrategyKind::kSsmThreshold;
-    if (name == "none") return StrategyKind::kNone;
-    throw py::value_error("unknown built-in strategy '" + name +
-                          "'; use momentum, mean_reversion, buy_hold or ssm_threshold");
+    std::string known;
+    for (const auto& [n, kind] : kStrategyKinds) {
+        if (name == n && kind != StrategyKind::kPython) return kind;
+        if (kind != StrategyKind::kPython) known += (known.empty() ? "" : ", ") + std::string(n);
+    }
+    throw py::value_error("unknown built-in strategy '" + name + "'; use " + known);
+}
+
+const char* kind_name(StrategyKind kind) {
+    for (const auto& [n, k] : kStrategyKinds)
+        if (k == kind) return n;
+    return "?";
+}
+
+std::string param_names() {
+    std::string out;
+    for (const auto& p : kStrategyParams) out += (out.empty() ? "" : ", ") + std::string(p.name);
+    return out;
+}
+
+// StrategyParams from {name: value}: names not given keep their default (strategies.hpp); a name
+// that is not a parameter is refused with the valid ones.
+StrategyParams params_from(const std::string& kind, const py::dict& values) {
+    StrategyParams p;
+    p.kind = parse_kind(kind);
+    for (const auto& [key, value] : values) {
+        const std::string name = py::cast<std::string>(key);
+        const StrategyParamInfo* info = nullptr;
+        for (const auto& candidate : kStrategyParams)
+            if (name == candidate.name) info = &candidate;
+        if (info == nullptr)
+            throw py::value_error("unknown parameter '" + name + "' for built-in strategy '" + kind +
+                                  "'; valid parameters: " + param_names());
+        try {
+            p.*(info->field) = py::cast<double>(value);
+        } catch (const py::cast_error&) {
+            throw py::value_error("parameter '" + name + "' must be a number, not " +
+                                  py::cast<std::string>(py::repr(value)));
+        }
+    }
+    if (std::isnan(p.notional))
+        throw py::value_error("set_strategy: notional (currency per instrument at entry) must be given");
+    return p;
+}
+
+py::dict params_dict(const StrategyParams& p) {
+    py::dict d;
+    d["kind"] = kind_name(p.kind);
+    for (const auto& info : kStrategyParams) d[info.name] = p.*(info.field);
+    return d;
 }
 
 }  // namespace
@@ -94,6 +147,10 @@ PYBIND11_MODULE(_core, m) {
     m.attr("QUOTE_ITEMSIZE") = sizeof(Quote);
     m.attr("BATCH_ITEMSIZE") = sizeof(BatchRow);
     m.attr("N_FEATURES") = kNumFeatures;
+    py::list strategy_params;
+    for (const auto& info : kStrategyParams)
+        strategy_params.append(py::make_tuple(info.name, info.default_value, info.doc));
+    m.attr("STRATEGY_PARAMS") = py::tuple(strategy_params);
 
     py::class_<Conflator>(m, "Conflator", "One snapshot per instrument per interval; see csrc/conflator.hpp.")
         .def(py::init<int64_t>(), py::arg("interval_ns"))
@@ -158,30 +215,17 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("instrument"), py::arg("opens_ns"), py::arg("closes_ns"))
         .def("set_strategy",
-             [](Backtester& b, const std::string& kind, double notional, double fast_span, double slow_span,
-                double span, double entry_z, double exit_z, double threshold_bps, double stop_loss_bps,
-                double take_profit_bps, double max_units, double hold_ticks) {
-                 StrategyParams p;
-                 p.kind = parse_kind(kind);
-                 p.notional = notional;
-                 p.fast_span = fast_span;
-                 p.slow_span = slow_span;
-                 p.span = span;
-                 p.entry_z = entry_z;
-                 p.exit_z = exit_z;
-                 p.threshold_bps = threshold_bps;
-                 p.stop_loss_bps = stop_loss_bps;
-                 p.take_profit_bps = take_profit_bps;
-                 p.max_units = max_units;
-                 p.hold_ticks = hold_ticks;
+             [](Backtester& b, const std::string& kind, const py::dict& params) {
+                 const StrategyParams p = params_from(kind, params);
                  if (p.kind == StrategyKind::kSsmThreshold && !b.has_model())
                      throw py::value_error("ssm_threshold needs a model: call set_model first");
                  b.set_strategy(p);
              },
-             // No defaults here: strategies.builtin.BuiltinSpec is the one place they live.
-             py::arg("kind"), py::kw_only(), py::arg("notional"), py::arg("fast_span"), py::arg("slow_span"),
-             py::arg("span"), py::arg("entry_z"), py::arg("exit_z"), py::arg("threshold_bps"),
-             py::arg("stop_loss_bps"), py::arg("take_profit_bps"), py::arg("max_units"), py::arg("hold_ticks"))
+             py::arg("kind"), py::arg("params"),
+             "Configure a built-in strategy: params maps names of STRATEGY_PARAMS to values; the rest keep "
+             "their defaults.")
+        .def("strategy_params", [](const Backtester& b) { return params_dict(b.strategy_params()); },
+             "The strategy as the core is configured: kind and every parameter.")
         .def("set_model",
              [](Backtester& b, const py::object& model,
                 py::array_t<double, py::array::c_style | py::array::forcecast> mean,

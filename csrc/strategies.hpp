@@ -17,19 +17,44 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 enum class StrategyKind : uint8_t { kBuyHold = 0, kMomentum = 1, kMeanReversion = 2, kPython = 3, kSsmThreshold = 4, kNone = 5 };
 
+// The built-in strategies' parameters, each spelled once, here: X(name, default, doc). They make
+// StrategyParams's fields and kStrategyParams, the table the binding maps a {name: value} dict
+// through and exposes as engine._core.STRATEGY_PARAMS, from which strategies.builtin builds
+// BuiltinSpec and its validation. A new parameter is one line here.
+//
+// threshold_bps: 3 bps was chosen for the packaged model on a synthetic market disjoint from its
+// training data and from the demo (README, Default model).
+#define NEXTICK_STRATEGY_PARAMS(X)                                                                        \
+    X(notional, kNaN, "currency per instrument at entry; default: the initial capital split evenly")     \
+    X(fast_span, 120.0, "momentum: fast EMA span, ticks")                                                \
+    X(slow_span, 480.0, "momentum: slow EMA span, ticks")                                                \
+    X(span, 100.0, "mean_reversion: EMA span of the mid and of its variance, ticks")                     \
+    X(entry_z, 2.0, "mean_reversion: enter against a move beyond this z-score")                          \
+    X(exit_z, 0.5, "mean_reversion: go flat under this |z|")                                             \
+    X(threshold_bps, 3.0, "ssm_threshold: predicted mid beyond the ask (bid) by this much to buy (sell)") \
+    X(stop_loss_bps, 0.0, "ssm_threshold: exit at this adverse mid move from entry; 0 = off")            \
+    X(take_profit_bps, 0.0, "ssm_threshold: exit at this favourable mid move from entry; 0 = off")       \
+    X(max_units, 0.0, "ssm_threshold: cap on |position| in units; 0 = notional / mid only")              \
+    X(hold_ticks, 0.0, "ssm_threshold: exit after this many ticks without a fresh signal; 0 = off")
+
 struct StrategyParams {
     StrategyKind kind = StrategyKind::kMomentum;
-    double notional = 100000.0;  // currency per instrument at entry
-    double fast_span = 120.0;    // momentum: fast EMA span (ticks)
-    double slow_span = 480.0;    // momentum: slow EMA span (ticks)
-    double span = 100.0;         // mean reversion: EMA span of mid and of its variance (ticks)
-    double entry_z = 2.0;        // mean reversion: |z| to enter (against the move)
-    double exit_z = 0.5;         // mean reversion: |z| under which to go flat
-    double threshold_bps = 3.0;  // ssm_threshold: edge of the predicted mid beyond the touch to act
-    double stop_loss_bps = 0.0;  // ssm_threshold: exit when the mid moves this far against entry; 0 = off
-    double take_profit_bps = 0.0;  // ssm_threshold: exit when the mid moves this far in favour; 0 = off
-    double max_units = 0.0;      // ssm_threshold: cap on |position| in units; 0 = notional / mid only
-    double hold_ticks = 0.0;     // ssm_threshold: exit after this many ticks without a fresh signal; 0 = off
+#define NEXTICK_PARAM_MEMBER(name, value, doc) double name = value;
+    NEXTICK_STRATEGY_PARAMS(NEXTICK_PARAM_MEMBER)
+#undef NEXTICK_PARAM_MEMBER
+};
+
+struct StrategyParamInfo {
+    const char* name;
+    double StrategyParams::*field;
+    double default_value;
+    const char* doc;
+};
+
+inline constexpr StrategyParamInfo kStrategyParams[] = {
+#define NEXTICK_PARAM_INFO(name, value, doc) {#name, &StrategyParams::name, value, doc},
+    NEXTICK_STRATEGY_PARAMS(NEXTICK_PARAM_INFO)
+#undef NEXTICK_PARAM_INFO
 };
 
 class BuiltinStrategy {

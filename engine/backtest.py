@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -186,21 +187,10 @@ class Engine:
             self.strategy.on_start(self.instruments, initial_capital=self.config.initial_capital)
         else:
             assert spec is not None
-            notional = spec.notional if spec.notional is not None else self.config.initial_capital / n
-            self.core.set_strategy(
-                spec.kind,
-                notional=notional,
-                fast_span=spec.fast_span,
-                slow_span=spec.slow_span,
-                span=spec.span,
-                entry_z=spec.entry_z,
-                exit_z=spec.exit_z,
-                threshold_bps=spec.threshold_bps,
-                stop_loss_bps=spec.stop_loss_bps,
-                take_profit_bps=spec.take_profit_bps,
-                max_units=spec.max_units,
-                hold_ticks=spec.hold_ticks,
-            )
+            params = spec.params()
+            if math.isnan(params["notional"]):  # not given: the initial capital split evenly
+                params["notional"] = self.config.initial_capital / n
+            self.core.set_strategy(spec.kind, params)
         self.started = True
 
     def _sync_instruments(self) -> None:

@@ -415,30 +415,35 @@ def _source(args: argparse.Namespace, horizon_s: float | None = None):
     )
 
 
+def backtest_config(args: argparse.Namespace, strategy: str, params: dict[str, Any]):
+    """The ``BacktestConfig`` of one run of ``nextick backtest``/``replay-raw``: ``strategy`` with
+    ``params`` (the ``--param`` pairs), the execution options as given."""
+    from engine.backtest import BacktestConfig
+
+    return BacktestConfig(
+        strategy=strategy,
+        strategy_params=params,
+        interval=args.interval,
+        latency_ns=args.latency_ns,
+        fee_bps=args.fee_bps,
+        fee_per_fill=args.fee_per_fill,
+        size_cap=args.size_cap,
+        cancel_remainder=args.cancel_remainder,
+        flatten_at_close=args.flatten_at_close,
+        flatten_lead_ns=int(args.flatten_lead_s * SECOND_NS),
+        initial_capital=args.capital,
+        bar_ns=int(args.bar_s * SECOND_NS),
+        risk_free_rate=args.risk_free_rate,
+        warmup_ticks=args.warmup_ticks,
+        model=args.model,
+        backend=args.backend,
+    )
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from engine.backtest import BacktestConfig, compare, run_backtest
+    from engine.backtest import compare, run_backtest
     from engine.progress import Progress
     from engine.report import _finite_json, format_summary, summary_dict, write_outputs
-
-    def config_for(strategy: str, params: dict[str, Any]) -> BacktestConfig:
-        return BacktestConfig(
-            strategy=strategy,
-            strategy_params=params,
-            interval=args.interval,
-            latency_ns=args.latency_ns,
-            fee_bps=args.fee_bps,
-            fee_per_fill=args.fee_per_fill,
-            size_cap=args.size_cap,
-            cancel_remainder=args.cancel_remainder,
-            flatten_at_close=args.flatten_at_close,
-            flatten_lead_ns=int(args.flatten_lead_s * SECOND_NS),
-            initial_capital=args.capital,
-            bar_ns=int(args.bar_s * SECOND_NS),
-            risk_free_rate=args.risk_free_rate,
-            warmup_ticks=args.warmup_ticks,
-            model=args.model,
-            backend=args.backend,
-        )
 
     runs = [(args.strategy, dict(args.param))]
     if args.compare:
@@ -449,12 +454,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         progress = Progress(f"backtest {name}", enabled=False if args.no_progress or args.json else None,
                             total=getattr(source, "expected_rows", None))
         try:
-            results.append(run_backtest(source, config_for(name, params), on_progress=progress.update))
+            results.append(run_backtest(source, backtest_config(args, name, params), on_progress=progress.update))
         finally:
             progress.close()
     jk = compare(results[0], results[1]) if len(results) == 2 else None
     if args.oracle:
-        results.append(_oracle_run(args, config_for("oracle", {}), results[0]))
+        results.append(_oracle_run(args, backtest_config(args, "oracle", {}), results[0]))
     if args.json:
         print(json.dumps(_finite_json([summary_dict(r, jk) for r in results]), indent=2))
     else:
@@ -678,13 +683,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from engine.domain.validate import ValidationPolicy
     from engine.ingest import ingest
+    from feeds.vendors.options import ReaderOptions
 
-    options: dict[str, Any] = {"policy": ValidationPolicy.parse(args.policy)}
-    if args.venue:
-        options["venue"] = args.venue
-    if args.symbol:
-        options["symbol"] = args.symbol
-    ingest(args.sources, args.catalog, fmt=args.fmt, **options)
+    options = ReaderOptions(
+        policy=ValidationPolicy.parse(args.policy), venue=args.venue or None, symbol=args.symbol or None
+    )
+    ingest(args.sources, args.catalog, fmt=args.fmt, options=options)
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from feeds.catalog import MANIFEST, Catalog, IngestReport
+from feeds.vendors.options import ReaderOptions
 
 
 def _show(path: Path | str) -> str:
@@ -83,11 +84,11 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 
 def expand(
-    paths: list[Path], catalog_dir: Path, *, fmt: str | None = None, **reader_options: Any
+    paths: list[Path], catalog_dir: Path, *, fmt: str | None = None, options: ReaderOptions = ReaderOptions()
 ) -> tuple[list[Path], list[str]]:
     """(the sources the arguments stand for, notes on what was skipped). Files named directly are
     always sources (a file no reader takes fails at ingest); files found in folders are sources
-    only when a reader recognizes them and accepts them with ``reader_options``."""
+    only when a reader recognizes them and accepts them with ``options``."""
     from feeds.vendors import FORMATS, detect, head_of, module, open_source
 
     sources: list[Path] = []
@@ -129,7 +130,7 @@ def expand(
             name = fmt or detect(f)
             if fmt is not None and not module(fmt).sniff(f, head_of(f)):
                 return f"not {fmt}"
-            open_source(f, name, **reader_options)  # reads the header only
+            open_source(f, name, options)  # reads the header only
         except Exception as exc:  # noqa: BLE001 - a probe: whatever a reader makes of the file is a note here
             text = str(exc) or type(exc).__name__
             if "not a format nextick recognizes" in text:
@@ -177,16 +178,20 @@ def ingest(
     *,
     fmt: str | None = None,
     print_fn: Callable[[str], None] | None = print,
-    **reader_options: Any,
+    options: ReaderOptions | None = None,
+    **option_values: Any,
 ) -> list[IngestReport]:
     """Ingest ``paths`` (files and folders, see the module docstring) into the catalog at
-    ``catalog_dir``, printing a line per source and a total; ``reader_options`` go to every reader
-    (``policy``, ``venue``, ``symbol``, ``instrument_defaults``, ...)."""
+    ``catalog_dir``, printing a line per source and a total. Every reader gets ``options`` with
+    ``option_values`` set (``policy=``, ``venue=``, ``symbol=``, ``instrument_defaults=``, ...: the
+    fields of ``feeds.vendors.options.ReaderOptions``); an unknown name is refused before any file
+    is read."""
+    opts = ReaderOptions.build(options, **option_values)
     out = print_fn or (lambda _line: None)
     catalog_dir = Path(catalog_dir)
     catalog = Catalog(catalog_dir)
     t0 = time.perf_counter()
-    sources, notes = expand([Path(p) for p in paths], catalog_dir, fmt=fmt, **reader_options)
+    sources, notes = expand([Path(p) for p in paths], catalog_dir, fmt=fmt, options=opts)
     for n in notes:
         out(n)
     if not sources:
@@ -194,7 +199,7 @@ def ingest(
         return []
     reports: list[IngestReport] = []
     for src in sources:
-        r = catalog.ingest(src, fmt=fmt, **reader_options)
+        r = catalog.ingest(src, fmt=fmt, options=opts)
         for line in format_report(r):
             out(line)
         reports.append(r)

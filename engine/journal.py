@@ -4,8 +4,15 @@ Everything the run decided and everything that happened to it: orders (placed an
 resets, feed events, and one ``segments`` row per process that worked on the run. Each engine step
 commits its orders, fills, resets and events in one transaction, so after a ``kill -9`` the journal
 holds every step before the last commit and nothing of the step after it: a fill is either in the
-journal with its order, or it never happened. A restart re-books the journaled fills into a fresh
-engine (``Backtester.restore_fills``) and carries on from there with new order ids.
+journal with its order, or it never happened.
+
+A segment starts from what the journal holds before it (``SegmentStart``): the fills re-booked into a
+fresh engine (``Backtester.restore_fills``), order ids above every earlier one, and the orders that
+were working when the previous process died. ``restore_segment`` brings an engine there; the paper
+trader does it on a restart, ``engine.reconcile`` for each segment it replays, so both start from
+the same state by construction.
+
+Every SQL statement of the project is in this module.
 
 Floats are stored as SQLite REAL (IEEE double), so they round-trip bit for bit.
 """
@@ -19,14 +26,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from engine import _core
+from engine.backtest import Engine
 
 FORMAT = "nextick-journal"
 FORMAT_VERSION = 1
 ORDER_EVENT_KINDS: tuple[str, ...] = tuple(_core.ORDER_EVENT_KINDS)
 RESET_REASONS: tuple[str, ...] = tuple(_core.RESET_REASONS)
+# The order kind a restart journals for an order that was working when the previous process died:
+# the journal's own event, not the engine's.
+RESTART = "restart"
+_EVERY_SEGMENT = 1 << 62  # "before segment" bound that admits them all
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,6 +69,15 @@ CREATE TABLE IF NOT EXISTS feed_events (
 
 class JournalError(RuntimeError):
     pass
+
+
+class SegmentStart(msgspec.Struct, frozen=True):
+    """What segment ``segment`` starts from: everything the journal holds before it."""
+
+    segment: int
+    fills: np.ndarray  # the core's Fill records of earlier segments, in booking order
+    next_order_id: int  # above every order id of earlier segments
+    working: list[tuple[int, int, float]]  # (order_id, instrument, units left) working when the last one ended
 
 
 class Journal:
@@ -101,11 +123,23 @@ class Journal:
 
     # -- segments -------------------------------------------------------------------------------------
 
+    def next_segment(self) -> int:
+        """The number the next ``begin_segment`` gives."""
+        return int(self.db.execute("SELECT COALESCE(MAX(segment), 0) FROM segments").fetchone()[0]) + 1
+
+    def segment_start(self, segment: int, fill_dtype: np.dtype) -> SegmentStart:
+        """What ``segment`` starts from (``fill_dtype``: the core's, ``Backtester.fills().dtype``)."""
+        return SegmentStart(
+            segment=segment,
+            fills=self.fills(fill_dtype, before_segment=segment),
+            next_order_id=self.max_order_id(before_segment=segment) + 1,
+            working=self.open_orders(before_segment=segment),
+        )
+
     def begin_segment(self, started_ns: int, restored_fills: int, cash: float, positions: list[float]) -> int:
         """A new process on the run. ``started_ns``: the run's receive clock now; every frame this
         process receives is stamped later, every frame of earlier processes earlier."""
-        row = self.db.execute("SELECT COALESCE(MAX(segment), 0) FROM segments").fetchone()
-        self.segment = int(row[0]) + 1
+        self.segment = self.next_segment()
         self.db.execute("BEGIN")
         self.db.execute(
             "INSERT INTO segments (segment, pid, started_ns, restored_fills, restored_cash, restored_positions) "
@@ -180,6 +214,20 @@ class Journal:
             db.execute("ROLLBACK")
             raise
 
+    def cancel_working(self, working: list[tuple[int, int, float]], ts_ns: int) -> None:
+        """Journal, in this segment, the end of orders that were working when the previous process
+        died (``SegmentStart.working``): they were decided on state that is gone, so they are
+        cancelled, never revived. Each gets a ``RESTART`` row for the units it had left."""
+        if not working:
+            return
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO orders SELECT order_id, ?, ?, instrument, ?, active_ts_ns, ?, decision_mid "
+            "FROM orders WHERE order_id = ? AND kind = 'new'",
+            [(RESTART, self.segment, ts_ns, units, oid) for oid, _, units in working],
+        )
+        self.db.execute("COMMIT")
+
     # -- reading back -----------------------------------------------------------------------------------
 
     def fills(self, fill_dtype: np.dtype, *, before_segment: int | None = None, segment: int | None = None) -> np.ndarray:
@@ -202,17 +250,28 @@ class Journal:
             args,
         ).fetchall()
 
-    def open_orders(self) -> list[tuple[int, int, float]]:
-        """(order_id, instrument, units left) of orders placed and never cancelled nor fully filled."""
+    def resets(self, *, segment: int | None = None) -> list[tuple[int, int, str]]:
+        """(ts_ns, instrument, reason) in journal order."""
+        where, args = _segment_filter(None, segment)
+        rows = self.db.execute(f"SELECT ts_ns, instrument, reason FROM resets {where} ORDER BY rowid", args)
+        return [(int(t), int(i), str(r)) for t, i, r in rows]
+
+    def open_orders(self, *, before_segment: int | None = None) -> list[tuple[int, int, float]]:
+        """(order_id, instrument, units left) of orders placed and never cancelled nor fully filled
+        (in segments before ``before_segment`` when given)."""
         rows = self.db.execute(
-            "SELECT o.order_id, o.instrument, o.units - COALESCE((SELECT SUM(f.sz) FROM fills f WHERE f.order_id = o.order_id), 0) "
-            "FROM orders o WHERE o.kind = 'new' AND NOT EXISTS "
-            "(SELECT 1 FROM orders c WHERE c.order_id = o.order_id AND c.kind != 'new')"
+            "SELECT o.order_id, o.instrument, o.units - COALESCE((SELECT SUM(f.sz) FROM fills f "
+            "WHERE f.order_id = o.order_id AND f.segment < :before), 0) "
+            "FROM orders o WHERE o.kind = 'new' AND o.segment < :before AND NOT EXISTS "
+            "(SELECT 1 FROM orders c WHERE c.order_id = o.order_id AND c.kind != 'new' AND c.segment < :before)",
+            {"before": _EVERY_SEGMENT if before_segment is None else before_segment},
         ).fetchall()
         return [(int(a), int(b), float(c)) for a, b, c in rows if abs(c) > 1e-12]
 
-    def max_order_id(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(MAX(order_id), 0) FROM orders").fetchone()[0])
+    def max_order_id(self, *, before_segment: int | None = None) -> int:
+        """The highest order id journaled (in segments before ``before_segment`` when given); 0 for none."""
+        where, args = _segment_filter(before_segment, None)
+        return int(self.db.execute(f"SELECT COALESCE(MAX(order_id), 0) FROM orders {where}", args).fetchone()[0])
 
     def count(self, table: str) -> int:
         if table not in ("orders", "fills", "resets", "feed_events", "segments"):
@@ -229,3 +288,21 @@ def _segment_filter(before: int | None, segment: int | None) -> tuple[str, tuple
     if segment is not None:
         return "WHERE segment = ?", (segment,)
     return "", ()
+
+
+def restore_segment(journal: Journal, engine: Engine, segment: int, started_ns: int) -> SegmentStart:
+    """Bring a fresh ``engine`` to where ``segment`` of the run began, as the process that ran it
+    did: the fills of earlier segments re-booked (cash, positions and open round trips bit for bit),
+    order ids continuing above theirs, order log on, and, after a restart, every instrument's
+    session taken as already open at ``started_ns`` (its first tick resets for the outage, not as
+    a session open). Returns what it restored from, with the orders working at the crash."""
+    start = journal.segment_start(segment, engine.core.fills().dtype)
+    engine.prepare()
+    core = engine.core
+    core.set_order_log(True)
+    if len(start.fills):
+        core.restore_fills(start.fills)
+    core.set_next_order_id(start.next_order_id)
+    if segment > 1:
+        engine.resume_at(started_ns)
+    return start

@@ -37,7 +37,7 @@ from engine.domain.quote import QUOTE_DTYPE
 from engine.domain.source import SourceStats
 from engine.domain.timestamps import DAY_NS, SECOND_NS
 from engine.domain.validate import QuoteValidator, ValidationPolicy
-from engine.journal import Journal
+from engine.journal import Journal, restore_segment
 from feeds.live import FeedConfig, FeedEvent, LiveFeed, RecvClock
 from feeds.normalize import FeedCounters, FrameNormalizer
 from feeds.venues import get_venue
@@ -149,29 +149,13 @@ class PaperTrader:
 
     def _open_journal(self) -> None:
         j = Journal.open(self.run_dir, run_meta(self.config, self.instruments, self.ids))
-        self.engine.prepare()
-        self.core.set_order_log(True)
-        self.core.set_stamping(True)
-        fills = j.fills(self.core.fills().dtype)
-        if len(fills):
-            self.core.restore_fills(fills)
-        self.core.set_next_order_id(j.max_order_id() + 1)
-        self.restored_fills = len(fills)
-        self._n_fills = self.core.n_fills
-        open_orders = j.open_orders()
         started_ns = self.clock.now()
-        j.begin_segment(started_ns, len(fills), float(self.core.cash), [float(p) for p in self.core.positions()])
-        if j.segment > 1:
-            self.engine.resume_at(started_ns)
-        if open_orders:
-            # Working at the crash: decided on state that is gone, so they are cancelled, not revived.
-            j.db.execute("BEGIN")
-            j.db.executemany(
-                "INSERT INTO orders SELECT order_id, 'restart', ?, instrument, ?, active_ts_ns, ?, decision_mid "
-                "FROM orders WHERE order_id = ? AND kind = 'new'",
-                [(j.segment, self.clock.now(), units, oid) for oid, _, units in open_orders],
-            )
-            j.db.execute("COMMIT")
+        start = restore_segment(j, self.engine, j.next_segment(), started_ns)
+        self.core.set_stamping(True)
+        self.restored_fills = len(start.fills)
+        self._n_fills = self.core.n_fills
+        j.begin_segment(started_ns, len(start.fills), float(self.core.cash), [float(p) for p in self.core.positions()])
+        j.cancel_working(start.working, self.clock.now())
         self.journal = j
 
     def _build_feeds(self) -> None:

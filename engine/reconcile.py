@@ -20,7 +20,7 @@ from engine.backtest import BacktestConfig, Engine, load_strategy, stream_ticks
 from engine.domain.instrument import Instrument, InstrumentTable
 from engine.domain.timestamps import DAY_NS
 from engine.domain.validate import ValidationPolicy
-from engine.journal import ORDER_EVENT_KINDS, RESET_REASONS, Journal
+from engine.journal import ORDER_EVENT_KINDS, RESET_REASONS, RESTART, Journal, restore_segment
 from strategies.builtin import is_builtin
 
 _NO_FUTURE = 10**18
@@ -100,6 +100,18 @@ def _compare(segment: int, table: str, a: list[tuple], b: list[tuple], out: list
                 return
 
 
+def segment_engine(
+    journal: Journal, config: BacktestConfig, instruments: InstrumentTable, segment: int, started_ns: int
+) -> Engine:
+    """A fresh engine where ``segment`` of the run began (``engine.journal.restore_segment``), as
+    the paper trader's process for that segment had it before its first quote."""
+    strategy = None if is_builtin(config.strategy) else load_strategy(config.strategy, config.strategy_params)
+    engine = Engine(config, instruments, strategy)
+    engine.session_lookahead_ns = DAY_NS
+    restore_segment(journal, engine, segment, started_ns)
+    return engine
+
+
 def reconcile(run_dir: Path | str) -> ReconcileReport:
     from feeds.raw_replay import RawReplay
 
@@ -120,21 +132,8 @@ def reconcile(run_dir: Path | str) -> ReconcileReport:
             lo = seg["started_ns"]
             hi = segments[k + 1]["started_ns"] if k + 1 < len(segments) else None
             last_ts = seg["last_ts_ns"]
-            strategy = None if is_builtin(config.strategy) else load_strategy(config.strategy, config.strategy_params)
-            engine = Engine(config, instruments, strategy)
-            engine.session_lookahead_ns = DAY_NS
-            engine.prepare()
-            if k > 0:
-                engine.resume_at(lo)  # as the restarted process did
+            engine = segment_engine(j, config, instruments, seg["segment"], lo)
             core = engine.core
-            core.set_order_log(True)
-            prior = j.fills(core.fills().dtype, before_segment=seg["segment"])
-            if len(prior):
-                core.restore_fills(prior)
-            first_id = j.db.execute(
-                "SELECT COALESCE(MAX(order_id), 0) FROM orders WHERE segment < ?", (seg["segment"],)
-            ).fetchone()[0]
-            core.set_next_order_id(int(first_id) + 1)
             n_prior = core.n_fills
             quotes = 0
             if raw.exists() and last_ts is not None:
@@ -145,18 +144,12 @@ def reconcile(run_dir: Path | str) -> ReconcileReport:
                     engine.run(ticks)
             if seg["end_reason"] is not None:
                 core.finish()  # the live run cancelled what was working when it stopped
-            j_orders = [
-                r for r in j.orders(segment=seg["segment"]) if r[1] != "restart"
-            ]  # 'restart' cancels are the journal's own, not the engine's
+            # RESTART cancels are the journal's own, not the engine's.
+            j_orders = [r for r in j.orders(segment=seg["segment"]) if r[1] != RESTART]
             r_orders = _order_rows(core.take_order_log(), None)
             j_fills = _fill_rows(j.fills(core.fills().dtype, segment=seg["segment"]), None)
             r_fills = _fill_rows(core.fills_since(n_prior), last_ts)
-            j_resets = [
-                (int(t), int(i), str(r))
-                for t, i, r in j.db.execute(
-                    "SELECT ts_ns, instrument, reason FROM resets WHERE segment = ? ORDER BY rowid", (seg["segment"],)
-                )
-            ]
+            j_resets = j.resets(segment=seg["segment"])
             r_resets = [(int(r["ts"]), int(r["instrument"]), RESET_REASONS[r["reason"]]) for r in core.resets()]
             if last_ts is not None:
                 r_resets = [r for r in r_resets if r[0] <= last_ts]

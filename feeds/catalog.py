@@ -23,9 +23,9 @@ Manifest
 ``catalog.json`` (``Manifest``): the instruments in the order they were first ingested (venue,
 symbol, tick_size, lot_size, calendar, gap_ns, warmup_ticks: what a replay needs for its calendars
 and resets), and one ``SourceEntry`` per ingested source: its path, SHA-256 and size (per file for a
-folder source), format, reader options, rows read and written, quarantined rows by rule, skipped
-rows by stream, timestamp unit, its instruments and every part file it wrote (partition, rows,
-first and last ``ts_recv``, bytes). It is replaced atomically (write, fsync, rename).
+folder source), format, the reader options given (``ReaderOptions.given``), rows read and written,
+quarantined rows by rule, skipped rows by stream, timestamp unit, its instruments and every part
+file it wrote (partition, rows, first and last ``ts_recv``, bytes). It is replaced atomically (write, fsync, rename).
 
 Ingest (``Catalog.ingest``)
 ---------------------------
@@ -96,6 +96,7 @@ from engine.domain.timestamps import (
     parse_time_ns,
 )
 from feeds.recorder import instrument_dir_name, quote_schema
+from feeds.vendors.options import ReaderOptions
 
 MANIFEST = "catalog.json"
 QUOTES_DIR = "quotes"
@@ -751,11 +752,16 @@ class Catalog:
         )
 
     # -- ingest
-    def ingest(self, path: Path | str, *, fmt: str | None = None, **reader_options: Any) -> IngestReport:
+    def ingest(
+        self, path: Path | str, *, fmt: str | None = None, options: ReaderOptions | None = None, **option_values: Any
+    ) -> IngestReport:
         """Read ``path`` (a file, or a folder a reader takes whole) with ``feeds.vendors.open_source``
-        into the catalog; see the module docstring for idempotency and atomicity."""
+        into the catalog; see the module docstring for idempotency and atomicity. The reader gets
+        ``options`` with ``option_values`` set (the fields of ``ReaderOptions``)."""
         from feeds.vendors import detect, open_source
 
+        opts = ReaderOptions.build(options, **option_values)
+        given = _jsonable(opts.given())
         path = Path(path).absolute()
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
@@ -773,10 +779,9 @@ class Catalog:
                     same_as=same.path if same.path != str(path) else None,
                     instruments=[i.key for i in same.instruments],
                 )
-                options = _jsonable(reader_options)
-                if options != same.reader_options:
+                if given != same.reader_options:
                     report.notes.append(
-                        f"ingested before with reader options {same.reader_options or 'none'}, not {options or 'none'}; "
+                        f"ingested before with reader options {same.reader_options or 'none'}, not {given or 'none'}; "
                         "to read it again with these, remove it first (Catalog.remove)"
                     )
                 if prior is not None:
@@ -788,7 +793,7 @@ class Catalog:
                 return report
 
             fmt_name = fmt or detect(path)
-            src = open_source(path, fmt_name, **reader_options)
+            src = open_source(path, fmt_name, opts)
             journal = _Journal(self.root, tag)
             writer = _PartWriter(self.root, tag, journal, fsync=self.fsync, row_group_rows=self.row_group_rows)
             try:
@@ -803,7 +808,7 @@ class Catalog:
             entry = SourceEntry(
                 path=str(path), sha256=sha, size=size, format=fmt_name,
                 rank=prior.rank if prior is not None else man.next_rank,
-                ingested_at=_now_iso(), reader_options=_jsonable(reader_options), files=files,
+                ingested_at=_now_iso(), reader_options=given, files=files,
                 rows_read=st.rows_read, rows_written=writer.rows, quarantined=dict(st.quarantined),
                 skipped=dict(st.skipped), ts_unit=st.ts_unit, ts_unit_detected=st.ts_unit_detected,
                 instruments=list(writer.instruments.values()), parts=parts,

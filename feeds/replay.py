@@ -13,7 +13,6 @@ failing block), never a failed batch, and every row keeps its line number in the
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import gzip
 import io
 import queue
@@ -32,10 +31,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from engine.domain.instrument import Instrument, InstrumentTable
-from engine.domain.quote import QUOTE_DTYPE, QuoteFlag, as_rows, take_rows
+from engine.domain.quote import QUOTE_DTYPE, QuoteFlag, take_rows
 from engine.domain.source import SourceStats
 from engine.domain.timestamps import NS_PER, UNITS, detect_unit, to_ns
 from engine.domain.validate import BadInputError, QuoteValidator, ValidationPolicy
+from feeds.coalesce import Coalescer
+from feeds.columns import NUMERIC_RE, PARSE_ERRORS, bisect_bad, cast_lenient, localize, null_where, numbers
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -72,12 +73,6 @@ _ASK_SZ_NAMES = (
 _SYMBOL_NAMES = ("symbol", "instrument", "ticker", "sym", "pair", "market")
 _SEQ_NAMES = ("seq", "sequence", "seq_num", "sequence_number", "update_id")
 
-# Numbers Arrow's string->number casts accept, with surrounding blanks; used to null out the rest.
-_NUMERIC_RE = (
-    r"^\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"  # decimal, optional exponent
-    r"|[nN][aA][nN]|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)\s*$"  # nan, inf, infinity
-)
-_PARSE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 _UTC_NAMES = {"UTC", "Etc/UTC", "Etc/GMT", "GMT", "Z", "Etc/Zulu", "Zulu", "Universal", "Etc/Universal"}
 # strptime directives of fixed width (in characters), to find where a trailing %f fraction starts.
 _FIXED_WIDTH = {"Y": 4, "m": 2, "d": 2, "H": 2, "M": 2, "S": 2, "y": 2, "j": 3, "%": 1}
@@ -295,7 +290,7 @@ class FileReplay:
         validator = QuoteValidator(self.policy, st, self.source, now_ns=self.now_ns)
         ts_recv = _TsColumn("ts_recv", self.columns.ts_recv, self)
         ts_event = _TsColumn("ts_event", self.columns.ts_event, self) if self.columns.ts_event else None
-        out = _Coalescer(self.chunk_rows)
+        out = Coalescer(self.chunk_rows)
 
         def emit(arrays: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
             for chunk in arrays:
@@ -545,7 +540,7 @@ class FileReplay:
         if ts_event is not None:
             arr = batch.column(cmap.ts_event)
             missing = _missing(arr)
-            ev_ns, bad = ts_event.convert(arr if missing is None else _null_where(arr, missing))
+            ev_ns, bad = ts_event.convert(arr if missing is None else null_where(arr, missing))
             if missing is not None:
                 ev_ns = np.where(missing, recv_ns, ev_ns)
                 q["flags"] = np.where(missing, np.uint16(QuoteFlag.SYNTHETIC_TS), np.uint16(0))
@@ -571,7 +566,7 @@ class FileReplay:
             column = getattr(cmap, field)
             if column is None:
                 continue  # sizes absent: 0.0, which the zeroed array already holds
-            vals, bad = _numbers(batch.column(column), (pa.float64(),))
+            vals, bad = numbers(batch.column(column), (pa.float64(),))
             side = blank_side[field]
             if side is not None:
                 vals = np.where(side, 0.0, vals)
@@ -580,7 +575,7 @@ class FileReplay:
             q[field] = vals
             note(field, column, bad, "expected a number")
         if cmap.seq is not None:
-            vals, bad = _numbers(batch.column(cmap.seq), (pa.uint64(),))
+            vals, bad = numbers(batch.column(cmap.seq), (pa.uint64(),))
             q["seq"] = vals
             note("seq", cmap.seq, bad, "expected a non-negative integer")
 
@@ -641,39 +636,6 @@ class FileReplay:
 _MALFORMED, _UNKNOWN = 1, 2
 
 
-class _Coalescer:
-    """Regroups validated pieces into chunks of exactly ``chunk_rows`` rows (the last may be short),
-    so downstream batch sizes do not depend on the reader's block boundaries. Pieces are copied
-    straight into the chunk being filled, so at most one partial chunk is held."""
-
-    def __init__(self, chunk_rows: int) -> None:
-        self.chunk_rows = chunk_rows
-        self.buf: np.ndarray | None = None
-        self.n = 0
-
-    def add(self, arr: np.ndarray) -> Iterator[np.ndarray]:
-        if self.n == 0 and len(arr) == self.chunk_rows:
-            yield arr  # already a whole chunk
-            return
-        src = as_rows(arr)
-        while len(src):
-            if self.buf is None:
-                self.buf = np.empty(self.chunk_rows, dtype=QUOTE_DTYPE)
-            take = min(self.chunk_rows - self.n, len(src))
-            as_rows(self.buf)[self.n : self.n + take] = src[:take]
-            self.n += take
-            src = src[take:]
-            if self.n == self.chunk_rows:
-                out, self.buf, self.n = self.buf, None, 0
-                yield out
-
-    def flush(self) -> Iterator[np.ndarray]:
-        if self.n:
-            out = take_rows(self.buf, slice(0, self.n))  # exact size, not a view pinning the buffer
-            self.buf, self.n = None, 0
-            yield out
-
-
 # -- value conversion -----------------------------------------------------------------------------
 
 
@@ -698,61 +660,6 @@ def _fraction_ns(frac: pa.Array, scale: int) -> np.ndarray:
     digits = pc.utf8_length(f).to_numpy(zero_copy_only=False)
     val = pc.cast(pc.if_else(pc.equal(f, ""), "0", f), pa.int64()).to_numpy(zero_copy_only=False)
     return val * (10 ** (keep - digits)).astype(np.int64)
-
-
-def _null_where(arr: pa.Array, bad: np.ndarray) -> pa.Array:
-    return pc.if_else(pa.array(~bad), arr, pa.scalar(None, arr.type))
-
-
-def _bisect_bad(arr: pa.Array, convert) -> np.ndarray:
-    """Mask of the entries ``convert`` rejects, found by halving the failing array."""
-    bad = np.zeros(len(arr), dtype=bool)
-
-    def rec(a: pa.Array, offset: int) -> None:
-        try:
-            convert(a)
-        except _PARSE_ERRORS:
-            if len(a) == 1:
-                bad[offset] = True
-                return
-            h = len(a) // 2
-            rec(a.slice(0, h), offset)
-            rec(a.slice(h), offset + h)
-
-    rec(arr, 0)
-    return bad
-
-
-def _cast_lenient(arr: pa.Array, types: tuple[pa.DataType, ...]) -> pa.Array:
-    """``arr`` cast to the first of ``types`` that takes it, with the entries no type takes as null."""
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    for t in types:
-        try:
-            return pc.cast(arr, t)
-        except _PARSE_ERRORS:
-            pass
-    # Slow path, only for blocks holding bad values: trim blanks, null out what is not a number,
-    # and bisect whatever still fails (e.g. an integer too large for its type).
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        arr = pc.utf8_trim_whitespace(arr)
-        looks_numeric = pc.match_substring_regex(arr, _NUMERIC_RE).fill_null(False)
-        arr = pc.if_else(looks_numeric, arr, pa.scalar(None, arr.type))
-        for t in types:
-            try:
-                return pc.cast(arr, t)
-            except _PARSE_ERRORS:
-                pass
-    last = types[-1]
-    return pc.cast(_null_where(arr, _bisect_bad(arr, lambda a: pc.cast(a, last))), last)
-
-
-def _numbers(arr: pa.Array, types: tuple[pa.DataType, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(values as numpy, mask of entries that are missing or did not parse, or None)."""
-    res = _cast_lenient(arr, types)
-    bad = res.is_null().to_numpy(zero_copy_only=False) if res.null_count else None
-    vals = res.fill_null(0).to_numpy(zero_copy_only=False)
-    return vals, bad
 
 
 def _check_tz(tz: str) -> None:
@@ -837,7 +744,7 @@ class _TsColumn:
         if self.mode is None:
             filled = pc.filter(arr, pc.not_equal(pc.utf8_trim_whitespace(arr), ""))
             first = filled[0].as_py() if len(filled) else None
-            if first is None or re.match(_NUMERIC_RE, first):
+            if first is None or re.match(NUMERIC_RE, first):
                 return self._epoch(arr)  # decide on a later chunk if this one has no value at all
             self.mode, self.label, self.detected = "iso", "iso8601", True
         if self.mode == "iso":
@@ -848,14 +755,14 @@ class _TsColumn:
         self.mode = "epoch"
         t = arr.type
         if pa.types.is_integer(t):
-            vals, bad = _numbers(arr, (pa.int64(),))
+            vals, bad = numbers(arr, (pa.int64(),))
             return self._scale(vals, bad, None, None)
         if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
-            vals, bad = _numbers(arr, (pa.float64(),))
+            vals, bad = numbers(arr, (pa.float64(),))
             return self._scale(None, bad, vals, None)
         try:
             ints = pc.cast(arr, pa.int64())
-        except _PARSE_ERRORS:
+        except PARSE_ERRORS:
             return self._epoch_text(arr)
         return self._scale(ints.fill_null(0).to_numpy(zero_copy_only=False), _nulls(ints), None, None)
 
@@ -866,13 +773,13 @@ class _TsColumn:
         parts = pc.extract_regex(arr, r"^(?P<int>[+-]?\d+)(?:\.(?P<frac>\d*))?$")
         decimal = ~parts.is_null().to_numpy(zero_copy_only=False)
         ip_text = pc.struct_field(parts, "int")
-        ip = _cast_lenient(ip_text, (pa.int64(),))
+        ip = cast_lenient(ip_text, (pa.int64(),))
         whole = ip.fill_null(0).to_numpy(zero_copy_only=False)
         negative = pc.starts_with(ip_text, "-").fill_null(False).to_numpy(zero_copy_only=False)
         bad = ~decimal | ip.is_null().to_numpy(zero_copy_only=False)
         floats = None
         if not decimal.all():
-            fvals, fbad = _numbers(_null_where(arr, decimal), (pa.float64(),))
+            fvals, fbad = numbers(null_where(arr, decimal), (pa.float64(),))
             floats = np.where(decimal, np.nan, fvals)
             fbad = (fbad if fbad is not None else False) | ~np.isfinite(fvals)
             bad = np.where(decimal, bad, fbad)
@@ -922,10 +829,10 @@ class _TsColumn:
         for tz in ("UTC", None):  # with a zone offset, else local time in self.tz
             try:
                 return self._finish(pc.cast(arr, pa.timestamp("ns", tz)), naive=tz is None)
-            except _PARSE_ERRORS:
+            except PARSE_ERRORS:
                 pass
-        bad = _bisect_bad(arr, lambda a: pc.cast(a, pa.timestamp("ns")))
-        return self._finish(pc.cast(_null_where(arr, bad), pa.timestamp("ns")), naive=True)
+        bad = bisect_bad(arr, lambda a: pc.cast(a, pa.timestamp("ns")))
+        return self._finish(pc.cast(null_where(arr, bad), pa.timestamp("ns")), naive=True)
 
     def _format(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
         self.mode, self.label, self.detected = "format", "text", False
@@ -949,45 +856,11 @@ class _TsColumn:
         """int64 ns UTC from a timestamp[ns] array (naive ones are local time in self.tz)."""
         bad = ts.is_null().to_numpy(zero_copy_only=False) if ts.null_count else None
         if naive and self.tz not in _UTC_NAMES:
-            ns, nonexistent = _localize(ts, self.tz)
+            ns, nonexistent = localize(ts, self.tz)
             if nonexistent is not None:
                 bad = nonexistent if bad is None else bad | nonexistent
             return ns, bad
         return pc.cast(ts, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), bad
-
-
-def _localize(ts: pa.Array, tz: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Naive local timestamp[ns] in ``tz`` -> (int64 ns UTC, mask of local times that do not exist).
-
-    Arrow does it when it can find a time zone database; otherwise (hosts without
-    /usr/share/zoneinfo) Python's zoneinfo, which the ``tzdata`` package backs, does it per minute.
-    """
-    local_ns = pc.cast(ts, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-    try:
-        aware = pc.assume_timezone(ts, timezone=tz, ambiguous="earliest", nonexistent="earliest")
-        back = pc.cast(pc.local_timestamp(aware), pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-        utc = pc.cast(aware, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-    except _PARSE_ERRORS:
-        return _localize_py(local_ns, tz)
-    nonexistent = back != local_ns
-    return utc, (nonexistent if nonexistent.any() else None)
-
-
-def _localize_py(local_ns: np.ndarray, tz: str) -> tuple[np.ndarray, np.ndarray | None]:
-    zi = zoneinfo.ZoneInfo(tz)
-    minute_ns = 60 * 10**9
-    minutes, inverse = np.unique(local_ns // minute_ns, return_inverse=True)
-    offset_ns = np.empty(len(minutes), np.int64)
-    gap = np.zeros(len(minutes), bool)
-    epoch = _dt.datetime(1970, 1, 1)
-    for i, m in enumerate(minutes.tolist()):
-        local = epoch + _dt.timedelta(minutes=m)
-        aware = local.replace(tzinfo=zi)  # fold=0: the earlier instant of an ambiguous time
-        offset_ns[i] = int(aware.utcoffset().total_seconds()) * 10**9
-        gap[i] = aware.astimezone(_dt.timezone.utc).astimezone(zi).replace(tzinfo=None) != local
-    utc = local_ns - offset_ns[inverse]
-    nonexistent = gap[inverse]
-    return utc, (nonexistent if nonexistent.any() else None)
 
 
 class _Prefetch:

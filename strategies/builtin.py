@@ -1,34 +1,21 @@
-"""Built-in strategies: run inside the C++ tick loop (csrc/strategies.hpp), configured from here."""
+"""Built-in strategies: run inside the C++ tick loop (csrc/strategies.hpp), configured from here.
+
+Their parameters are spelled once, in csrc/strategies.hpp (``NEXTICK_STRATEGY_PARAMS``: name,
+default, doc); the core exposes them as ``engine._core.STRATEGY_PARAMS`` and ``BuiltinSpec`` is
+built from that table, so a parameter added there is a field here, a ``--param`` key and a value
+the core receives by name (``Backtester.set_strategy(kind, spec.params())``).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
+from engine import _core
 
-class BuiltinSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Parameters of a built-in strategy. ``notional`` (currency per instrument at entry) defaults
-    to the initial capital split evenly across instruments."""
-
-    kind: str
-    notional: float | None = None
-    fast_span: float = 120.0  # momentum: fast EMA span, ticks
-    slow_span: float = 480.0  # momentum: slow EMA span, ticks
-    span: float = 100.0  # mean_reversion: EMA span of mid and its variance, ticks
-    entry_z: float = 2.0  # mean_reversion: enter against a move beyond this z-score
-    exit_z: float = 0.5  # mean_reversion: go flat under this |z|
-    # ssm_threshold: predicted mid beyond the ask (bid) by this much to buy (sell). 3 bps was chosen for
-    # the packaged model on a synthetic market disjoint from its training data and from the demo
-    # (README, Default model).
-    threshold_bps: float = 3.0
-    stop_loss_bps: float = 0.0  # ssm_threshold: exit at this adverse mid move from entry; 0 = off
-    take_profit_bps: float = 0.0  # ssm_threshold: exit at this favourable mid move from entry; 0 = off
-    max_units: float = 0.0  # ssm_threshold: cap on |position| in units; 0 = notional / mid only
-    hold_ticks: float = 0.0  # ssm_threshold: exit after this many ticks without a fresh signal; 0 = off
-
-    @property
-    def needs_model(self) -> bool:
-        return self.kind == "ssm_threshold"
-
+# name -> (default, doc), in the core's order.
+PARAMS: dict[str, tuple[float, str]] = {name: (default, doc) for name, default, doc in _core.STRATEGY_PARAMS}
 
 BUILTINS: dict[str, str] = {
     "momentum": "fast/slow EMA cross of the mid; long above, short below, flips on a cross",
@@ -42,14 +29,43 @@ BUILTINS: dict[str, str] = {
 ALIASES: dict[str, str] = {"ssm": "ssm_threshold"}
 
 
+def _needs_model(self) -> bool:
+    return self.kind == "ssm_threshold"
+
+
+def _params(self) -> dict[str, float]:
+    """Every parameter by name, as ``Backtester.set_strategy`` takes them."""
+    return {name: getattr(self, name) for name in PARAMS}
+
+
+BuiltinSpec = msgspec.defstruct(
+    "BuiltinSpec",
+    [("kind", str)] + [(name, float, default) for name, (default, _) in PARAMS.items()],
+    namespace={
+        "__doc__": "A built-in strategy and its parameters (fields: ``PARAMS``, from the core).",
+        "needs_model": property(_needs_model),
+        "params": _params,
+    },
+    module=__name__,
+    frozen=True,
+    kw_only=True,
+)
+
+
 def is_builtin(name: str) -> bool:
     return name in BUILTINS or name in ALIASES
 
 
-def builtin_spec(name: str, params: dict[str, float] | None = None) -> BuiltinSpec:
+def builtin_spec(name: str, params: dict[str, Any] | None = None) -> BuiltinSpec:
     name = ALIASES.get(name, name)
     if name not in BUILTINS:
         raise ValueError(f"unknown built-in strategy {name!r}; choose from {', '.join(BUILTINS)}")
+    unknown = sorted(set(params or {}) - set(PARAMS))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for strategy "
+            f"{name!r}; valid parameters: {', '.join(PARAMS)}"
+        )
     try:
         return msgspec.convert({"kind": name, **(params or {})}, BuiltinSpec)
     except msgspec.ValidationError as e:

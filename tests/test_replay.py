@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 from engine.domain.instrument import Instrument, InstrumentTable
 from engine.domain.quote import QUOTE_DTYPE, QuoteFlag
 from engine.domain.source import QuoteSource
+from engine.domain.timestamps import local_ns_to_utc
 from engine.domain.validate import BadInputError
-from feeds.replay import ColumnMap, FileReplay, _localize, _localize_py
+from feeds.columns import localize
+from feeds.replay import ColumnMap, FileReplay
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 T0_MS = 1_700_000_000_000  # 2023-11-14, a plausible epoch in ms
@@ -303,8 +305,8 @@ def test_python_tz_fallback_matches_arrow() -> None:
         ["2020-03-08T01:59", "2020-03-08T02:30", "2020-11-01T01:30", "2020-06-01T12:00:00.123"], "datetime64[ns]"
     ).astype(np.int64)
     arr = pa.array(local, pa.timestamp("ns"))
-    utc_a, gap_a = _localize(arr, "America/New_York")
-    utc_p, gap_p = _localize_py(local, "America/New_York")
+    utc_a, gap_a = localize(arr, "America/New_York")
+    utc_p, gap_p = local_ns_to_utc(local, "America/New_York")
     np.testing.assert_array_equal(gap_a, [False, True, False, False])
     np.testing.assert_array_equal(gap_p, gap_a)
     keep = ~gap_a

@@ -23,6 +23,7 @@ from engine.domain.source import QuoteSource
 from engine.domain.validate import BadInputError, ValidationPolicy
 from feeds.vendors import databento as dbn_vendor
 from feeds.vendors import detect, lobster, open_source
+from feeds.vendors.options import ReaderOptions
 
 try:  # the optional 'dbn' extra: without it the DBN tests skip, the LOBSTER ones still run
     import databento_dbn as d
@@ -138,14 +139,14 @@ def test_dbn_schemas_read_as_quotes(tmp_path, schema, suffix):
 @needs_dbn
 def test_dbn_one_sided_records_are_kept_as_one_sided_quotes(tmp_path):
     f = write_dbn(tmp_path / "a.dbn", "bbo-1s", make_records("bbo-1s"), mappings=[mapping("ESU4", 118)])
-    src = dbn_vendor.reader(f, now_ns=T0)  # one_sided="keep", the default
+    src = dbn_vendor.reader(f, ReaderOptions(now_ns=T0))  # one_sided="keep", the default
     q = read_all(src)
     assert len(q) == 6 and not src.stats.quarantined and not src.stats.skipped
     # The missing side is price 0 and size 0, flagged, as the live path builds it; the validator
     # lets it through even under a policy that rejects bad prices: it is not bad input.
     assert q["flags"][2] == ONE_SIDED and q["ask_px"][2] == 0.0 and q["ask_sz"][2] == 0.0
     assert q["bid_px"][2] == 5500.5
-    assert len(read_all(dbn_vendor.reader(f, policy="negative=reject", now_ns=T0))) == 6
+    assert len(read_all(dbn_vendor.reader(f, ReaderOptions(policy="negative=reject", now_ns=T0)))) == 6
 
 
 @needs_dbn
@@ -187,7 +188,7 @@ def test_dbn_changes_are_per_instrument_and_cross_chunks(tmp_path):
     maps = [mapping("A", 118), mapping("B", 119), mapping("C", 120)]
     f = write_dbn(tmp_path / "m.dbn.zst", "mbp-1", recs, mappings=maps)
     for chunk_rows in (7, 64, 1 << 18):
-        src = dbn_vendor.reader(f, chunk_rows=chunk_rows, now_ns=T0)
+        src = dbn_vendor.reader(f, ReaderOptions(chunk_rows=chunk_rows, now_ns=T0))
         q = read_all(src)
         assert q["seq"].tolist() == expect, chunk_rows
         assert src.instruments.symbols == ["A", "B", "C"]
@@ -205,7 +206,7 @@ def test_dbn_matches_databento_decoder(tmp_path):
         for k in range(300)
     ]
     f = write_dbn(tmp_path / "x.dbn.zst", "tbbo", recs, mappings=[mapping("E", 5), mapping("N", 6)])
-    q = read_all(dbn_vendor.reader(f, now_ns=T0, chunk_rows=50))
+    q = read_all(dbn_vendor.reader(f, ReaderOptions(now_ns=T0, chunk_rows=50)))
     ref = reference(f)
     assert len(q) == len(ref) == 300
     np.testing.assert_array_equal(q["ts_recv"], [r.ts_recv for r in ref])
@@ -223,7 +224,7 @@ def test_dbn_undefined_ts_event_and_ts_out_and_v1(tmp_path):
     recs = [mbp1(T0 + k, px(10), px(10.5), seq=k, ts_event=d.UNDEF_TIMESTAMP if k == 1 else None, ts_out=T0 + k + 9)
             for k in range(3)]
     f = write_dbn(tmp_path / "o.dbn", "tbbo", recs, mappings=[mapping("X", 118)], ts_out=True)
-    q = read_all(dbn_vendor.reader(f, now_ns=T0))
+    q = read_all(dbn_vendor.reader(f, ReaderOptions(now_ns=T0)))
     assert len(q) == 3 and q["flags"].tolist() == [0, SYNTHETIC, 0]
     assert q["ts_event"][1] == q["ts_recv"][1] == T0 + 1
     # A DBN version 1 file (as Databento wrote before 2024): same record layout, older metadata.
@@ -231,7 +232,7 @@ def test_dbn_undefined_ts_event_and_ts_out_and_v1(tmp_path):
     with open(f1, "rb") as fh:
         assert pa.input_stream(fh, compression="zstd").read(4) == b"DBN\x01"
     assert detect(f1) == "databento"
-    q = read_all(dbn_vendor.reader(f1, now_ns=T0))
+    q = read_all(dbn_vendor.reader(f1, ReaderOptions(now_ns=T0)))
     assert q["bid_px"].tolist() == [10.0] and q["ask_px"].tolist() == [10.5]
 
 
@@ -242,7 +243,7 @@ def test_dbn_symbology(tmp_path):
     parent = NS(raw_symbol="ES.FUT", intervals=[NS(start_date=dt.date(2024, 7, 1), end_date=dt.date(2024, 7, 3), symbol="7"),
                                                 NS(start_date=dt.date(2024, 7, 1), end_date=dt.date(2024, 7, 3), symbol="8")])
     f = write_dbn(tmp_path / "p.dbn", "tbbo", recs, mappings=[parent], stype_in=d.SType.PARENT)
-    src = dbn_vendor.reader(f, now_ns=T0)
+    src = dbn_vendor.reader(f, ReaderOptions(now_ns=T0))
     q = read_all(src)
     assert src.instruments.symbols == ["7", "8", "9"]
     assert q["instrument"].tolist() == [0, 1, 2, 0]
@@ -256,7 +257,7 @@ def test_dbn_symbology(tmp_path):
         NS(raw_symbol="MSFT", intervals=[NS(start_date=dt.date(2024, 7, 2), end_date=dt.date(2024, 7, 3), symbol="7")]),
     ]
     f = write_dbn(tmp_path / "r.dbn", "tbbo", recs, mappings=maps, dataset="XNAS.ITCH")
-    src = dbn_vendor.reader(f, now_ns=T0)
+    src = dbn_vendor.reader(f, ReaderOptions(now_ns=T0))
     q = read_all(src)
     assert [src.instruments[i].symbol for i in q["instrument"]] == ["AAPL", "AAPL", "MSFT"]
     assert {(i.venue, i.calendar) for i in src.instruments} == {("XNAS.ITCH", "XNYS")}
@@ -267,16 +268,16 @@ def test_dbn_fixed_table_and_options(tmp_path):
     recs = [mbp1(T0 + k, px(10), px(11 + k), iid=iid) for k, iid in enumerate([7, 8, 7])]
     f = write_dbn(tmp_path / "f.dbn", "tbbo", recs, mappings=[mapping("A", 7), mapping("B", 8)])
     table = InstrumentTable([Instrument(symbol="A", venue="GLBX.MDP3", calendar="CME")])
-    src = dbn_vendor.reader(f, instruments=table, now_ns=T0)
+    src = dbn_vendor.reader(f, ReaderOptions(instruments=table, now_ns=T0))
     assert len(read_all(src)) == 2 and src.stats.quarantined == {"unknown_symbol": 1}
     with pytest.raises(BadInputError, match="unknown_symbol"):
-        read_all(dbn_vendor.reader(f, instruments=table, policy="reject", now_ns=T0))
-    src = dbn_vendor.reader(f, calendar="24x7", venue="CME", instrument_defaults={"tick_size": 0.25}, now_ns=T0)
+        read_all(dbn_vendor.reader(f, ReaderOptions(instruments=table, policy="reject", now_ns=T0)))
+    src = dbn_vendor.reader(f, ReaderOptions(calendar="24x7", venue="CME", instrument_defaults={"tick_size": 0.25}, now_ns=T0))
     assert {(i.venue, i.calendar, i.tick_size) for i in src.instruments} == {("CME", "24x7", 0.25)}
     with pytest.raises(ValueError, match="symbology"):
-        dbn_vendor.reader(f, symbol="ES")
+        dbn_vendor.reader(f, ReaderOptions(symbol="ES"))
     with pytest.raises(ValueError, match="one_sided"):
-        dbn_vendor.reader(f, one_sided="drop")
+        dbn_vendor.reader(f, ReaderOptions(one_sided="drop"))
 
 
 def test_dbn_calendar_mapping():
@@ -305,7 +306,7 @@ def test_dbn_other_records_are_counted_and_mappings_learned(tmp_path):
     recs = [sm, mbp1(T0 + 1, px(10), px(11), iid=42), sysmsg, mbp1(T0 + 2, px(10), px(12), iid=42)]
     f = write_dbn(tmp_path / "live.dbn", "mbp-1", recs)
     for chunk_rows in (1, 2, 100):
-        src = dbn_vendor.reader(f, chunk_rows=chunk_rows, now_ns=T0)
+        src = dbn_vendor.reader(f, ReaderOptions(chunk_rows=chunk_rows, now_ns=T0))
         q = read_all(src)
         assert len(q) == 2 and src.instruments.symbols == ["NQU4"]
         assert src.stats.skipped == {"symbol_mapping": 1, "system": 1} and src.stats.rows_read == 4
@@ -316,10 +317,10 @@ def test_dbn_truncated_file(tmp_path):
     recs = [mbp1(T0 + k, px(10), px(11 + k)) for k in range(4)]
     f = write_dbn(tmp_path / "cut.dbn", "tbbo", recs, mappings=[mapping("X", 118)])
     f.write_bytes(f.read_bytes()[:-30])
-    src = dbn_vendor.reader(f, now_ns=T0)
+    src = dbn_vendor.reader(f, ReaderOptions(now_ns=T0))
     assert len(read_all(src)) == 3 and src.stats.quarantined == {"malformed": 1}
     with pytest.raises(BadInputError) as e:
-        read_all(dbn_vendor.reader(f, policy="malformed=reject", now_ns=T0))
+        read_all(dbn_vendor.reader(f, ReaderOptions(policy="malformed=reject", now_ns=T0)))
     assert e.value.line == 4 and "ends inside a record" in str(e.value) and str(f) in str(e.value)
 
 
@@ -328,7 +329,7 @@ def test_dbn_crossed_quote_rejects_with_record_number(tmp_path):
     recs = [mbp1(T0 + k, px(10), px(11)) for k in range(3)] + [mbp1(T0 + 9, px(12), px(11))]
     f = write_dbn(tmp_path / "x.dbn", "tbbo", recs, mappings=[mapping("X", 118)])
     with pytest.raises(BadInputError) as e:
-        read_all(dbn_vendor.reader(f, policy="reject", now_ns=T0))
+        read_all(dbn_vendor.reader(f, ReaderOptions(policy="reject", now_ns=T0)))
     assert e.value.line == 4 and e.value.rule == "crossed" and f"{f}:4" in str(e.value)
 
 
@@ -453,15 +454,15 @@ def test_lobster_pair_reads_as_quotes(tmp_path):
 
 def test_lobster_options(tmp_path):
     msg, _ = lob_pair(tmp_path, "AAPL", "2012-06-21", ROWS)
-    src = lobster.reader(msg, changes_only=True, one_sided="skip")
+    src = lobster.reader(msg, ReaderOptions(changes_only=True, one_sided="skip"))
     q = read_all(src)
     assert q["seq"].tolist() == [1, 3, 5] and src.stats.skipped == {"unchanged": 1, "one_sided": 1}
     src = lobster.reader(msg)  # one-sided rows kept, flagged
     q = read_all(src)
     assert q["seq"].tolist() == [1, 2, 3, 4, 5] and not src.stats.quarantined
     assert q["flags"][3] == ONE_SIDED
-    src = lobster.reader(msg, symbol="AAPL.O", venue="NSDQ", calendar="09:30-16:00 America/New_York Mon-Fri",
-                         instrument_defaults={"tick_size": 0.0001})
+    src = lobster.reader(msg, ReaderOptions(symbol="AAPL.O", venue="NSDQ", calendar="09:30-16:00 America/New_York Mon-Fri",
+                                            instrument_defaults={"tick_size": 0.0001}))
     read_all(src)
     inst = src.instruments[0]
     assert (inst.symbol, inst.venue, inst.tick_size) == ("AAPL.O", "NSDQ", 0.0001)
@@ -481,7 +482,7 @@ def test_lobster_dst(tmp_path):
     assert src.stats.quarantined == {"malformed": 1}
     assert q["ts_recv"].tolist() == [utc_ns("2012-03-11", 1, 0, 0, 5), utc_ns("2012-03-11", 3, 30, 0, 4)]
     with pytest.raises(BadInputError) as e:
-        read_all(lobster.reader(tmp_path / "b", policy="reject"))
+        read_all(lobster.reader(tmp_path / "b", ReaderOptions(policy="reject")))
     assert e.value.line == 2 and e.value.field == "time" and "message_1.csv:2" in str(e.value)
     lob_pair(tmp_path / "c", "Z", "2012-11-04", [("5400", 101, 1, 100, 1), ("10800", 101, 1, 100, 2)])
     q = read_all(open_source(tmp_path / "c"))
@@ -501,7 +502,7 @@ def test_lobster_folder_merges_tickers_and_dates(tmp_path):
     lob_pair(tmp_path, "BBB", "2012-06-21", rows(5), level=10)  # a deeper copy of the same day: not used
     # Many small blocks and chunks: the merge and the chunking must not change the stream.
     for kw in ({}, {"block_size": 200, "chunk_rows": 17}):
-        src = lobster.reader(tmp_path, **kw)
+        src = lobster.reader(tmp_path, ReaderOptions(**kw))
         q = read_all(src)
         assert src.instruments.symbols == ["AAA", "BBB"]
         assert len(q) == 600 == src.stats.rows_read and not src.stats.quarantined
@@ -536,14 +537,14 @@ def test_lobster_malformed_rows(tmp_path):
     assert q["seq"].tolist() == [1, 3, 8]
     assert src.stats.quarantined == {"malformed": 5} and src.stats.rows_read == 8
     with pytest.raises(BadInputError) as e:
-        read_all(lobster.reader(msg, policy="malformed=reject"))
+        read_all(lobster.reader(msg, ReaderOptions(policy="malformed=reject")))
     assert e.value.line == 2 and e.value.field == "row" and f"{msg}:2" in str(e.value)
     o[1] = "10100,1,10000,1"
     m[1] = "34201,1,1001,100,10000,1"
     msg.write_text("\n".join(m) + "\n")
     ob.write_text("\n".join(o) + "\n")
     with pytest.raises(BadInputError) as e:
-        read_all(lobster.reader(msg, policy="malformed=reject"))
+        read_all(lobster.reader(msg, ReaderOptions(policy="malformed=reject")))
     assert e.value.line == 4 and e.value.field == "bid_px" and f"{ob}:4" in str(e.value) and "'abc'" in str(e.value)
 
 
@@ -553,10 +554,10 @@ def test_lobster_validator_errors_name_the_file(tmp_path):
     src = open_source(msg)
     assert len(read_all(src)) == 1 and src.stats.quarantined == {"crossed": 1, "out_of_order": 1}
     with pytest.raises(BadInputError) as e:
-        read_all(lobster.reader(msg, policy="reject"))
+        read_all(lobster.reader(msg, ReaderOptions(policy="reject")))
     assert f"{ob}:2" in str(e.value) and e.value.rule == "crossed"
     with pytest.raises(BadInputError) as e:
-        read_all(lobster.reader(msg, policy="crossed=quarantine,out_of_order=reject"))
+        read_all(lobster.reader(msg, ReaderOptions(policy="crossed=quarantine,out_of_order=reject")))
     assert f"{msg}:3" in str(e.value) and e.value.rule == "out_of_order"
 
 
@@ -592,13 +593,13 @@ def test_lobster_backtest_runs(tmp_path):
 
 def test_lobster_takes_a_policy_object(tmp_path):
     msg, _ = lob_pair(tmp_path, "AAPL", "2012-06-21", ROWS)
-    assert len(read_all(lobster.reader(msg, policy=ValidationPolicy()))) == 5  # the one-sided row included
+    assert len(read_all(lobster.reader(msg, ReaderOptions(policy=ValidationPolicy())))) == 5  # the one-sided row included
 
 
 @needs_dbn
 def test_dbn_takes_a_policy_object_and_names_unmapped_ids(tmp_path):
     f = write_dbn(tmp_path / "a.dbn", "tbbo", [mbp1(T0, px(10), px(11))])
-    src = dbn_vendor.reader(f, policy=ValidationPolicy.parse("reject"), now_ns=T0)
+    src = dbn_vendor.reader(f, ReaderOptions(policy=ValidationPolicy.parse("reject"), now_ns=T0))
     assert len(read_all(src)) == 1 and src.instruments.symbols == ["118"]  # no mapping: the id names it
 
 
@@ -617,7 +618,7 @@ def test_lobster_rows_before_a_rejected_row_are_delivered(tmp_path):
     o = ob.read_text().splitlines()
     o[3] = "10100,x,10000,1"
     ob.write_text("\n".join(o) + "\n")
-    q, err = collect_until_error(lobster.reader(msg, policy="reject"))
+    q, err = collect_until_error(lobster.reader(msg, ReaderOptions(policy="reject")))
     assert q["seq"].tolist() == [1, 2, 3] and err.line == 4 and err.field == "ask_sz"
 
 
@@ -626,7 +627,7 @@ def test_dbn_rows_before_a_rejected_row_are_delivered(tmp_path):
     recs = [mbp1(T0 + k, px(10), px(11), iid=7 if k != 3 else 8) for k in range(5)]
     f = write_dbn(tmp_path / "u.dbn", "tbbo", recs, mappings=[mapping("A", 7)])
     table = InstrumentTable([Instrument(symbol="A")])
-    q, err = collect_until_error(dbn_vendor.reader(f, instruments=table, policy="unknown_symbol=reject", now_ns=T0))
+    q, err = collect_until_error(dbn_vendor.reader(f, ReaderOptions(instruments=table, policy="unknown_symbol=reject", now_ns=T0)))
     assert len(q) == 3 and err.line == 4 and err.rule == "unknown_symbol" and "'8'" in str(err)
 
 
@@ -637,5 +638,5 @@ def test_dbn_corrupt_record_header_stops_the_stream(tmp_path):
     data = bytearray(f.read_bytes())
     data[len(data) - 2 * 80] = 0  # the third record's length byte
     f.write_bytes(bytes(data))
-    q, err = collect_until_error(dbn_vendor.reader(f, now_ns=T0))  # even under the quarantine policy
+    q, err = collect_until_error(dbn_vendor.reader(f, ReaderOptions(now_ns=T0)))  # even under the quarantine policy
     assert len(q) == 2 and err.line == 3 and "corrupt" in str(err)

@@ -22,6 +22,7 @@ from engine.domain.quote import QuoteFlag
 from engine.domain.validate import BadInputError
 from feeds import vendors
 from feeds.vendors import binance, dukascopy, histdata, tardis
+from feeds.vendors.options import ReaderOptions
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MS, US = 1_000_000, 1_000
@@ -114,7 +115,7 @@ def test_binance_microsecond_times_are_detected(tmp_path):
     rows = [",".join(f[:5] + [f[5] + "123", f[6] + "456"]) for f in (r.split(",") for r in BN_ROWS)]
     path = write(tmp_path / "BTCUSDT-bookTicker-2025-01-01.csv", rows)
     assert vendors.detect(path) == "binance"
-    src = binance.reader(path, venue="binance-spot")
+    src = binance.reader(path, ReaderOptions(venue="binance-spot"))
     q = read(src)
     assert (src.stats.ts_unit, src.stats.ts_unit_detected) == ("us", True)
     assert q["ts_recv"][0] == 1704067200010456 * US and q["ts_event"][0] == 1704067200004123 * US
@@ -131,8 +132,8 @@ def test_binance_zip_must_hold_one_file(tmp_path):
 
 def test_binance_options_and_venue_defaults(tmp_path):
     path = write(tmp_path / "quotes.csv", BN_ROWS)
-    src = binance.reader(path, symbol="ETHUSDT", venue="binance-spot",
-                         instrument_defaults={"tick_size": 0.1, "lot_size": 0.001})
+    src = binance.reader(path, ReaderOptions(symbol="ETHUSDT", venue="binance-spot",
+                                             instrument_defaults={"tick_size": 0.1, "lot_size": 0.001}))
     read(src)
     (inst,) = list(src.instruments)
     assert (inst.symbol, inst.venue, inst.tick_size, inst.lot_size) == ("ETHUSDT", "binance-spot", 0.1, 0.001)
@@ -173,7 +174,7 @@ def test_binance_rejecting_policy_names_file_line_and_field(tmp_path, line, fiel
     lines = [BN_HEADER, BN_ROWS[0], BN_BAD[line - 1], BN_ROWS[2]]
     path = write(tmp_path / "BTCUSDT-bookTicker-2024-01-01.csv", lines)
     with pytest.raises(BadInputError) as exc:
-        read(binance.reader(path, policy="reject"))
+        read(binance.reader(path, ReaderOptions(policy="reject")))
     assert (exc.value.line, exc.value.field, exc.value.rule) == (3, field, rule)
     assert f"{path}:3" in str(exc.value)
 
@@ -236,7 +237,7 @@ def test_tardis_bad_rows_are_counted_by_rule(tmp_path):
 def test_tardis_rejecting_policy_names_file_line_and_field(tmp_path, line, field, rule):
     path = write(tmp_path / "quotes.csv.gz", [TD_HEADER, TD_ROWS[0], TD_BAD[line - 1], TD_ROWS[3]])
     with pytest.raises(BadInputError) as exc:
-        read(tardis.reader(path, policy="reject"))
+        read(tardis.reader(path, ReaderOptions(policy="reject")))
     assert (exc.value.line, exc.value.field, exc.value.rule) == (3, field, rule)
     assert f"{path}:3" in str(exc.value)
 
@@ -244,12 +245,12 @@ def test_tardis_rejecting_policy_names_file_line_and_field(tmp_path, line, field
 def test_tardis_fixed_instrument_table_and_refused_symbol(tmp_path):
     path = write(tmp_path / "quotes.csv", [TD_HEADER, *TD_ROWS])
     table = InstrumentTable([Instrument(symbol="binance-futures:BTCUSDT", venue="binance-futures")])
-    src = tardis.reader(path, instruments=table)
+    src = tardis.reader(path, ReaderOptions(instruments=table))
     q = read(src)
     assert len(q) == 2 and (q["instrument"] == 0).all()
     assert src.stats.quarantined == {"unknown_symbol": 2} and len(table) == 1
     with pytest.raises(ValueError, match="symbol"):
-        tardis.reader(path, symbol="BTCUSDT")
+        tardis.reader(path, ReaderOptions(symbol="BTCUSDT"))
 
 
 def test_tardis_truncated_gzip_is_a_bad_input_error(tmp_path):
@@ -257,7 +258,7 @@ def test_tardis_truncated_gzip_is_a_bad_input_error(tmp_path):
     full = write(tmp_path / "full.csv.gz", [TD_HEADER, *rows]).read_bytes()
     cut = tmp_path / "cut.csv.gz"
     cut.write_bytes(full[: len(full) // 2])
-    src = tardis.reader(cut, block_size=1 << 14)
+    src = tardis.reader(cut, ReaderOptions(block_size=1 << 14))
     with pytest.raises(BadInputError, match="truncated or corrupt"):
         read(src)
     assert 0 < src.stats.rows_read < 20_000  # read up to the cut, then stopped with file:line
@@ -308,7 +309,7 @@ def test_histdata_bad_rows(tmp_path):
     for line, field in ((2, "ts_recv"), (3, "bid_px"), (4, "row")):
         bad = write(tmp_path / f"bad{line}_EURUSD.csv", [HD_ROWS[0], HD_BAD[line - 1]])
         with pytest.raises(BadInputError) as exc:
-            read(histdata.reader(bad, policy="reject"))
+            read(histdata.reader(bad, ReaderOptions(policy="reject")))
         assert (exc.value.line, exc.value.field) == (2, field) and f"{bad}:2" in str(exc.value)
 
 
@@ -330,7 +331,7 @@ def test_dukascopy_volumes_in_base_units_and_symbols(tmp_path):
     assert q["ask_sz"].tolist() == [1_000_000.0, 70_000.0, 2_250_000.0]
     assert [(i.symbol, i.venue, i.calendar) for i in src.instruments] == [("EURUSD", "dukascopy", "FX"),
                                                                           ("USDJPY", "dukascopy", "FX")]
-    kept = read(dukascopy.reader(tmp_path / "ticks.csv.gz", volume_scale=1))
+    kept = read(dukascopy.reader(tmp_path / "ticks.csv.gz", ReaderOptions(volume_scale=1)))
     assert kept["bid_sz"].tolist() == [2.06, 1.0, 1.5]
 
 
@@ -351,7 +352,7 @@ def test_dukascopy_bad_rows(tmp_path):
     assert len(read(src)) == 1
     assert src.stats.quarantined == {"malformed": 2, "crossed": 1, "out_of_order": 1}
     with pytest.raises(BadInputError) as exc:
-        read(dukascopy.reader(path, policy="reject"))
+        read(dukascopy.reader(path, ReaderOptions(policy="reject")))
     assert (exc.value.line, exc.value.field) == (3, "ask_px") and f"{path}:3" in str(exc.value)
 
 

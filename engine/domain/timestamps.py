@@ -2,15 +2,17 @@
 
 The one home of the time constants (``SECOND_NS``, ``DAY_NS``...), of the conversions between
 ``datetime``/``date``/ISO-8601 text and nanoseconds (``datetime_ns``, ``date_ns``, ``parse_time_ns``,
-``format_ns``) and of unit detection: readers meet seconds, milliseconds, microseconds and
-nanoseconds; ``detect_unit`` decides which from the magnitude of the values (epoch times from 1973
-to 2286 are unambiguous across the four units) and says so, so the run summary can report what it saw.
+``format_ns``), of wall-clock time in a zone to UTC (``local_ns_to_utc``) and of unit detection:
+readers meet seconds, milliseconds, microseconds and nanoseconds; ``detect_unit`` decides which
+from the magnitude of the values (epoch times from 1973 to 2286 are unambiguous across the four
+units) and says so, so the run summary can report what it saw.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import re
+import zoneinfo
 from typing import Any
 
 import numpy as np
@@ -93,6 +95,26 @@ def parse_time_ns(value: Any, *, end: bool = False) -> int | None:
     except ValueError:
         raise ValueError(f"cannot read {value!r} as a time; use ISO-8601 (2024-01-02, 2024-01-02T09:30:00Z) or ns") from None
     return datetime_ns(t) + frac_ns
+
+
+def local_ns_to_utc(local_ns: np.ndarray, tz: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Wall-clock times in ``tz`` (int64 ns since 1970-01-01 local) -> (int64 ns UTC, mask of local
+    times that do not exist, i.e. fall in a DST gap, or None). An ambiguous time (a DST fold) takes
+    the earlier instant. The offset is looked up once per distinct minute: no zone changes its
+    offset within a minute."""
+    zi = zoneinfo.ZoneInfo(tz)
+    minutes, inverse = np.unique(local_ns // MINUTE_NS, return_inverse=True)
+    offset_ns = np.empty(len(minutes), np.int64)
+    gap = np.zeros(len(minutes), bool)
+    epoch = _dt.datetime(1970, 1, 1)
+    for i, m in enumerate(minutes.tolist()):
+        local = epoch + _dt.timedelta(minutes=m)
+        aware = local.replace(tzinfo=zi)  # fold=0: the earlier instant of an ambiguous time
+        offset_ns[i] = int(aware.utcoffset().total_seconds()) * SECOND_NS
+        gap[i] = aware.astimezone(_dt.timezone.utc).astimezone(zi).replace(tzinfo=None) != local
+    utc = local_ns - offset_ns[inverse]
+    nonexistent = gap[inverse]
+    return utc, (nonexistent if nonexistent.any() else None)
 
 
 def format_ns(ns: int | None) -> str:

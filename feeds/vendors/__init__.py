@@ -1,8 +1,9 @@
 """Readers for the files users already have, and the one function that picks the right one.
 
 Each module reads one vendor's format into a ``engine.domain.source.QuoteSource`` (time-ordered
-``QUOTE_DTYPE`` chunks, validated per DESIGN.md, timestamp unit detected and reported) and says
-whether a file looks like its format (``sniff``). ``open_source(path)`` asks them in turn:
+``QUOTE_DTYPE`` chunks, validated per DESIGN.md, timestamp unit detected and reported) with
+``reader(path, options)``, and says whether a file looks like its format (``sniff``). Every reader
+takes the same ``feeds.vendors.options.ReaderOptions``. ``open_source(path)`` asks them in turn:
 
     binance      Binance bookTicker CSV or zip (data.binance.vision), with or without the header
     tardis       Tardis.dev ``quotes`` / ``book_ticker`` CSV, plain or gz
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.domain.source import QuoteSource
+from feeds.vendors.options import ReaderOptions
 
 # Tried in this order; the generic reader last.
 FORMATS: tuple[str, ...] = (
@@ -84,11 +86,15 @@ def detect(path: Path | str) -> str:
     )
 
 
-def open_source(path: Path | str, fmt: str | None = None, **options: Any) -> QuoteSource:
-    """A QuoteSource over ``path`` in format ``fmt`` (detected when None). ``options`` go to the
-    reader (``policy``, ``symbol``, ``venue``, ...); each reader documents the ones it takes."""
+def open_source(
+    path: Path | str, fmt: str | None = None, options: ReaderOptions | None = None, **option_values: Any
+) -> QuoteSource:
+    """A QuoteSource over ``path`` in format ``fmt`` (detected when None). The reader gets
+    ``options`` with ``option_values`` set (``policy=``, ``symbol=``, ``venue=``, ...: the fields
+    of ``ReaderOptions``; an unknown name is refused with the valid ones)."""
+    opts = ReaderOptions.build(options, **option_values)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     fmt = fmt or detect(path)
-    return module(fmt).reader(path, **options)
+    return module(fmt).reader(path, opts)

@@ -9,7 +9,7 @@ times are epoch numbers whose unit (ms in the published files) is detected from 
 reported in ``stats.ts_unit``. Parsing, validation (``file:line`` errors, quarantine counts) and
 bounded memory are ``feeds.replay.FileReplay``'s.
 
-Reader options:
+Reader options (``feeds.vendors.options.ReaderOptions``):
 
 - ``symbol``: the instrument; default from the file name (``BTCUSDT-bookTicker-2024-01-01.zip`` ->
   ``BTCUSDT``), else the file's stem.
@@ -29,18 +29,9 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Any
-
 from feeds.replay import ColumnMap, FileReplay
-from feeds.vendors._common import (
-    base_name,
-    first_line,
-    header_fields,
-    header_names,
-    is_number,
-    replay_kwargs,
-    template_for,
-)
+from feeds.vendors.headers import base_name, first_line, header_fields, header_names, is_number
+from feeds.vendors.options import ReaderOptions, instrument_template, replay_kwargs
 
 HEADER = ("update_id", "best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty", "transaction_time", "event_time")
 _BY_NAME = ColumnMap(
@@ -89,22 +80,7 @@ def default_venue(path: Path, symbol: str) -> str:
     return "binance-coinm" if _COINM.search(symbol.upper()) else "binance-usdm"
 
 
-def reader(
-    path: Path,
-    *,
-    symbol: str | None = None,
-    venue: str | None = None,
-    calendar: str | None = None,
-    policy=None,
-    instruments=None,
-    template=None,
-    instrument_defaults: dict | None = None,
-    ts_unit: str = "auto",
-    chunk_rows: int | None = None,
-    block_size: int | None = None,
-    now_ns: int | None = None,
-    **_: Any,
-) -> FileReplay:
+def reader(path: Path, options: ReaderOptions = ReaderOptions()) -> FileReplay:
     from feeds.vendors import head_of
 
     path = Path(path)
@@ -117,16 +93,11 @@ def reader(
             f"{path}: the header {line!r} is not Binance bookTicker's ({','.join(HEADER)}); "
             "read the file with the generic reader and a column map instead"
         )
-    symbol = symbol or symbol_from_name(path)
-    inst = template_for(
-        venue=venue or default_venue(path, symbol), calendar="24x7", template=template,
-        instrument_defaults=instrument_defaults, calendar_option=calendar,
-    )
+    symbol = options.symbol or symbol_from_name(path)
+    inst = instrument_template(options, venue=options.venue or default_venue(path, symbol), calendar="24x7")
     columns = _BY_NAME if has_header else _BY_POSITION
     if has_header:  # the header's own spelling (case) names the columns
         columns = ColumnMap(**{f: fields[HEADER.index(c)] for f, c in columns.mapped().items()})
     return FileReplay(
-        path, columns=columns, has_header=has_header, symbol=symbol,
-        **replay_kwargs(policy=policy, instruments=instruments, template=inst, ts_unit=ts_unit,
-                        chunk_rows=chunk_rows, block_size=block_size, now_ns=now_ns),
+        path, columns=columns, has_header=has_header, symbol=symbol, **replay_kwargs(options, inst)
     )

@@ -49,17 +49,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.instrument import InstrumentTable
 from engine.domain.quote import QUOTE_DTYPE, QuoteFlag
 from engine.domain.source import SourceStats
 from engine.domain.timestamps import DAY_NS, epoch_day
-from engine.domain.validate import BadInputError, QuoteValidator, ValidationPolicy
-from feeds.replay import _Coalescer
-from feeds.vendors._common import template_for, with_symbol
+from engine.domain.validate import BadInputError, QuoteValidator
+from feeds.coalesce import Coalescer
+from feeds.vendors.options import ReaderOptions, instrument_template, with_symbol
 
 EXTRA_HINT = "reading DBN files needs the 'dbn' extra: pip install 'nextick[dbn]' (databento-dbn)"
 
@@ -71,6 +70,7 @@ _RTYPE_NAMES = {
     0xC0: "cbbo-1s", 0xC1: "cbbo-1m", 0xC2: "tcbbo", 0xC3: "bbo-1s", 0xC4: "bbo-1m",
 }
 _SYMBOL_MAPPING = 0x16
+CHUNK_ROWS = 1 << 18  # records per chunk unless the options say otherwise
 _US_EQUITIES = frozenset({
     "XNAS", "XBOS", "XPSX", "XNYS", "ARCX", "XASE", "XCHI", "XCIS", "BATS", "BATY", "EDGA", "EDGX", "IEXG",
     "MEMX", "EPRL", "DBEQ", "EQUS", "FINN", "FINY", "OPRA",
@@ -258,36 +258,25 @@ class _Symbology:
 
 
 class DBNReplay:
-    """A ``QuoteSource`` over one DBN file (see the module docstring)."""
+    """A ``QuoteSource`` over one DBN file (see the module docstring; the options it reads: ``reader``)."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        instruments: InstrumentTable | None = None,
-        template: Instrument | None = None,
-        instrument_defaults: dict | None = None,
-        venue: str | None = None,
-        calendar: str | None = None,
-        policy: ValidationPolicy | str | None = None,
-        changes_only: bool | None = None,
-        one_sided: str = "keep",
-        chunk_rows: int = 1 << 18,
-        now_ns: int | None = None,
-    ) -> None:
+    def __init__(self, path: str | Path, options: ReaderOptions = ReaderOptions()) -> None:
+        if options.symbol:
+            raise ValueError(
+                f"{path}: a DBN file names its instruments in its symbology metadata; do not pass symbol="
+            )
         dbn = _dbn()
         self.path = Path(path)
         self.source = str(self.path)
+        chunk_rows = CHUNK_ROWS if options.chunk_rows is None else options.chunk_rows
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be positive")
-        if one_sided not in ("keep", "skip"):
-            raise ValueError(f"one_sided must be 'keep' or 'skip', not {one_sided!r}")
+        if options.one_sided not in ("keep", "skip"):
+            raise ValueError(f"one_sided must be 'keep' or 'skip', not {options.one_sided!r}")
         self.chunk_rows = int(chunk_rows)
-        self.one_sided = one_sided
-        self.now_ns = now_ns
-        if isinstance(policy, str):
-            policy = ValidationPolicy.parse(policy)
-        self.policy = policy or ValidationPolicy()
+        self.one_sided = options.one_sided
+        self.now_ns = options.now_ns
+        self.policy = options.validation_policy()
         self.stats = SourceStats(source=self.source, ts_unit="ns")
 
         with _open(self.path) as f:
@@ -319,16 +308,14 @@ class DBNReplay:
         self.rtype = SCHEMAS[self.schema]
         self.ts_out = bool(meta.ts_out)
         self.record_size = 80 + (8 if self.ts_out else 0)
+        changes_only = options.changes_only
         self.changes_only = (self.schema == "mbp-1") if changes_only is None else bool(changes_only)
 
-        self.venue = venue or self.dataset
-        self.template = template_for(
-            venue=self.venue, calendar=calendar_for(self.dataset), template=template,
-            instrument_defaults=instrument_defaults, calendar_option=calendar,
-        )
+        self.venue = options.venue or self.dataset
+        self.template = instrument_template(options, venue=self.venue, calendar=calendar_for(self.dataset))
         self.calendar = self.template.calendar
-        self._fixed = instruments is not None
-        self.instruments = instruments if instruments is not None else InstrumentTable()
+        self._fixed = options.instruments is not None
+        self.instruments = options.instruments if self._fixed else InstrumentTable()
         self._entries = _mapping_entries(meta.mappings or {}, list(meta.symbols or []))
         if not self._fixed:
             for name in dict.fromkeys(e[3] for e in self._entries):
@@ -343,7 +330,7 @@ class DBNReplay:
         st.skipped = {}
         validator = QuoteValidator(self.policy, st, self.source, now_ns=self.now_ns)
         symbology = _Symbology(self._entries)
-        out = _Coalescer(self.chunk_rows)
+        out = Coalescer(self.chunk_rows)
         last: dict[int, tuple[int, int, int, int]] = {}  # instrument_id -> its last record's BBO
         segments = self._segments(symbology)
         while True:
@@ -585,37 +572,12 @@ def _changed(ids: np.ndarray, cols: tuple[np.ndarray, ...], last: dict[int, tupl
     return changed
 
 
-def reader(
-    path: Path,
-    *,
-    symbol: str | None = None,
-    venue: str | None = None,
-    calendar: str | None = None,
-    policy=None,
-    instruments: InstrumentTable | None = None,
-    template: Instrument | None = None,
-    instrument_defaults: dict | None = None,
-    changes_only: bool | None = None,
-    one_sided: str = "keep",
-    chunk_rows: int | None = None,
-    now_ns: int | None = None,
-    **_: Any,
-) -> DBNReplay:
-    """Options: ``venue`` (default: the dataset), ``calendar`` (default: by dataset, see the module
-    docstring), ``changes_only`` (default: True for mbp-1, False otherwise), ``one_sided``
-    (``"skip"`` or ``"validate"``), ``policy``, ``instruments`` (a fixed table), ``template`` /
+def reader(path: Path, options: ReaderOptions = ReaderOptions()) -> DBNReplay:
+    """Options it reads: ``venue`` (default: the dataset), ``calendar`` (default: by dataset, see the
+    module docstring), ``changes_only`` (default: True for mbp-1, False otherwise), ``one_sided``
+    (``"keep"`` or ``"skip"``), ``policy``, ``instruments`` (a fixed table), ``template`` /
     ``instrument_defaults`` (tick_size, lot_size, gap_ns, ...), ``chunk_rows``, ``now_ns``."""
-    if symbol:
-        raise ValueError(
-            f"{path}: a DBN file names its instruments in its symbology metadata; do not pass symbol="
-        )
-    kw: dict[str, Any] = {}
-    if chunk_rows is not None:
-        kw["chunk_rows"] = chunk_rows
-    return DBNReplay(
-        path, instruments=instruments, template=template, instrument_defaults=instrument_defaults, venue=venue,
-        calendar=calendar, policy=policy, changes_only=changes_only, one_sided=one_sided, now_ns=now_ns, **kw,
-    )
+    return DBNReplay(path, options)
 
 
 __all__ = ["EXTRA_HINT", "SCHEMAS", "DBNReplay", "MissingExtraError", "calendar_for", "reader", "sniff"]

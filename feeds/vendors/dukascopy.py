@@ -11,7 +11,7 @@ Times are epoch milliseconds UTC (the unit is detected and reported in ``stats.t
 they are multiplied by ``volume_scale`` (default 1e6, so sizes are in base units, like lot_size;
 pass ``volume_scale=1`` to keep millions).
 
-Reader options: ``symbol`` (only for the layout without a symbol column), ``venue`` (default
+Reader options (``feeds.vendors.options.ReaderOptions``): ``symbol`` (only for the layout without a symbol column), ``venue`` (default
 ``dukascopy``), ``calendar`` (default ``FX``), ``volume_scale``, ``instrument_defaults``/``template``
 (tick_size defaults to 0.00001), ``instruments``, ``policy``, ``ts_unit``, ``chunk_rows``,
 ``block_size``, ``now_ns``.
@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from feeds.replay import ColumnMap, FileReplay
-from feeds.vendors._common import base_name, header_fields, replay_kwargs, template_for
+from feeds.vendors.headers import base_name, header_fields
+from feeds.vendors.options import ReaderOptions, instrument_template, replay_kwargs
 
 LAYOUTS: dict[tuple[str, ...], ColumnMap] = {
     ("symbol", "ts_ms_utc", "bid", "ask", "bid_volume", "ask_volume"): ColumnMap(
@@ -36,6 +37,7 @@ LAYOUTS: dict[tuple[str, ...], ColumnMap] = {
         ts_recv="timestamp", bid_px="bidPrice", ask_px="askPrice", bid_sz="bidVolume", ask_sz="askVolume"
     ),
 }
+VOLUME_SCALE = 1e6  # Dukascopy publishes volumes in millions of base units
 _NODE_NAME = re.compile(r"^(?P<symbol>[A-Za-z0-9]+)-tick-", re.IGNORECASE)
 
 
@@ -58,7 +60,7 @@ def symbol_from_name(path: Path) -> str:
 class DukascopyReplay(FileReplay):
     """``FileReplay`` that scales the volumes to base units."""
 
-    def __init__(self, path: Path, *, volume_scale: float = 1e6, **kw: Any) -> None:
+    def __init__(self, path: Path, *, volume_scale: float = VOLUME_SCALE, **kw: Any) -> None:
         if not (volume_scale > 0):
             raise ValueError(f"volume_scale must be positive, not {volume_scale!r}")
         self.volume_scale = float(volume_scale)
@@ -73,23 +75,7 @@ class DukascopyReplay(FileReplay):
         return quotes, code, describe
 
 
-def reader(
-    path: Path,
-    *,
-    symbol: str | None = None,
-    venue: str | None = None,
-    calendar: str | None = None,
-    volume_scale: float = 1e6,
-    policy=None,
-    instruments=None,
-    template=None,
-    instrument_defaults: dict | None = None,
-    ts_unit: str = "auto",
-    chunk_rows: int | None = None,
-    block_size: int | None = None,
-    now_ns: int | None = None,
-    **_: Any,
-) -> DukascopyReplay:
+def reader(path: Path, options: ReaderOptions = ReaderOptions()) -> DukascopyReplay:
     from feeds.vendors import head_of
 
     path = Path(path)
@@ -103,17 +89,16 @@ def reader(
     # The file's own spelling of each column.
     spelled = {k: r for k, r in zip(key, raw)}
     columns = ColumnMap(**{f: spelled[c.lower()] for f, c in LAYOUTS[key].mapped().items()})
+    symbol = options.symbol
     if columns.symbol is not None:
         if symbol:
             raise ValueError(f"{path}: the file has a symbol column; do not pass symbol=")
     else:
         symbol = symbol or symbol_from_name(path)
-    inst = template_for(
-        venue=venue or "dukascopy", calendar="FX", defaults={"tick_size": 0.00001},
-        template=template, instrument_defaults=instrument_defaults, calendar_option=calendar,
+    inst = instrument_template(
+        options, venue=options.venue or "dukascopy", calendar="FX", defaults={"tick_size": 0.00001}
     )
+    scale = VOLUME_SCALE if options.volume_scale is None else options.volume_scale
     return DukascopyReplay(
-        path, columns=columns, symbol=symbol or None, volume_scale=volume_scale,
-        **replay_kwargs(policy=policy, instruments=instruments, template=inst, ts_unit=ts_unit,
-                        chunk_rows=chunk_rows, block_size=block_size, now_ns=now_ns),
+        path, columns=columns, symbol=symbol or None, volume_scale=scale, **replay_kwargs(options, inst)
     )

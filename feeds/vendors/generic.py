@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 from feeds.replay import CSV_SUFFIXES, PARQUET_SUFFIXES, FileReplay
+from feeds.vendors.options import ReaderOptions
 
 
 def sniff(path: Path, head: bytes) -> bool:
@@ -13,5 +12,7 @@ def sniff(path: Path, head: bytes) -> bool:
     return path.is_file() and name.endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
 
 
-def reader(path: Path, *, policy=None, template=None, symbol: str | None = None, **_: Any) -> FileReplay:
-    return FileReplay(path, policy=policy, template=template, symbol=symbol or None)
+def reader(path: Path, options: ReaderOptions = ReaderOptions()) -> FileReplay:
+    """Options it reads: ``policy``, ``template`` (the instrument new symbols are made from),
+    ``symbol`` (for a file without a symbol column; default: the file's stem)."""
+    return FileReplay(path, policy=options.policy, template=options.template, symbol=options.symbol or None)

@@ -9,7 +9,7 @@ Sizes: HistData publishes none (the volume column is always 0), so ``bid_sz`` = 
 the validator allows (sizes must be >= 0). Do not run the backtester with ``size_cap`` on these: a
 size cap of 0 fills nothing.
 
-Reader options: ``symbol`` (default from the file name: ``DAT_ASCII_EURUSD_T_202001.csv``,
+Reader options (``feeds.vendors.options.ReaderOptions``): ``symbol`` (default from the file name: ``DAT_ASCII_EURUSD_T_202001.csv``,
 ``histdata_EURUSD_2020-01-01.csv``, else the first six-letter token of the name, else the stem),
 ``venue`` (default ``histdata``), ``calendar`` (default ``FX``: 17:00-17:00 New York, opening Sun-Thu),
 ``tz`` (default ``Etc/GMT+5``), ``instrument_defaults``/``template`` (tick_size defaults to 0.00001,
@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
-
 from feeds.replay import ColumnMap, FileReplay
-from feeds.vendors._common import base_name, first_line, replay_kwargs, template_for
+from feeds.vendors.headers import base_name, first_line
+from feeds.vendors.options import ReaderOptions, instrument_template, replay_kwargs
 
 TS_FORMAT = "%Y%m%d %H%M%S%f"
 TZ = "Etc/GMT+5"
@@ -54,34 +53,17 @@ def fx_tick_size(symbol: str) -> float:
     return 0.001 if "JPY" in symbol.upper() else 0.00001
 
 
-def reader(
-    path: Path,
-    *,
-    symbol: str | None = None,
-    venue: str | None = None,
-    calendar: str | None = None,
-    tz: str = TZ,
-    policy=None,
-    instruments=None,
-    template=None,
-    instrument_defaults: dict | None = None,
-    chunk_rows: int | None = None,
-    block_size: int | None = None,
-    now_ns: int | None = None,
-    **_: Any,
-) -> FileReplay:
+def reader(path: Path, options: ReaderOptions = ReaderOptions()) -> FileReplay:
     from feeds.vendors import head_of
 
     path = Path(path)
     line = first_line(head_of(path))
     delimiter = ";" if line and "," not in line and ";" in line else ","
-    symbol = symbol or symbol_from_name(path)
-    inst = template_for(
-        venue=venue or "histdata", calendar="FX", defaults={"tick_size": fx_tick_size(symbol)},
-        template=template, instrument_defaults=instrument_defaults, calendar_option=calendar,
+    symbol = options.symbol or symbol_from_name(path)
+    inst = instrument_template(
+        options, venue=options.venue or "histdata", calendar="FX", defaults={"tick_size": fx_tick_size(symbol)}
     )
     return FileReplay(
-        path, columns=_COLUMNS, has_header=False, ts_format=TS_FORMAT, tz=tz, delimiter=delimiter, symbol=symbol,
-        **replay_kwargs(policy=policy, instruments=instruments, template=inst,
-                        chunk_rows=chunk_rows, block_size=block_size, now_ns=now_ns),
+        path, columns=_COLUMNS, has_header=False, ts_format=TS_FORMAT, tz=options.tz or TZ, delimiter=delimiter,
+        symbol=symbol, **replay_kwargs(options, inst, ts_unit=False),
     )

@@ -48,19 +48,20 @@ import re
 import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from engine.domain.instrument import Instrument, InstrumentTable
+from engine.domain.instrument import InstrumentTable
 from engine.domain.quote import QUOTE_DTYPE, QuoteFlag, concat_rows, take_rows
 from engine.domain.source import SourceStats
 from engine.domain.timestamps import DAY_NS, SECOND_NS, epoch_day
-from engine.domain.validate import BadInputError, QuoteValidator, ValidationPolicy
-from feeds.replay import _Coalescer, _localize, _numbers
-from feeds.vendors._common import first_line, is_number, template_for, with_symbol
+from engine.domain.validate import BadInputError, QuoteValidator
+from feeds.coalesce import Coalescer
+from feeds.columns import localize, numbers
+from feeds.vendors.headers import first_line, is_number
+from feeds.vendors.options import ReaderOptions, instrument_template, with_symbol
 
 NAME_RE = re.compile(
     r"^(?P<ticker>.+?)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<start>\d+)_(?P<end>\d+)_"
@@ -75,6 +76,8 @@ _LINE_BITS = 40
 _LINE_MASK = (1 << _LINE_BITS) - 1
 _ONE_SIDED = np.uint16(QuoteFlag.ONE_SIDED)
 _I64_MIN = np.iinfo(np.int64).min
+CHUNK_ROWS = 1 << 18  # quotes per chunk unless the options say otherwise
+BLOCK_SIZE = 1 << 23  # message-file bytes parsed per block unless the options say otherwise
 
 
 class Pair:
@@ -278,7 +281,7 @@ def _parse(block: bytes, k: int, names: list[str], include: dict[str, pa.DataTyp
     good = np.flatnonzero(~wrong)
     values, bad = {}, {}
     for c, t in include.items():
-        vals, b = _numbers(tbl.column(c).combine_chunks(), (t,) if t == pa.float64() else (t, pa.float64()))
+        vals, b = numbers(tbl.column(c).combine_chunks(), (t,) if t == pa.float64() else (t, pa.float64()))
         full = np.zeros(k, dtype=np.float64 if t == pa.float64() else np.int64)
         if vals.dtype.kind == "f" and full.dtype.kind == "i":
             integral = np.isfinite(vals) & (vals == np.round(vals)) & (np.abs(vals) < 2**62)
@@ -309,45 +312,29 @@ class _DayClock:
         local = self.midnight_ns + local_ns_of_day
         if self.offset_ns is not None:
             return local - self.offset_ns, None
-        return _localize(pa.array(local, pa.timestamp("ns")), self.tz)
+        return localize(pa.array(local, pa.timestamp("ns")), self.tz)
 
 
 # -- the reader --------------------------------------------------------------------------------------
 
 
 class LobsterReplay:
-    """A ``QuoteSource`` over LOBSTER pairs (see the module docstring)."""
+    """A ``QuoteSource`` over LOBSTER pairs (see the module docstring; the options it reads: ``reader``)."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        symbol: str | None = None,
-        instruments: InstrumentTable | None = None,
-        template: Instrument | None = None,
-        instrument_defaults: dict | None = None,
-        venue: str | None = None,
-        calendar: str | None = None,
-        policy: ValidationPolicy | str | None = None,
-        changes_only: bool = False,
-        one_sided: str = "keep",
-        chunk_rows: int = 1 << 18,
-        block_size: int = 1 << 23,
-        now_ns: int | None = None,
-    ) -> None:
+    def __init__(self, path: str | Path, options: ReaderOptions = ReaderOptions()) -> None:
         self.path = Path(path)
+        chunk_rows = CHUNK_ROWS if options.chunk_rows is None else options.chunk_rows
+        block_size = BLOCK_SIZE if options.block_size is None else options.block_size
         if chunk_rows < 1 or block_size < 1:
             raise ValueError("chunk_rows and block_size must be positive")
-        if one_sided not in ("keep", "skip"):
-            raise ValueError(f"one_sided must be 'keep' or 'skip', not {one_sided!r}")
+        if options.one_sided not in ("keep", "skip"):
+            raise ValueError(f"one_sided must be 'keep' or 'skip', not {options.one_sided!r}")
         self.pairs = find_pairs(self.path)
         self.source = str(self.pairs[0].message if len(self.pairs) == 1 and self.path.is_file() else self.path)
-        self.changes_only, self.one_sided = bool(changes_only), one_sided
+        self.changes_only, self.one_sided = bool(options.changes_only), options.one_sided
         self.chunk_rows, self.block_size = int(chunk_rows), int(block_size)
-        self.now_ns = now_ns
-        if isinstance(policy, str):
-            policy = ValidationPolicy.parse(policy)
-        self.policy = policy or ValidationPolicy()
+        self.now_ns = options.now_ns
+        self.policy = options.validation_policy()
         self.stats = SourceStats(source=self.source, ts_unit="s")
 
         for p in self.pairs:
@@ -369,15 +356,13 @@ class LobsterReplay:
                 )
 
         tickers = list(dict.fromkeys(p.ticker for p in self.pairs))
+        symbol = options.symbol
         if symbol and len(tickers) > 1:
             raise ValueError(f"{self.path}: symbol={symbol!r} can rename only one ticker; these files hold {', '.join(tickers)}")
         self.names = {t: (symbol or t) for t in tickers}
-        self.template = template_for(
-            venue=venue or "XNAS", calendar="XNYS", template=template,
-            instrument_defaults=instrument_defaults, calendar_option=calendar,
-        )
-        self._fixed = instruments is not None
-        self.instruments = instruments if instruments is not None else InstrumentTable()
+        self.template = instrument_template(options, venue=options.venue or "XNAS", calendar="XNYS")
+        self._fixed = options.instruments is not None
+        self.instruments = options.instruments if self._fixed else InstrumentTable()
         for t in tickers:
             name = self.names[t]
             if self.instruments.get(name) is None and not self._fixed:
@@ -391,7 +376,7 @@ class LobsterReplay:
         st.quarantined = {}
         st.skipped = {}
         validator = QuoteValidator(self.policy, st, self.source, now_ns=self.now_ns)
-        out = _Coalescer(self.chunk_rows)
+        out = Coalescer(self.chunk_rows)
         streams = []
         for k, p in enumerate(self.pairs):
             inst = self.instruments.get(self.names[p.ticker])
@@ -610,34 +595,9 @@ def _merge(streams: list[Iterator[tuple[np.ndarray, np.ndarray]]]) -> Iterator[t
         yield take_rows(concat_rows(qs), order), np.concatenate(tgs)[order]
 
 
-def reader(
-    path: Path,
-    *,
-    symbol: str | None = None,
-    venue: str | None = None,
-    calendar: str | None = None,
-    policy=None,
-    instruments: InstrumentTable | None = None,
-    template: Instrument | None = None,
-    instrument_defaults: dict | None = None,
-    changes_only: bool = False,
-    one_sided: str = "keep",
-    chunk_rows: int | None = None,
-    block_size: int | None = None,
-    now_ns: int | None = None,
-    **_: Any,
-) -> LobsterReplay:
-    """Options: ``symbol`` (rename a single ticker), ``venue`` (XNAS), ``calendar`` (XNYS),
-    ``changes_only`` (False), ``one_sided`` (``"skip"`` or ``"validate"``), ``policy``,
-    ``instruments`` (a fixed table), ``template`` / ``instrument_defaults``, ``chunk_rows``,
-    ``block_size`` (message-file bytes per block), ``now_ns``."""
-    kw: dict[str, Any] = {}
-    if chunk_rows is not None:
-        kw["chunk_rows"] = chunk_rows
-    if block_size is not None:
-        kw["block_size"] = block_size
-    return LobsterReplay(
-        path, symbol=symbol, instruments=instruments, template=template, instrument_defaults=instrument_defaults,
-        venue=venue, calendar=calendar, policy=policy, changes_only=changes_only, one_sided=one_sided,
-        now_ns=now_ns, **kw,
-    )
+def reader(path: Path, options: ReaderOptions = ReaderOptions()) -> LobsterReplay:
+    """Options it reads: ``symbol`` (rename a single ticker), ``venue`` (XNAS), ``calendar`` (XNYS),
+    ``changes_only`` (False), ``one_sided`` (``"keep"`` or ``"skip"``), ``policy``, ``instruments``
+    (a fixed table), ``template`` / ``instrument_defaults``, ``chunk_rows``, ``block_size``
+    (message-file bytes per block), ``now_ns``."""
+    return LobsterReplay(path, options)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
-
 from feeds.raw_replay import RawReplay, list_files
+from feeds.vendors.options import ReaderOptions
 
 _LINE = re.compile(rb"^\d{10,19} [#{\[]")
 
@@ -21,5 +20,9 @@ def sniff(path: Path, head: bytes) -> bool:
     return bool(_LINE.match(head))
 
 
-def reader(path: Path, *, venue: str | None = None, policy=None, instrument_defaults: dict | None = None, **_: Any) -> RawReplay:
-    return RawReplay(path, venue, policy=policy, instrument_defaults=instrument_defaults)
+def reader(path: Path, options: ReaderOptions = ReaderOptions()) -> RawReplay:
+    """Options it reads: ``venue`` (when the recordings' names do not say), ``policy``,
+    ``instrument_defaults``."""
+    return RawReplay(
+        path, options.venue, policy=options.validation_policy(), instrument_defaults=options.instrument_defaults
+    )

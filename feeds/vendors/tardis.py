@@ -17,7 +17,7 @@ price or amount (Tardis leaves a cell empty when it has no value, e.g. an empty 
 ``malformed`` row naming the field; crossed, locked, out-of-order, ... rows are counted by rule in
 ``stats.quarantined`` or, under a rejecting policy, raise ``BadInputError`` with ``file:line``.
 
-Reader options: ``instruments`` (a fixed table: an (exchange, symbol) is found as
+Reader options (``feeds.vendors.options.ReaderOptions``): ``instruments`` (a fixed table: an (exchange, symbol) is found as
 ``<exchange>:<symbol>`` or as ``<symbol>``; others are ``unknown_symbol`` rows), ``calendar``,
 ``instrument_defaults``, ``template`` (tick/lot size, gap, warm-up), ``policy``, ``ts_unit``,
 ``chunk_rows``, ``block_size``, ``now_ns``. ``symbol`` is refused (the file names its symbols).
@@ -33,13 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feeds.replay import ColumnMap, FileReplay
-from feeds.vendors._common import (
-    header_fields,
-    header_names,
-    replay_kwargs,
-    template_for,
-    with_symbol,
-)
+from feeds.vendors.headers import header_fields, header_names
+from feeds.vendors.options import ReaderOptions, instrument_template, replay_kwargs, with_symbol
 
 REQUIRED = ("exchange", "symbol", "timestamp", "local_timestamp", "ask_price", "bid_price")
 SIZES = ("ask_amount", "bid_amount")
@@ -113,25 +108,11 @@ class TardisReplay(FileReplay):
         return sid
 
 
-def reader(
-    path: Path,
-    *,
-    symbol: str | None = None,
-    calendar: str | None = None,
-    policy=None,
-    instruments=None,
-    template=None,
-    instrument_defaults: dict | None = None,
-    ts_unit: str = "auto",
-    chunk_rows: int | None = None,
-    block_size: int | None = None,
-    now_ns: int | None = None,
-    **_: Any,
-) -> TardisReplay:
+def reader(path: Path, options: ReaderOptions = ReaderOptions()) -> TardisReplay:
     from feeds.vendors import head_of
 
     path = Path(path)
-    if symbol:
+    if options.symbol:
         raise ValueError(f"{path}: a Tardis file names its symbols in its 'symbol' column; do not pass symbol=")
     raw = header_fields(head_of(path))
     col = {n.lower(): n for n in raw}  # lower-case name -> the file's spelling
@@ -148,13 +129,6 @@ def reader(
         ask_px=col["ask_price"], bid_sz=col.get("bid_amount"), ask_sz=col.get("ask_amount"),
         symbol=col["symbol"],
     )
-    inst = template_for(
-        venue="tardis", calendar="24x7", template=template,
-        instrument_defaults=instrument_defaults, calendar_option=calendar,
-    )
-    return TardisReplay(
-        path, columns=columns, exchange_column=col["exchange"],
-        **replay_kwargs(policy=policy, instruments=instruments, template=inst, ts_unit=ts_unit,
-                        chunk_rows=chunk_rows, block_size=block_size, now_ns=now_ns),
-    )
+    inst = instrument_template(options, venue="tardis", calendar="24x7")
+    return TardisReplay(path, columns=columns, exchange_column=col["exchange"], **replay_kwargs(options, inst))
 
