@@ -151,7 +151,8 @@ HUGE_STATE = "1,011,200,000,000 bytes"
 
 
 def test_footprint_of_the_default_model_by_hand():
-    assert _core.SsmModel.footprint(SSMConfig().core_dict()) == {"weight_bytes": 236_480, "state_bytes_per_slot": 20_224}
+    footprint = _core.SsmModel.footprint(SSMConfig().core_dict())
+    assert footprint == {"weight_bytes": 236_480, "state_bytes_per_slot": 20_224}
 
 
 def _limited_address_space() -> None:
