@@ -25,6 +25,8 @@ _RULE = "-" * 78
 # magnitudes they print in e-notation so the table's columns stay aligned.
 _BIG_PCT = 1e5
 _BIG_NUM = 1e6
+# Enough of the fills' SHA-256 to tell runs apart by eye; summary.json holds all of it.
+FILL_HASH_CHARS = 12
 
 
 def _pct(x: float, sign: str = "+") -> str:
@@ -84,6 +86,7 @@ def activity_rows(r: BacktestResult) -> list[tuple[str, str]]:
         ("fees paid", f"{m.fees_paid:,.2f}"),
         ("exposure (avg gross/equity)", _num(m.exposure)),
         ("time in market", _pct(m.time_in_market, "")),
+        ("fills SHA-256", r.fill_hash()[:FILL_HASH_CHARS]),
     ]
 
 

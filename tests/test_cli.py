@@ -133,6 +133,17 @@ def test_days_are_sessions_of_the_calendar_not_utc_dates(capsys):
     assert summary["metrics"]["n_days"] == 3 and summary["day_basis"] == "CME sessions, open to next open"
 
 
+def test_the_summary_prints_each_runs_fills_hash(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "backtest", *SMALL, "--compare", "buy_hold", "--out", str(tmp_path))
+    assert code == 0
+    full = [json.loads((tmp_path / name / "summary.json").read_text())["fill_hash"] for name in ("momentum", "buy_hold")]
+    assert table_row(out, "fills SHA-256") == [h[:12] for h in full]
+    # the same run again prints the same hash; other data, another
+    _, again, _ = run_cli(capsys, "backtest", *SMALL)
+    _, other, _ = run_cli(capsys, "backtest", *SMALL, "--seed", "2")
+    assert table_row(again, "fills SHA-256") == [full[0][:12]] != table_row(other, "fills SHA-256")
+
+
 def test_python_strategy_by_import_path(capsys):
     code, out, _ = run_cli(capsys, "backtest", *SMALL, "--strategy", "strategies.ema_cross:EmaCross",
                            "--param", "fast_span=30", "--param", "slow_span=120")
