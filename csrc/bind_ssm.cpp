@@ -37,7 +37,9 @@ int config_int(const py::dict& d, const char* key, int dflt) {
     int overflow = 0;
     long long x = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
     if (overflow || x < INT_MIN || x > INT_MAX)
-        throw py::value_error(std::string("SsmModel config['") + key + "'] out of range: " + py::str(v).cast<std::string>());
+        throw py::value_error(std::string("SsmModel config['") + key + "'] = " + py::str(v).cast<std::string>() +
+                              " is out of range: the kernel's sizes are 32-bit ints, and its weights are limited to " +
+                              nextick::format_binary_bytes(nextick::kMaxWeightBytes));
     return static_cast<int>(x);
 }
 
@@ -119,6 +121,8 @@ py::array state_array(const SsmStateView& v) {
 }  // namespace
 
 void bind_ssm(py::module_& m) {
+    m.attr("SSM_MAX_WEIGHT_BYTES") = static_cast<long long>(nextick::kMaxWeightBytes);
+    m.attr("SSM_MAX_STATE_BYTES") = static_cast<long long>(nextick::kMaxStateBytes);
     py::class_<SsmModel, nextick::ModelBackend, std::shared_ptr<SsmModel>>(
         m, "SsmModel",
         "Streaming SSM inference (mamba2 or s4d) on this CPU over a pool of per-slot states, the first "
@@ -143,6 +147,19 @@ void bind_ssm(py::module_& m) {
              py::arg("config"), py::arg("tensors"), py::arg("n_slots"),
              "config: dict with SsmConfig's keys (absent keys take the defaults; kind is \"mamba2\" or "
              "\"s4d\"); tensors: name -> float32 C-contiguous ndarray (copied); n_slots: state pool size.")
+        .def_static(
+            "footprint",
+            [](const py::dict& config) {
+                const nextick::SsmFootprint f = parse_config(config).footprint();
+                py::dict d;
+                d["weight_bytes"] = static_cast<long long>(f.weight_bytes);
+                d["state_bytes_per_slot"] = static_cast<long long>(f.state_bytes_per_slot);
+                return d;
+            },
+            py::arg("config"),
+            "Bytes the kernel allocates for a config: weight_bytes (the weight arena) and state_bytes_per_slot "
+            "(one instrument's states). ValueError, with both sizes, for a config past SSM_MAX_WEIGHT_BYTES or "
+            "SSM_MAX_STATE_BYTES.")
         .def_static(
             "tensor_shapes",
             [](const py::dict& config) {

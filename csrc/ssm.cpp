@@ -3,6 +3,7 @@
 #include "ssm.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -121,44 +122,136 @@ SsmKind parse_ssm_kind(const std::string& name) {
     throw std::invalid_argument("SsmConfig.kind must be \"mamba2\" or \"s4d\", got \"" + name + "\"");
 }
 
-int SsmConfig::conv_dim() const { return kind == SsmKind::kMamba2 ? d_inner + 2 * ngroups * d_state : 0; }
+namespace {
 
-int SsmConfig::d_in_proj() const {
-    return kind == SsmKind::kMamba2 ? 2 * d_inner + 2 * ngroups * d_state + nheads : 2 * d_inner;
+// The channel counts behind conv_dim() and d_in_proj(), in double for footprint(), which must
+// measure configs whose sizes overflow int.
+double conv_channels(const SsmConfig& c) {
+    return c.kind == SsmKind::kMamba2 ? c.d_inner + 2.0 * c.ngroups * c.d_state : 0.0;
+}
+
+double in_proj_rows(const SsmConfig& c) {
+    return c.kind == SsmKind::kMamba2 ? 2.0 * c.d_inner + 2.0 * c.ngroups * c.d_state + c.nheads : 2.0 * c.d_inner;
+}
+
+double pad16d(double n) { return std::ceil(n / kLane) * kLane; }
+
+// Floats per slot in one layer's conv window and SSM state (build_layout's conv_slot_, ssm_slot_).
+double conv_slot_floats(const SsmConfig& c) {
+    return c.kind == SsmKind::kMamba2 ? (c.d_conv - 1.0) * conv_channels(c) : 0.0;
+}
+
+double ssm_slot_floats(const SsmConfig& c) { return static_cast<double>(c.d_inner) * c.d_state; }
+
+// Floats of load()'s weight arena: every tensor, transposed where load() transposes it, each
+// padded to 16 floats, plus mamba2's D expanded per element.
+double weight_arena_floats(const SsmConfig& c) {
+    const double F = c.n_features, dm = c.d_model, di = c.d_inner, N = c.d_state;
+    const double ld_model = pad16d(dm), ld_inner = pad16d(di), ld_out = pad16d(c.n_out), ld_in = pad16d(in_proj_rows(c));
+    double per_layer = ld_model + dm * ld_in + di * ld_model;  // norm, in_proj, out_proj
+    if (c.kind == SsmKind::kMamba2) {
+        const double ld_conv = pad16d(conv_channels(c));
+        // conv weight and bias, dt_bias, A, D; D per element and norm_gated
+        per_layer += c.d_conv * ld_conv + ld_conv + 3 * pad16d(c.nheads) + 2 * ld_inner;
+    } else {
+        per_layer += 3 * N * ld_inner + ld_inner;  // dA, dB, C; D
+    }
+    // encoder weight and bias, norm_f, head weight and bias
+    return F * ld_model + 2 * ld_model + dm * ld_out + ld_out + c.n_layers * per_layer;
+}
+
+}  // namespace
+
+int SsmConfig::conv_dim() const { return static_cast<int>(conv_channels(*this)); }
+
+int SsmConfig::d_in_proj() const { return static_cast<int>(in_proj_rows(*this)); }
+
+SsmFootprint SsmConfig::footprint() const {
+    const double per_slot = n_layers * (conv_slot_floats(*this) + ssm_slot_floats(*this));
+    return {weight_arena_floats(*this) * sizeof(float), per_slot * sizeof(float)};
+}
+
+std::string SsmConfig::sizes() const {
+    std::string s = std::string(ssm_kind_name(kind)) + " n_layers=" + std::to_string(n_layers) +
+                    " d_model=" + std::to_string(d_model) + " d_inner=" + std::to_string(d_inner) +
+                    " d_state=" + std::to_string(d_state);
+    if (kind == SsmKind::kMamba2)
+        s += " nheads=" + std::to_string(nheads) + " headdim=" + std::to_string(headdim) +
+             " ngroups=" + std::to_string(ngroups) + " d_conv=" + std::to_string(d_conv);
+    return s + " n_features=" + std::to_string(n_features) + " n_out=" + std::to_string(n_out);
+}
+
+std::string format_binary_bytes(double bytes) {
+    static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    double v = bytes;
+    int u = 0;
+    while (v >= 1024 && u < 6) {
+        v /= 1024;
+        ++u;
+    }
+    char out[32];
+    std::snprintf(out, sizeof out, "%.1f %s", v, kUnits[u]);
+    return out;
+}
+
+std::string format_bytes(double bytes) {
+    char digits[64];
+    std::snprintf(digits, sizeof digits, "%.0f", bytes);
+    const std::string d = digits;
+    std::string grouped;
+    for (size_t i = 0; i < d.size(); ++i) {
+        if (i > 0 && (d.size() - i) % 3 == 0) grouped += ',';
+        grouped += d[i];
+    }
+    return grouped + " bytes (" + format_binary_bytes(bytes) + ")";
 }
 
 void SsmConfig::validate() const {
     auto need = [](bool ok, const std::string& msg) {
         if (!ok) throw std::invalid_argument("SsmConfig." + msg);
     };
-    auto dim = [&](const char* name, int v) {
-        need(v >= 1 && v <= kMaxDim,
-             std::string(name) + " must be in [1, " + std::to_string(kMaxDim) + "], got " + std::to_string(v));
+    auto positive = [&](const char* name, int v) {
+        need(v >= 1, std::string(name) + " must be >= 1, got " + std::to_string(v));
+    };
+    auto at_most = [&](const char* name, int v) {
+        need(v <= kMaxDim, std::string(name) + " must be <= " + std::to_string(kMaxDim) + ", got " + std::to_string(v));
     };
     need(kind == SsmKind::kMamba2 || kind == SsmKind::kS4D,
          "kind must be 0 (mamba2) or 1 (s4d), got " + std::to_string(static_cast<int>(kind)));
-    dim("n_features", n_features);
-    dim("d_model", d_model);
-    dim("n_layers", n_layers);
-    dim("d_inner", d_inner);
-    dim("d_state", d_state);
-    dim("n_out", n_out);
+    const bool mamba2 = kind == SsmKind::kMamba2;
+    std::vector<std::pair<const char*, int>> dims = {{"n_features", n_features}, {"d_model", d_model},
+                                                     {"n_layers", n_layers},     {"d_inner", d_inner},
+                                                     {"d_state", d_state},       {"n_out", n_out}};
+    if (mamba2) dims.insert(dims.end(), {{"headdim", headdim}, {"nheads", nheads}, {"d_conv", d_conv}, {"ngroups", ngroups}});
+    for (const auto& [name, v] : dims) positive(name, v);
     need(std::isfinite(norm_eps) && norm_eps > 0.0f, "norm_eps must be finite and > 0, got " + std::to_string(norm_eps));
-    if (kind == SsmKind::kMamba2) {
-        dim("headdim", headdim);
-        dim("nheads", nheads);
-        dim("d_conv", d_conv);
-        dim("ngroups", ngroups);
+    if (mamba2) {
         need(static_cast<long long>(nheads) * headdim == d_inner,
              "nheads must equal d_inner / headdim (d_inner=" + std::to_string(d_inner) +
                  ", headdim=" + std::to_string(headdim) + "), got " + std::to_string(nheads));
         need(nheads % ngroups == 0,
              "ngroups must divide nheads (nheads=" + std::to_string(nheads) + "), got " + std::to_string(ngroups));
+        need(!std::isnan(softplus_threshold), "softplus_threshold must not be NaN");
+    }
+    // The footprint before the per-dimension bounds, so that an absurd config (a corrupt or
+    // hostile model file) is told what it would cost rather than only which field is too big.
+    const SsmFootprint f = footprint();
+    const bool weights_fit = f.weight_bytes <= kMaxWeightBytes, state_fits = f.state_bytes_per_slot <= kMaxStateBytes;
+    if (!weights_fit || !state_fits)
+        throw std::invalid_argument(
+            "SsmConfig: model too large to run: " + sizes() + " needs " + format_bytes(f.weight_bytes) +
+            " of weights" + (weights_fit ? "" : ", over the " + format_binary_bytes(kMaxWeightBytes) + " limit,") +
+            " and " + format_bytes(f.state_bytes_per_slot) + " of state per instrument" +
+            (state_fits ? "" : ", over the " + format_binary_bytes(kMaxStateBytes) + " limit for all instruments together") +
+            ". The default model needs " + format_bytes(SsmConfig{}.footprint().weight_bytes) + " and " +
+            format_bytes(SsmConfig{}.footprint().state_bytes_per_slot) +
+            ": a model this size cannot step at tick speed, and a file asking for it is damaged or not made for "
+            "this engine.");
+    for (const auto& [name, v] : dims) at_most(name, v);
+    if (mamba2)
         need(static_cast<long long>(ngroups) * d_state <= kMaxDim,
              "ngroups * d_state must be <= " + std::to_string(kMaxDim) + ", got ngroups=" +
                  std::to_string(ngroups) + " d_state=" + std::to_string(d_state));
-        need(!std::isnan(softplus_threshold), "softplus_threshold must not be NaN");
-    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -211,6 +304,7 @@ SsmModel::SsmModel(const SsmConfig& config, const TensorMap& tensors, int n_slot
     cfg_.validate();
     plan_->cfg = cfg_;
     if (n_slots < 0) throw std::invalid_argument("SsmModel: n_slots must be >= 0, got " + std::to_string(n_slots));
+    check_pool(n_slots);  // before the weights are copied: refuse what cannot run without allocating
     const char* env = std::getenv("NEXTICK_SSM_KERNEL");
     kernel_ = find_kernel(env && *env ? env : "auto");
     build_layout();
@@ -227,15 +321,10 @@ void SsmModel::build_layout() {
     plan_->ld_out = pad16(c.n_out);
     plan_->ld_conv = pad16(c.conv_dim());
     plan_->ld_inner = pad16(c.d_inner);
-    if (c.kind == SsmKind::kMamba2) {
-        plan_->conv_slot = static_cast<size_t>(c.d_conv - 1) * c.conv_dim();
-        plan_->ssm_slot = static_cast<size_t>(c.nheads) * c.headdim * c.d_state;
-        head_w_ = c.headdim;
-    } else {
-        plan_->conv_slot = 0;
-        plan_->ssm_slot = static_cast<size_t>(c.d_inner) * c.d_state;
-        head_w_ = c.d_inner;
-    }
+    // Exact in double: validate() bounded the footprint these are part of.
+    plan_->conv_slot = static_cast<size_t>(conv_slot_floats(c));
+    plan_->ssm_slot = static_cast<size_t>(ssm_slot_floats(c));
+    head_w_ = c.kind == SsmKind::kMamba2 ? c.headdim : c.d_inner;
     // Scratch: one set per row of a block (the matvecs take up to kMaxRows rows at once), plus one
     // set for the per-row mixer in between, which runs a row at a time.
     const size_t ld_t = plan_->ld_model > plan_->ld_out ? plan_->ld_model : plan_->ld_out;
@@ -293,14 +382,10 @@ void SsmModel::load(const TensorMap& tensors) {
     };
     for (const auto& e : expected) get(e.first);  // every check before any copy
 
-    // Arena: each tensor starts on a 64-byte boundary; padding stays zero.
+    // Arena: each tensor starts on a 64-byte boundary; padding stays zero. Its size is the one
+    // validate() checked against kMaxWeightBytes (exact in double below that limit).
     const size_t dm = c.d_model, di = c.d_inner, N = c.d_state, F = c.n_features;
-    const size_t per_layer =
-        c.kind == SsmKind::kMamba2
-            ? plan_->ld_model + dm * plan_->ld_in + static_cast<size_t>(c.d_conv) * plan_->ld_conv + plan_->ld_conv + 3 * pad16(c.nheads) +
-                  2 * plan_->ld_inner + di * plan_->ld_model
-            : plan_->ld_model + dm * plan_->ld_in + 3 * N * plan_->ld_inner + plan_->ld_inner + di * plan_->ld_model;
-    const size_t total = F * plan_->ld_model + 2 * plan_->ld_model + dm * plan_->ld_out + plan_->ld_out + c.n_layers * per_layer;
+    const size_t total = static_cast<size_t>(weight_arena_floats(c));
     weights_ = std::make_unique<Buffer>(total);
     float* cur = weights_->p;
     auto take = [&](size_t n) {
@@ -355,12 +440,15 @@ void SsmModel::load(const TensorMap& tensors) {
     plan_->norm_f = plain("norm_f.weight");
     plan_->head_wt = transposed("head.weight", c.n_out, dm, plan_->ld_out);
     plan_->head_b = plain("head.bias");
-    if (static_cast<size_t>(cur - weights_->p) > pad16(total))
-        throw std::logic_error("SsmModel: weight arena overflow (internal error)");
+    // The footprint validate() measured must be what the layout takes, to the float.
+    if (static_cast<size_t>(cur - weights_->p) != total)
+        throw std::logic_error("SsmModel: weight arena of " + std::to_string(cur - weights_->p) + " floats, footprint " +
+                               std::to_string(total) + " (internal error)");
 }
 
 // New zeroed pool of n_slots slots; with keep, the first min(old, new) slots are copied over.
 void SsmModel::alloc_states(int n_slots, bool keep) {
+    check_pool(n_slots);
     // Allocate everything first so that a bad_alloc leaves the old pool in place.
     std::vector<std::shared_ptr<float>> conv(layers_.size()), ssm(layers_.size());
     const size_t kept = keep ? static_cast<size_t>(n_slots < n_slots_ ? n_slots : n_slots_) : 0;
@@ -385,6 +473,16 @@ void SsmModel::alloc_states(int n_slots, bool keep) {
         state_slot_floats_.push_back(plan_->ssm_slot);
     }
     n_slots_ = n_slots;
+}
+
+void SsmModel::check_pool(int n_slots) const {
+    const double per_slot = cfg_.footprint().state_bytes_per_slot;
+    const double total = per_slot * n_slots;
+    if (total > kMaxStateBytes)
+        throw std::invalid_argument("SsmModel: " + std::to_string(n_slots) + " instruments x " + format_bytes(per_slot) +
+                                    " of state = " + format_bytes(total) + ", over the state pool's limit of " +
+                                    format_binary_bytes(kMaxStateBytes) + " (" + cfg_.sizes() +
+                                    "); run fewer instruments per engine or a smaller model.");
 }
 
 void SsmModel::zero_slot(int slot) {

@@ -34,6 +34,24 @@ enum class SsmKind : int32_t { kMamba2 = 0, kS4D = 1 };
 const char* ssm_kind_name(SsmKind kind);                // "mamba2" / "s4d"
 SsmKind parse_ssm_kind(const std::string& name);        // throws std::invalid_argument
 
+// Bytes a config needs, in double: a config far past every limit is measured and reported, not
+// overflowed. weight_bytes is the kernel's weight arena (every tensor copied, padded to 64 bytes);
+// state_bytes_per_slot is one instrument's conv windows and SSM states over all layers.
+struct SsmFootprint {
+    double weight_bytes = 0;
+    double state_bytes_per_slot = 0;
+};
+
+// Memory limits, checked before any allocation (SsmConfig::validate, the SsmModel constructor,
+// resize and grow). The step reads every weight once per tick: the default model's 236 KB stay in
+// L2, while 1 GiB streamed from DRAM would take ~0.1 s per tick, tens of thousands of times the
+// microseconds this engine is built for, so a file asking for more is corrupt or not meant for it.
+// The state pool holds every instrument's states: the default model needs 20 KB per instrument
+// (10,000 instruments: 200 MB); 4 GiB is 20 times that and still leaves a shared machine's memory
+// to the rest of the run.
+constexpr double kMaxWeightBytes = 1024.0 * 1024 * 1024;
+constexpr double kMaxStateBytes = 4.0 * 1024 * 1024 * 1024;
+
 struct SsmConfig {
     SsmKind kind = SsmKind::kMamba2;
     int n_features = 5;   // F
@@ -53,9 +71,20 @@ struct SsmConfig {
     int conv_dim() const;
     // Rows of in_proj.weight. mamba2: z, xBC, dt = 2*d_inner + 2*G*N + nheads; s4d: x, z = 2*d_inner.
     int d_in_proj() const;
-    // Throws std::invalid_argument naming the first bad field.
+    // Throws std::invalid_argument naming the first bad field. A config whose footprint passes
+    // kMaxWeightBytes or kMaxStateBytes is refused with its sizes and both byte counts, before
+    // anything is allocated.
     void validate() const;
+    // What SsmModel would allocate for this config; see SsmFootprint. Defined for any config with
+    // positive dimensions, however large.
+    SsmFootprint footprint() const;
+    // "mamba2 n_layers=2 d_model=64 d_inner=128 ...": every size, for error messages.
+    std::string sizes() const;
 };
+
+// "11,526,400,005,952 bytes (10.5 TiB)" and "10.5 TiB"
+std::string format_bytes(double bytes);
+std::string format_binary_bytes(double bytes);
 
 // A view of one state array of the pool, float32: element [i0, i1, ...] is at
 // data[i0*strides[0] + i1*strides[1] + ...] (shape and strides in elements). The conv window is
@@ -155,6 +184,7 @@ private:
     void build_layout();
     void load(const TensorMap& tensors);
     void alloc_states(int n_slots, bool keep);
+    void check_pool(int n_slots) const;  // std::invalid_argument past kMaxStateBytes
     void zero_slot(int slot);
 
     SsmConfig cfg_;

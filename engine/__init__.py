@@ -6,7 +6,7 @@ The fast path first::
     from feeds.synthetic import SyntheticMarket
 
     result = run_backtest(SyntheticMarket(), BacktestConfig(strategy="momentum"))
-    print(result.metrics.sharpe)
+    print(result.metrics.daily_sharpe)  # five sessions: too few days for an annualized Sharpe
 """
 
 __version__ = "0.1.0"

@@ -85,6 +85,7 @@ class BacktestResult(msgspec.Struct, kw_only=True):
     core_s: float  # inside the compiled loop (and the Python strategy, if any)
     ruined_at_ns: int | None = None  # first equity sample <= 0; metrics stop before it
     model: str | None = None  # the model file that fed the signal, if any
+    day_basis: str = "UTC dates"  # what a day of the daily metrics is (trading_day_starts)
 
     @property
     def quotes_per_s(self) -> float:
@@ -301,6 +302,7 @@ def run_backtest(
     ruined = np.flatnonzero(eq <= 0)
     ruined_at_ns = int(eq_ts[ruined[0]]) if len(ruined) else None
     solvent = slice(0, int(ruined[0]) if len(ruined) else len(eq))
+    day_starts_ns, day_basis = trading_day_starts(engine.calendars, eq_ts)
     metrics = compute_metrics(
         eq_ts[solvent],
         eq[solvent],
@@ -309,6 +311,7 @@ def run_backtest(
         fill_fee=fills["fee"],
         trade_pnl=trades["pnl"],
         risk_free_rate=config.risk_free_rate,
+        day_starts_ns=day_starts_ns,
     )
     return BacktestResult(
         config=config,
@@ -331,7 +334,23 @@ def run_backtest(
         core_s=engine.core_s,
         ruined_at_ns=ruined_at_ns,
         model=engine.model.path if engine.model is not None else None,
+        day_basis=day_basis,
     )
+
+
+def trading_day_starts(calendars: list[SessionCalendar], ts_ns: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Where the run's days begin, for the daily metrics, and what a day is, in words.
+
+    Instruments that share a calendar: its session opens, so a day is a session and the time until
+    the next open (a CME or FX day starts at its 17:00 open, not at midnight UTC; a 24x7 day is the
+    UTC date). Calendars that differ: UTC dates, since one market's session is no day of another.
+    """
+    specs = {cal.spec for cal in calendars}
+    if len(specs) == 1 and len(ts_ns):
+        opens, _ = calendars[0].sessions_between(int(ts_ns[0]), int(ts_ns[-1]))
+        if len(opens):
+            return opens, f"{calendars[0].spec} sessions, open to next open"
+    return None, "UTC dates"
 
 
 def compare(a: BacktestResult, b: BacktestResult) -> JobsonKorkie:

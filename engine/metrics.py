@@ -4,15 +4,28 @@ Inputs are what the backtester records: an equity curve sampled at bar ends (``t
 strictly increasing; ``equity`` float64, first point = initial capital at the run's first tick),
 the gross exposure at the same samples, per-fill notional and fee, and per-round-trip net pnl.
 
-Annualization comes from elapsed time, not from a fixed 252: bars exist only when ticks arrive,
-so a run's sampling is irregular (no bars overnight; the overnight move lands in the next bar's
-return). ``periods_per_year = n_returns / years`` is the average number of returns a year of this
-run would hold, which is what turns per-period mean and variance into yearly ones.
+Days. Risk ratios come from daily returns, not from the bars: a bar's return holds a whole overnight
+gap where one falls, and per-bar ratios scaled by the square root of ~100,000 bars a year are not
+what anyone means by a Sharpe ratio. A day's return is its close over the previous day's close,
+where a close is the last sample of the day (the first day's base is the run's first sample, the
+initial capital). What a day is comes from the caller as ``day_starts_ns``, the times days begin;
+the backtest passes its instruments' session opens when they share one calendar, so a US equity
+day runs from one 09:30 open to the next (its overnight gap lands in the next day, as in a
+close-to-close return), a CME or FX day starts at its 17:00 open, and a 24x7 day is the UTC date
+(that calendar's boundary is 00:00 UTC). Without it, a day is a UTC date. Days without samples
+(weekends, holidays) are not days, and a day whose only sample is the run's first (its opening
+mark, no time elapsed) has no return and is not counted.
+
+Annualization. ``days_per_year = n_days / years`` (years of elapsed time, ``YEAR_NS``): ~365 for
+a 24x7 market, ~252-260 for a weekday calendar, taken from the run rather than assumed. Annualized
+figures exist only for runs of at least ``MIN_ANNUALIZE_DAYS`` days (``Metrics.annualized``); a
+shorter run reports per-day figures and leaves the annualized ones nan.
 
 Nothing here crashes on a degenerate run and nothing reports a number it cannot back: where a
-quantity is undefined (no variance, too few samples, no trades, no drawdown) it is ``nan`` and the
-docstring of the function says when. Note that ``msgspec.json`` encodes ``nan`` and ``inf`` as
-``null``; reports that need to tell them apart should format floats themselves.
+quantity is undefined (no variance, too few samples, no trades, no drawdown, too few days to
+annualize) it is ``nan`` and the docstring of the function says when. Note that ``msgspec.json``
+encodes ``nan`` and ``inf`` as ``null``; reports that need to tell them apart should format floats
+themselves.
 """
 
 from __future__ import annotations
@@ -23,9 +36,19 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-YEAR_NS = 365.25 * 86_400 * 1e9  # Julian year: leap years average in, calendar-agnostic
+from engine.domain.timestamps import DAY_NS
 
-ArrayLike = np.ndarray | Sequence[float]
+YEAR_NS = 365.25 * DAY_NS  # Julian year: leap years average in, calendar-agnostic
+
+# Annualized return, volatility, Sharpe, Sortino and Calmar need this many days; below it they are
+# nan. Two reasons. Compounding: annualizing raises (1 + total return) to days_per_year / n_days,
+# ~50 for a 5-session run, so a good week reads as +4e8 % a year. Noise: a Sharpe ratio estimated
+# from n daily returns has a standard error of about sqrt(1 / n) a day, sqrt(252 / n) annualized:
+# ~7 after 5 days, so an "annualized Sharpe of 10" from a week is indistinguishable from 0. Sixty
+# trading days, about a quarter, keeps the exponent near 4 and the annualized error near 2: the
+# shortest record whose yearly figures are at least of the right order, and the usual convention
+# for the shortest track record annualized at all.
+MIN_ANNUALIZE_DAYS = 60
 
 # A spread of returns at or below this many ulps of (1 + |r|) is floating-point noise: returns are
 # ratios of equities, each carrying about one ulp of relative rounding, so a "constant" growth
@@ -46,15 +69,23 @@ class MetricsInputError(ValueError):
 class Metrics(msgspec.Struct, kw_only=True):
     """Summary of one run. ``nan`` means undefined for this run, never "zero" or "unknown bug".
 
-    Per-field definitions (r = per-period simple returns, ppy = ``periods_per_year``):
+    Per-field definitions (r_d = daily simple returns, see the module docstring for days;
+    dpy = ``days_per_year``):
 
     - ``total_return``: ``equity[-1] / equity[0] - 1``; nan for an empty curve.
-    - ``annualized_return``: ``(1 + total) ** (1 / years) - 1``, years = elapsed / ``YEAR_NS``;
-      nan with fewer than 2 samples, ``inf`` if the extrapolation of a very short run overflows.
-    - ``volatility``: ``std(r, ddof=1) * sqrt(ppy)``; nan with fewer than 2 returns.
-    - ``sharpe``, ``sortino``: see ``sharpe_ratio`` and ``sortino_ratio``.
-    - ``max_drawdown``, ``max_drawdown_duration_ns``: see ``max_drawdown``.
-    - ``calmar``: ``annualized_return / max_drawdown``; nan when there is no drawdown.
+    - ``annualized``: ``n_days >= MIN_ANNUALIZE_DAYS``; when False, the five annualized fields
+      below are nan, whatever the run.
+    - ``annualized_return``: ``(1 + total) ** (1 / years) - 1``, years = elapsed / ``YEAR_NS``.
+    - ``volatility`` (annualized): ``std(r_d, ddof=1) * sqrt(dpy)``.
+    - ``sharpe``, ``sortino`` (annualized): ``sharpe_ratio`` and ``sortino_ratio`` of r_d at dpy.
+    - ``calmar``: ``annualized_return / max_drawdown``; nan also when there is no drawdown.
+    - ``n_days``: days with a return; ``days_per_year``: ``n_days / years``, nan with no elapsed
+      time.
+    - ``mean_daily_return``, ``best_day``, ``worst_day``: mean, max and min of r_d (nan without
+      days); ``daily_volatility``: ``std(r_d, ddof=1)``; ``daily_sharpe``: ``(mean(r_d) - rf_d) /
+      std(r_d)``, not annualized, with ``rf_d = (1 + rf) ** (1 / dpy) - 1`` (nan with fewer than 2
+      days or no variance).
+    - ``max_drawdown``, ``max_drawdown_duration_ns``: see ``max_drawdown``, on every sample.
     - ``turnover``: ``sum(fill notional) / equity[0]``; nan for an empty curve.
     - ``hit_rate``: share of closed trades with pnl > 0 (a scratch trade is not a hit); nan
       without trades.
@@ -63,17 +94,25 @@ class Metrics(msgspec.Struct, kw_only=True):
       ``FLAT_LEVERAGE * equity``, so float residue of a closed position is flat). Each sample's value is
       held until the next sample (positions sampled at a bar end are what the run carries through
       the next bar, overnight included). nan without ``gross_exposure`` or with no elapsed time.
-    - ``periods_per_year``: ``n_periods / years``; nan with fewer than 2 samples.
+    - ``n_periods``: returns in the equity curve (bars); ``elapsed_ns``: first to last sample.
     """
 
     total_return: float
+    annualized: bool
     annualized_return: float
     volatility: float
     sharpe: float
     sortino: float
+    calmar: float
+    n_days: int
+    days_per_year: float
+    mean_daily_return: float
+    daily_volatility: float
+    daily_sharpe: float
+    best_day: float
+    worst_day: float
     max_drawdown: float
     max_drawdown_duration_ns: int
-    calmar: float
     turnover: float
     hit_rate: float
     trade_count: int
@@ -81,7 +120,6 @@ class Metrics(msgspec.Struct, kw_only=True):
     fees_paid: float
     exposure: float
     time_in_market: float
-    periods_per_year: float
     n_periods: int
     elapsed_ns: int
 
@@ -126,25 +164,25 @@ def _float_array(x: ArrayLike, name: str, *, positive: bool = False, nonneg: boo
     return arr
 
 
-def _ts_array(ts_ns: ArrayLike) -> np.ndarray:
+def _ts_array(ts_ns: ArrayLike, name: str = "ts_ns") -> np.ndarray:
     arr = np.asarray(ts_ns)
     if arr.ndim != 1:
-        raise MetricsInputError(f"ts_ns must be 1-D, got shape {arr.shape}")
+        raise MetricsInputError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size == 0:
         return arr.astype(np.int64)  # np.asarray([]) is float64; an empty curve has no unit to get wrong
     if arr.dtype.kind not in "iu":
         raise MetricsInputError(
-            f"ts_ns must be integer nanoseconds, got dtype {arr.dtype}; "
+            f"{name} must be integer nanoseconds, got dtype {arr.dtype}; "
             "convert with engine.domain.timestamps.to_ns"
         )
     if arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
-        raise MetricsInputError("ts_ns does not fit int64 nanoseconds")
+        raise MetricsInputError(f"{name} does not fit int64 nanoseconds")
     arr = arr.astype(np.int64, copy=False)
     steps = np.diff(arr)
     if (steps <= 0).any():
         i = int(np.flatnonzero(steps <= 0)[0]) + 1
         raise MetricsInputError(
-            f"ts_ns must be strictly increasing: ts_ns[{i}] = {arr[i]} <= ts_ns[{i - 1}] = {arr[i - 1]}"
+            f"{name} must be strictly increasing: {name}[{i}] = {arr[i]} <= {name}[{i - 1}] = {arr[i - 1]}"
         )
     return arr
 
@@ -201,6 +239,15 @@ def periods_per_year(ts_ns: ArrayLike) -> float:
     return (ts.size - 1) * YEAR_NS / elapsed_ns
 
 
+def _per_period_sharpe(r: np.ndarray, rf_p: float) -> float:
+    if r.size < 2:
+        return math.nan
+    sd = float(np.std(r, ddof=1))
+    if sd <= _noise_floor(r):
+        return math.nan
+    return (float(np.mean(r)) - rf_p) / sd
+
+
 def sharpe_ratio(returns: ArrayLike, periods_per_year: float, risk_free_rate: float = 0.0) -> float:
     """Annualized Sharpe ratio ``(mean(r) - rf_p) / std(r, ddof=1) * sqrt(periods_per_year)``.
 
@@ -210,13 +257,7 @@ def sharpe_ratio(returns: ArrayLike, periods_per_year: float, risk_free_rate: fl
     """
     r = _float_array(returns, "returns")
     ppy = _check_ppy(periods_per_year)
-    rf_p = _per_period_rate(risk_free_rate, ppy)
-    if r.size < 2:
-        return math.nan
-    sd = float(np.std(r, ddof=1))
-    if sd <= _noise_floor(r):
-        return math.nan
-    return (float(np.mean(r)) - rf_p) / sd * math.sqrt(ppy)
+    return _per_period_sharpe(r, _per_period_rate(risk_free_rate, ppy)) * math.sqrt(ppy)
 
 
 def sortino_ratio(returns: ArrayLike, periods_per_year: float, risk_free_rate: float = 0.0) -> float:
@@ -272,10 +313,35 @@ def max_drawdown(ts_ns: ArrayLike, equity: ArrayLike) -> tuple[float, int]:
     return depth, int(np.max(end_ns - start_ns))
 
 
+def daily_returns(ts_ns: ArrayLike, equity: ArrayLike, day_starts_ns: ArrayLike | None = None) -> np.ndarray:
+    """Close-to-close return of each day of the run, in order; see the module docstring for what a
+    day is. ``day_starts_ns`` (strictly increasing int64 ns) are the times days begin, samples before
+    the first belonging to the first day; None or empty: UTC dates. Empty for fewer than 2 samples."""
+    ts = _ts_array(ts_ns)
+    e = _float_array(equity, "equity", positive=True)
+    _same_length(ts, "ts_ns", e, "equity", "pass one equity value per sample time")
+    starts = None if day_starts_ns is None else _ts_array(day_starts_ns, "day_starts_ns")
+    return _daily_returns(ts, e, starts)
+
+
+def _daily_returns(ts: np.ndarray, e: np.ndarray, starts: np.ndarray | None) -> np.ndarray:
+    if e.size < 2:
+        return np.empty(0)
+    if starts is None or starts.size == 0:
+        day = ts // DAY_NS
+    else:
+        day = np.maximum(np.searchsorted(starts, ts, side="right") - 1, 0)
+    closes = np.append(np.flatnonzero(np.diff(day)), e.size - 1)
+    if closes[0] == 0:  # the first day holds only the opening mark: no time, no return
+        closes = closes[1:]
+    base = np.concatenate(([0], closes[:-1]))
+    return e[closes] / e[base] - 1.0
+
+
 def _annualized(total: float, years: float) -> float:
     try:
         return (1.0 + total) ** (1.0 / years) - 1.0
-    except OverflowError:  # a big move over minutes extrapolates past float range
+    except OverflowError:  # only reachable for a huge total: runs this short are not annualized
         return math.inf
 
 
@@ -288,8 +354,10 @@ def compute_metrics(
     fill_fee: ArrayLike = (),
     trade_pnl: ArrayLike = (),
     risk_free_rate: float = 0.0,
+    day_starts_ns: ArrayLike | None = None,
 ) -> Metrics:
-    """All metrics of one run; see ``Metrics`` for each definition and its degenerate cases.
+    """All metrics of one run; see ``Metrics`` for each definition and its degenerate cases, and
+    ``daily_returns`` for ``day_starts_ns``.
 
     Raises ``MetricsInputError`` (a ``ValueError``) naming the argument when arrays differ in
     length, times do not strictly increase, equity is not finite and positive, gross exposure or
@@ -306,6 +374,7 @@ def compute_metrics(
     fee = _float_array(fill_fee, "fill_fee")  # may be negative: maker rebates
     _same_length(fee, "fill_fee", notional, "fill_notional", "pass one fee per fill (0.0 where free)")
     pnl = _float_array(trade_pnl, "trade_pnl")
+    starts = None if day_starts_ns is None else _ts_array(day_starts_ns, "day_starts_ns")
     _check_rf(risk_free_rate)  # fail on a bad rate even where the run is too short to use it
 
     n = int(e.size)
@@ -315,36 +384,54 @@ def compute_metrics(
     trade_count = int(pnl.size)
     hit_rate = float(np.count_nonzero(pnl > 0) / trade_count) if trade_count else nan
     depth, dd_ns = max_drawdown(ts, e)
-
-    annualized = vol = sharpe = sortino = calmar = exposure = in_market = ppy = nan
     elapsed_ns = int(ts[-1] - ts[0]) if n else 0
-    if n >= 2:
-        years = elapsed_ns / YEAR_NS
-        ppy = (n - 1) * YEAR_NS / elapsed_ns  # as periods_per_year(ts), without re-validating
-        annualized = _annualized(total, years)
-        r = e[1:] / e[:-1] - 1.0
-        if r.size >= 2:
-            vol = float(np.std(r, ddof=1)) * math.sqrt(ppy)
-        sharpe = sharpe_ratio(r, ppy, risk_free_rate)
-        sortino = sortino_ratio(r, ppy, risk_free_rate)
+    years = elapsed_ns / YEAR_NS
+
+    r_d = _daily_returns(ts, e, starts)
+    n_days = int(r_d.size)
+    dpy = n_days / years if elapsed_ns > 0 else nan
+    mean_day = best = worst = vol_day = sharpe_day = nan
+    if n_days:
+        mean_day, best, worst = float(np.mean(r_d)), float(np.max(r_d)), float(np.min(r_d))
+    if n_days >= 2:
+        vol_day = float(np.std(r_d, ddof=1))
+        sharpe_day = _per_period_sharpe(r_d, _per_period_rate(risk_free_rate, dpy))
+
+    annualized = n_days >= MIN_ANNUALIZE_DAYS
+    ann_return = vol = sharpe = sortino = calmar = nan
+    if annualized:
+        ann_return = _annualized(total, years)
+        vol = vol_day * math.sqrt(dpy)
+        sharpe = sharpe_ratio(r_d, dpy, risk_free_rate)
+        sortino = sortino_ratio(r_d, dpy, risk_free_rate)
         if depth > 0:
-            calmar = annualized / depth
-        if gx is not None:
-            # Left-point rule: the exposure at a bar end is carried until the next sample.
-            dt = np.diff(ts).astype(np.float64)
-            leverage = gx[:-1] / e[:-1]
-            exposure = float(np.sum(leverage * dt) / elapsed_ns)
-            in_market = float(np.sum(dt[leverage > FLAT_LEVERAGE]) / elapsed_ns)
+            calmar = ann_return / depth
+
+    exposure = in_market = nan
+    if gx is not None and elapsed_ns > 0:
+        # Left-point rule: the exposure at a bar end is carried until the next sample.
+        dt = np.diff(ts).astype(np.float64)
+        leverage = gx[:-1] / e[:-1]
+        exposure = float(np.sum(leverage * dt) / elapsed_ns)
+        in_market = float(np.sum(dt[leverage > FLAT_LEVERAGE]) / elapsed_ns)
 
     return Metrics(
         total_return=total,
-        annualized_return=annualized,
+        annualized=annualized,
+        annualized_return=ann_return,
         volatility=vol,
         sharpe=sharpe,
         sortino=sortino,
+        calmar=calmar,
+        n_days=n_days,
+        days_per_year=dpy,
+        mean_daily_return=mean_day,
+        daily_volatility=vol_day,
+        daily_sharpe=sharpe_day,
+        best_day=best,
+        worst_day=worst,
         max_drawdown=depth,
         max_drawdown_duration_ns=dd_ns,
-        calmar=calmar,
         turnover=turnover,
         hit_rate=hit_rate,
         trade_count=trade_count,
@@ -352,7 +439,6 @@ def compute_metrics(
         fees_paid=float(np.sum(fee)),
         exposure=exposure,
         time_in_market=in_market,
-        periods_per_year=ppy,
         n_periods=max(n - 1, 0),
         elapsed_ns=elapsed_ns,
     )

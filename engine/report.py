@@ -15,16 +15,18 @@ import pyarrow.parquet as pq
 
 from engine import _core
 from engine.backtest import RESET_REASONS, BacktestResult
-from engine.domain.timestamps import format_ns_seconds
-from engine.metrics import JobsonKorkie
+from engine.domain.timestamps import DAY_NS, HOUR_NS, MINUTE_NS, format_ns_seconds
+from engine.metrics import MIN_ANNUALIZE_DAYS, JobsonKorkie, Metrics
 
 _RULE = "-" * 78
 
 
-# Annualizing a few days compounds to absurd magnitudes; past these they print in e-notation so
-# the table's columns stay aligned.
+# Annualized figures exist only for long runs (engine.metrics.MIN_ANNUALIZE_DAYS); past these
+# magnitudes they print in e-notation so the table's columns stay aligned.
 _BIG_PCT = 1e5
 _BIG_NUM = 1e6
+# Enough of the fills' SHA-256 to tell runs apart by eye; summary.json holds all of it.
+FILL_HASH_CHARS = 12
 
 
 def _pct(x: float, sign: str = "+") -> str:
@@ -40,25 +42,43 @@ def _num(x: float, fmt: str = ".2f") -> str:
 
 
 def _duration(ns: int) -> str:
-    s = ns / 1e9
-    if s >= 86400:
-        return f"{s / 86400:.1f}d"
-    if s >= 3600:
-        return f"{s / 3600:.1f}h"
-    return f"{s / 60:.1f}m"
+    if ns >= DAY_NS:
+        return f"{ns / DAY_NS:.1f}d"
+    if ns >= HOUR_NS:
+        return f"{ns / HOUR_NS:.1f}h"
+    return f"{ns / MINUTE_NS:.1f}m"
 
 
-def metric_rows(r: BacktestResult) -> list[tuple[str, str]]:
-    m = r.metrics
-    return [
-        ("total return", _pct(m.total_return)),
+def annualized_rows(m: Metrics) -> list[tuple[str, str]]:
+    """The five annualized figures; each says why it is missing where the run is too short."""
+    rows = [
         ("annualized return", _pct(m.annualized_return)),
         ("volatility (ann.)", _pct(m.volatility, "")),
-        ("Sharpe", _num(m.sharpe)),
-        ("Sortino", _num(m.sortino)),
+        ("Sharpe (ann.)", _num(m.sharpe)),
+        ("Sortino (ann.)", _num(m.sortino)),
+        ("Calmar", _num(m.calmar)),
+    ]
+    if m.annualized:
+        return rows
+    return [(label, f"n/a: {m.n_days}d < {MIN_ANNUALIZE_DAYS}") for label, _ in rows]
+
+
+def daily_rows(m: Metrics) -> list[tuple[str, str]]:
+    return [
+        ("days", f"{m.n_days:,}"),
+        ("mean daily return", _pct(m.mean_daily_return)),
+        ("daily volatility", _pct(m.daily_volatility, "")),
+        ("daily Sharpe (not ann.)", _num(m.daily_sharpe)),
+        ("best day", _pct(m.best_day)),
+        ("worst day", _pct(m.worst_day)),
+    ]
+
+
+def activity_rows(r: BacktestResult) -> list[tuple[str, str]]:
+    m = r.metrics
+    return [
         ("max drawdown", _pct(-m.max_drawdown)),
         ("max DD duration", _duration(m.max_drawdown_duration_ns)),
-        ("Calmar", _num(m.calmar)),
         ("turnover (x capital)", _num(m.turnover, ".1f")),
         ("hit rate", _pct(m.hit_rate, "")),
         ("trades", f"{m.trade_count:,}"),
@@ -66,7 +86,33 @@ def metric_rows(r: BacktestResult) -> list[tuple[str, str]]:
         ("fees paid", f"{m.fees_paid:,.2f}"),
         ("exposure (avg gross/equity)", _num(m.exposure)),
         ("time in market", _pct(m.time_in_market, "")),
+        ("fills SHA-256", r.fill_hash()[:FILL_HASH_CHARS]),
     ]
+
+
+def _metric_table(results: list[BacktestResult]) -> list[str]:
+    """Per-day figures lead, and the annualized ones follow, unless a run is long enough to
+    annualize: then they lead. When no run is, one line says so instead of five rows of n/a."""
+    names = [x.strategy for x in results]
+    width = max(14, *(len(n) + 2 for n in names))
+    long_enough = any(x.metrics.annualized for x in results)
+    columns = []
+    for x in results:
+        m = x.metrics
+        rows = [("total return", _pct(m.total_return))]
+        rows += annualized_rows(m) + daily_rows(m) if long_enough else daily_rows(m)
+        columns.append(rows + activity_rows(x))
+    lines = [f"{'metric':<28}" + "".join(f"{n:>{width}}" for n in names)]
+    for k, (label, _) in enumerate(columns[0]):
+        lines.append(f"{label:<28}" + "".join(f"{c[k][1]:>{width}}" for c in columns))
+    if not long_enough:
+        days = sorted({x.metrics.n_days for x in results})
+        span = f"{days[0]:,}" if len(days) == 1 else f"{days[0]:,}-{days[-1]:,}"
+        lines.append(
+            f"{'annualized':<28}n/a: {span} days < {MIN_ANNUALIZE_DAYS} "
+            "(return, volatility, Sharpe, Sortino, Calmar)"
+        )
+    return lines
 
 
 def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None) -> str:
@@ -81,6 +127,7 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
     unit = f", timestamps in {src.ts_unit} ({'detected' if src.ts_unit_detected else 'given'})" if src.ts_unit else ""
     lines += [
         f"data         {r.quotes_in:,} quotes -> {r.ticks:,} ticks (interval {r.config.interval}){unit}",
+        f"days         {r.day_basis}; annualized figures need {MIN_ANNUALIZE_DAYS} days",
         f"execution    latency {r.config.latency_ns:,} ns, fee {r.config.fee_bps:g} bps"
         f"{f' + {r.config.fee_per_fill:g}/fill' if r.config.fee_per_fill else ''}, fills at the next tick"
         f"{', size-capped' if r.config.size_cap else ''}{', flatten at close' if r.config.flatten_at_close else ''}",
@@ -91,13 +138,9 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
     if any(x.strategy == "oracle" for x in results):
         lines.append("oracle       the same threshold rule on the true expected return (synthetic market): the ceiling")
     lines.append(_RULE)
-    names = [x.strategy for x in results]
-    width = max(14, *(len(n) + 2 for n in names))
-    lines.append(f"{'metric':<28}" + "".join(f"{n:>{width}}" for n in names))
-    table = [metric_rows(x) for x in results]
-    for k, (label, _) in enumerate(table[0]):
-        lines.append(f"{label:<28}" + "".join(f"{t[k][1]:>{width}}" for t in table))
+    lines += _metric_table(results)
     if jk is not None:
+        names = [x.strategy for x in results]
         lines.append(
             f"Jobson-Korkie (Memmel) {names[0]} vs {names[1]}: z = {_num(jk.z)}, p = {_num(jk.p_value, '.3f')} "
             f"over {jk.n:,} bars"
@@ -159,6 +202,10 @@ def summary_dict(r: BacktestResult, jk: JobsonKorkie | None = None) -> dict[str,
         "quotes_per_s": r.quotes_per_s,
         "fill_hash": r.fill_hash(),
         "model": r.model,
+        # What the daily metrics call a day, and how many a run needs before its annualized
+        # metrics are given (null below that, with metrics.annualized false).
+        "day_basis": r.day_basis,
+        "annualize_min_days": MIN_ANNUALIZE_DAYS,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "core": _core.build_info()},
     }
     if jk is not None:

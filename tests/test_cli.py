@@ -74,6 +74,76 @@ def test_compare_prints_both_strategies_and_jobson_korkie(capsys):
     assert "buy_hold" in out and "Jobson-Korkie (Memmel) momentum vs buy_hold: z =" in out
 
 
+ANNUALIZED = ("annualized_return", "volatility", "sharpe", "sortino", "calmar")
+PER_DAY = ("mean_daily_return", "daily_volatility", "daily_sharpe", "best_day", "worst_day")
+
+
+def table_row(out: str, label: str) -> list[str]:
+    """The cells of the summary table's row ``label`` (labels are padded to 28 characters)."""
+    line = next(x for x in out.splitlines() if x.startswith(f"{label:<28}"))
+    return line[28:].split()
+
+
+def test_a_short_run_leads_with_per_day_figures_and_gives_no_annualized_number(capsys):
+    code, out, _ = run_cli(capsys, "backtest", *SMALL)  # 2 sessions
+    assert code == 0
+    assert table_row(out, "days") == ["2"]
+    for label in ("mean daily return", "daily volatility", "daily Sharpe (not ann.)", "best day", "worst day"):
+        assert table_row(out, label)[0] != "n/a", label
+    assert f"{'annualized':<28}n/a: 2 days < 60 (return, volatility, Sharpe, Sortino, Calmar)" in out
+    assert "annualized return" not in out and "Sharpe (ann.)" not in out
+    assert "days         US-RTH sessions, open to next open; annualized figures need 60 days" in out
+    code, out, _ = run_cli(capsys, "backtest", *SMALL, "--json")
+    summary = json.loads(out)[0]
+    m = summary["metrics"]
+    assert m["annualized"] is False and m["n_days"] == 2
+    assert all(m[k] is None for k in ANNUALIZED)
+    assert all(isinstance(m[k], float) for k in PER_DAY)
+    assert (summary["day_basis"], summary["annualize_min_days"]) == ("US-RTH sessions, open to next open", 60)
+
+
+def test_sixty_sessions_lead_with_annualized_figures_from_daily_returns(capsys, tmp_path):
+    argv = ["backtest", "--n-sessions", "61", "--quote-rate-hz", "0.2", "--no-progress"]
+    code, out, _ = run_cli(capsys, *argv, "--out", str(tmp_path))
+    assert code == 0
+    m = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert m["annualized"] is True and m["n_days"] == 61
+    assert table_row(out, "Sharpe (ann.)") == [f"{m['sharpe']:.2f}"]
+    assert table_row(out, "annualized return") == [f"{m['annualized_return'] * 100:+.2f}%"]
+    assert out.index("annualized return") < out.index("mean daily return")
+    # By hand from the equity file: a US-RTH session's close is its last sample (every sample of
+    # a session lies on its UTC date); returns close to close, the first over the initial capital.
+    eq = pq.read_table(tmp_path / "equity.parquet")
+    ts, equity = eq.column("ts_ns").to_numpy(), eq.column("equity").to_numpy()
+    date = ts // (86_400 * 10**9)
+    closes = equity[np.append(np.flatnonzero(np.diff(date)), len(date) - 1)]
+    r = closes / np.concatenate(([equity[0]], closes[:-1])) - 1
+    years = (ts[-1] - ts[0]) / (365.25 * 86_400 * 10**9)
+    assert len(r) == 61
+    assert m["daily_sharpe"] == pytest.approx(r.mean() / r.std(ddof=1), rel=1e-9)
+    assert m["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * np.sqrt(61 / years), rel=1e-9)
+    assert m["annualized_return"] == pytest.approx((equity[-1] / equity[0]) ** (1 / years) - 1, rel=1e-9)
+
+
+def test_days_are_sessions_of_the_calendar_not_utc_dates(capsys):
+    # 3 CME sessions, each from 17:00 Chicago (23:00 UTC) to 16:00 the next day, span 4 UTC dates
+    code, out, _ = run_cli(capsys, "backtest", "--n-sessions", "3", "--quote-rate-hz", "0.2", "--calendar", "CME",
+                           "--no-progress", "--json")  # fmt: skip
+    summary = json.loads(out)[0]
+    assert summary["metrics"]["n_days"] == 3 and summary["day_basis"] == "CME sessions, open to next open"
+
+
+def test_the_summary_prints_each_runs_fills_hash(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "backtest", *SMALL, "--compare", "buy_hold", "--out", str(tmp_path))
+    assert code == 0
+    full = [json.loads((tmp_path / name / "summary.json").read_text())["fill_hash"] for name in ("momentum", "buy_hold")]
+    assert table_row(out, "fills SHA-256") == [h[:12] for h in full]
+    # the same run again prints the same hash; other data, another
+    _, again, _ = run_cli(capsys, "backtest", *SMALL)
+    _, other, _ = run_cli(capsys, "backtest", *SMALL, "--seed", "2")
+    assert table_row(again, "fills SHA-256") == [full[0][:12]] != table_row(other, "fills SHA-256")
+
+
 def test_python_strategy_by_import_path(capsys):
     code, out, _ = run_cli(capsys, "backtest", *SMALL, "--strategy", "strategies.ema_cross:EmaCross",
                            "--param", "fast_span=30", "--param", "slow_span=120")

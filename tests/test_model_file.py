@@ -4,12 +4,18 @@ metadata; no pickle; malformed or mismatched files refused with a message saying
 from __future__ import annotations
 
 import json
+import resource
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
+from engine import _core
 from engine.model.config import FEATURE_NAMES, SSMConfig, tensor_shapes
 from engine.model.weights import (
     DEFAULT_MODEL_PATH,
@@ -125,3 +131,107 @@ def test_packaged_default_model_loads_and_runs():
     core = m.core_model(2)
     out = core.step(np.array([0, 1], np.int32), np.zeros((2, 5), np.float32), np.ones(2, np.uint8))
     assert np.isfinite(out).all()
+
+
+# --- models too large to run ----------------------------------------------------------------------
+
+# The default config (d_model 64, d_inner 128, 4 heads of 32, d_state 16, d_conv 4, one group, one
+# output) asking for 100,000,000 layers. The kernel's weight arena in floats, every row padded to 16:
+#   fixed:     encoder 5 x 64 + encoder.bias 64 + norm_f 64 + head 64 x pad16(1) + head.bias 16 = 1,488
+#   per layer: norm 64 + in_proj 64 x pad16(2*128 + 2*16 + 4 = 292) = 64 x 304 = 19,456
+#              + conv 4 x 160 + conv bias 160 + dt_bias, A, D 3 x 16 + D per element and
+#              norm_gated 2 x 128 + out_proj 128 x 64 = 8,192                           = 28,816
+#   default (2 layers): (1,488 + 2 x 28,816) x 4 = 236,480 bytes
+#   1e8 layers:         (1,488 + 1e8 x 28,816) x 4 = 11,526,400,005,952 bytes
+# State per instrument, per layer: conv window 3 x 160 = 480 + SSM state 4 x 32 x 16 = 2,048 = 2,528
+# floats; default 2 x 2,528 x 4 = 20,224 bytes; 1e8 layers 1,011,200,000,000 bytes.
+HUGE_LAYERS = 100_000_000
+HUGE_WEIGHTS = "11,526,400,005,952 bytes"
+HUGE_STATE = "1,011,200,000,000 bytes"
+
+
+def test_footprint_of_the_default_model_by_hand():
+    footprint = _core.SsmModel.footprint(SSMConfig().core_dict())
+    assert footprint == {"weight_bytes": 236_480, "state_bytes_per_slot": 20_224}
+
+
+def _limited_address_space() -> None:
+    # The child may not take the shared machine's memory with it if the refusal ever regresses.
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+def test_a_file_asking_for_huge_layers_is_refused_before_any_allocation(tmp_path):
+    # Before the limit, loading this 230 KB file built the names of 900M expected tensors and died of
+    # MemoryError after ~50 s. In a child with 3 GiB of address space and a timeout, so that a
+    # regression fails this test instead of the machine.
+    meta, arrays = raw_metadata(DEFAULT_MODEL_PATH)
+    meta["config"] = json.dumps(json.loads(meta["config"]) | {"n_layers": HUGE_LAYERS})
+    huge = tmp_path / "huge.safetensors"
+    rewrite(huge, meta, arrays)
+    child = (
+        "import sys\n"
+        "from engine.model.weights import ModelFileError, load_model\n"
+        "try:\n    load_model(sys.argv[1])\n"
+        "except ModelFileError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(huge)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=_limited_address_space)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    message = done.stdout
+    assert message.startswith(str(huge)), message
+    for part in (f"n_layers={HUGE_LAYERS}", "d_model=64", HUGE_WEIGHTS, "of weights, over the 1.0 GiB limit",
+                 HUGE_STATE, "of state per instrument, over the 4.0 GiB limit"):  # fmt: skip
+        assert part in message, part
+
+
+def test_every_way_to_build_a_huge_model_is_refused_with_its_sizes():
+    config = SSMConfig().core_dict() | {"n_layers": HUGE_LAYERS}
+    # the compiled kernel's own constructor, before it looks at a single tensor
+    with pytest.raises(ValueError) as e:
+        _core.SsmModel(config, {}, 1)
+    assert f"n_layers={HUGE_LAYERS}" in str(e.value) and HUGE_WEIGHTS in str(e.value) and HUGE_STATE in str(e.value)
+    # the Python config that training and the benchmarks build
+    with pytest.raises(ValueError, match=HUGE_WEIGHTS):
+        SSMConfig(n_layers=HUGE_LAYERS)
+    # sizes past the kernel's 32-bit ints
+    with pytest.raises(ValueError, match=r"config\['d_model'\] = 1099511627776 is out of range"):
+        SSMConfig(d_model=2**40)
+
+
+def test_too_many_instruments_for_the_state_pool_are_refused():
+    # 212,400 x 20,224 bytes = 4,295,577,600 bytes, just past 4 GiB (4,294,967,296)
+    model = load_model()
+    with pytest.raises(ValueError) as e:
+        model.core_model(212_400)
+    assert "212400 instruments" in str(e.value) and "4,295,577,600 bytes" in str(e.value)
+    core = model.core_model(2)
+    with pytest.raises(ValueError, match="over the state pool's limit"):
+        core.grow(212_400)
+    assert core.n_slots == 2  # the pool it had is kept and still steps
+    out = core.step(np.array([0, 1], np.int32), np.zeros((2, 5), np.float32), np.ones(2, np.uint8))
+    assert np.isfinite(out).all()
+
+
+@st.composite
+def small_configs(draw) -> SSMConfig:
+    nheads, headdim = draw(st.integers(1, 4)), draw(st.integers(1, 8))
+    ngroups = draw(st.sampled_from([g for g in range(1, nheads + 1) if nheads % g == 0]))
+    return SSMConfig(
+        kind=draw(st.sampled_from(["mamba2", "s4d"])), d_model=nheads * headdim, expand=1, headdim=headdim,
+        n_layers=draw(st.integers(1, 3)), d_state=draw(st.integers(1, 9)), d_conv=draw(st.integers(1, 5)),
+        ngroups=ngroups, n_out=draw(st.integers(1, 3)),
+    )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(small_configs(), st.integers(0, 5))
+def test_footprint_is_what_the_kernel_allocates(cfg, n_slots):
+    # The constructor checks that its weight arena is the footprint's to the float (it raises
+    # otherwise); the state pool is read back through the state views.
+    footprint = _core.SsmModel.footprint(cfg.core_dict())
+    model = _core.SsmModel(cfg.core_dict(), tensors(cfg), n_slots)
+    state = sum(model.ssm_state(layer).nbytes for layer in range(cfg.n_layers))
+    if cfg.kind == "mamba2":
+        state += sum(model.conv_state(layer).nbytes for layer in range(cfg.n_layers))
+    assert state == n_slots * footprint["state_bytes_per_slot"]
+    assert footprint["weight_bytes"] >= sum(t.nbytes for t in tensors(cfg).values())  # plus row padding

@@ -9,6 +9,8 @@ from typing import Literal
 
 import msgspec
 
+from engine import _core
+
 # Causal per-tick features, computed once in C++ (csrc/features.hpp) for both training and inference.
 # The order is the column order of the model input.
 FEATURE_NAMES: tuple[str, ...] = (
@@ -53,6 +55,10 @@ class SSMConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"SSMConfig: nheads={self.nheads} is not a multiple of ngroups={self.ngroups}")
         if self.chunk_size < 1:
             raise ValueError("SSMConfig.chunk_size must be >= 1")
+        # The kernel's memory limits, from the kernel itself (csrc/ssm.hpp): one statement of them
+        # for every path (model files, training, benchmarks), checked here before tensor_shapes or
+        # torch would build a model this config describes.
+        _core.SsmModel.footprint(self.core_dict())
 
     @property
     def d_inner(self) -> int:

@@ -102,10 +102,20 @@ def load_model(path: str | os.PathLike | None = None) -> ModelFile:
     try:
         with safe_open(p, framework="numpy") as f:
             meta = f.metadata() or {}
+            # The metadata and the header's shapes are checked before any tensor is read: a file
+            # whose config or tensors are too large is refused without allocating them.
+            config, normalizer, signal, training = _read_metadata(p, meta)
+            _check_shapes(p, config, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except ModelFileError:
+        raise
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{p}: not a readable safetensors file ({e})") from None
+    _check(p, config, normalizer, tensors)
+    return ModelFile(path=p, config=config, normalizer=normalizer, signal=signal, tensors=tensors, training=training)
 
+
+def _read_metadata(p: str, meta: dict[str, str]) -> tuple[SSMConfig, Normalizer, SignalSpec, dict[str, Any]]:
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{p}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}; not a nextick model")
     version = meta.get("format_version")
@@ -114,7 +124,7 @@ def load_model(path: str | os.PathLike | None = None) -> ModelFile:
             f"{p}: format_version {version!r}; this nextick reads version {FORMAT_VERSION}. "
             "Re-export it with this version's `nextick train`."
         )
-    config = _decode(p, meta, "config", SSMConfig)
+    config = _decode(p, meta, "config", SSMConfig)  # SSMConfig refuses sizes past the kernel's memory limits
     normalizer = _decode(p, meta, "normalizer", Normalizer)
     signal = _decode(p, meta, "signal", SignalSpec)
     training = _decode(p, meta, "training", dict) if "training" in meta else {}
@@ -127,8 +137,7 @@ def load_model(path: str | os.PathLike | None = None) -> ModelFile:
             f"{p}: softplus_threshold {meta.get('softplus_threshold')!r} disagrees with the config's "
             f"{config.softplus_threshold}"
         )
-    _check(p, config, normalizer, tensors)
-    return ModelFile(path=p, config=config, normalizer=normalizer, signal=signal, tensors=tensors, training=training)
+    return config, normalizer, signal, training
 
 
 def _decode(path: str, meta: dict[str, str], key: str, typ: type) -> Any:
@@ -155,18 +164,23 @@ def _check(path: str, config: SSMConfig, normalizer: Normalizer, tensors: dict[s
             raise ModelFileError(f"{path}: normalizer.{name} holds a non-finite value")
     if not all(v > 0 for v in normalizer.std) or not normalizer.target_std > 0:
         raise ModelFileError(f"{path}: normalizer standard deviations must be positive")
+    _check_shapes(path, config, {name: tuple(t.shape) for name, t in tensors.items()})
+    for name, t in tensors.items():
+        if t.dtype != np.float32:
+            raise ModelFileError(f"{path}: tensor {name} is {t.dtype}, expected float32")
+        if not np.isfinite(t).all():
+            raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
+
+
+def _check_shapes(path: str, config: SSMConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Exactly the tensors ``config`` implies, each of its shape."""
     expected = tensor_shapes(config)
-    missing = sorted(set(expected) - set(tensors))
+    missing = sorted(set(expected) - set(shapes))
     if missing:
         raise ModelFileError(f"{path}: missing tensors for a {config.kind} model: {', '.join(missing)}")
-    extra = sorted(set(tensors) - set(expected))
+    extra = sorted(set(shapes) - set(expected))
     if extra:
         raise ModelFileError(f"{path}: tensors not in a {config.kind} model of this config: {', '.join(extra)}")
     for name, shape in expected.items():
-        t = tensors[name]
-        if t.dtype != np.float32:
-            raise ModelFileError(f"{path}: tensor {name} is {t.dtype}, expected float32")
-        if tuple(t.shape) != shape:
-            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, config implies {shape}")
-        if not np.isfinite(t).all():
-            raise ModelFileError(f"{path}: tensor {name} holds NaN or infinite values")
+        if shapes[name] != shape:
+            raise ModelFileError(f"{path}: tensor {name} has shape {shapes[name]}, config implies {shape}")
