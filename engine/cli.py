@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -411,21 +414,25 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     for options in runs:  # a misspelt strategy fails now, not after the data is read
         check_strategy(options)
     show = False if args.no_progress or args.json else None
-    results = []
-    for options in runs:
-        source = quote_source(sources)
-        progress = Progress(f"backtest {options.strategy}", enabled=show, total=getattr(source, "expected_rows", None))
-        try:
-            results.append(run_backtest(source, backtest_config(options), on_progress=progress.update))
-        finally:
-            progress.close()
-    jk = compare(results[0], results[1]) if len(results) == 2 else None
-    if args.oracle:
-        results.append(_oracle_run(sources, runs[0]))
+    source = quote_source(sources)
+    with _replays(source, sources, len(runs) + args.oracle, show) as (replay, read_note):
+        results = []
+        for options in runs:
+            run_source = replay()
+            progress = Progress(f"backtest {options.strategy}", enabled=show, total=getattr(run_source, "expected_rows", None))
+            try:
+                results.append(run_backtest(run_source, backtest_config(options), on_progress=progress.update))
+            finally:
+                progress.close()
+        jk = compare(results[0], results[1]) if len(results) == 2 else None
+        if args.oracle:
+            results.append(_oracle_run(sources, runs[0], replay()))
     if args.json:
         print(json.dumps(_finite_json([summary_dict(r, jk) for r in results]), indent=2))
     else:
         print(format_summary(results, jk))
+        if read_note:
+            print(read_note)
     if args.out:
         paths = write_outputs(args.out, results, jk)
         if not args.json:
@@ -433,9 +440,34 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _oracle_run(sources, first):
+@contextlib.contextmanager
+def _replays(source, sources, n_runs: int, show: bool | None):
+    """(a function that gives each run its source, a line for the summary). One run streams
+    ``source`` itself. Several replay one ``QuoteDataset``, read once: the synthetic market's held in
+    memory; a file's, catalog's or recording's memory-mapped from a temporary folder (in $TMPDIR), as
+    such data may be larger than memory and its replay streams in bounded memory."""
+    if n_runs == 1:
+        yield (lambda: source), ""
+        return
+    from engine.progress import Progress
+    from feeds.dataset import QuoteDataset
+
+    spill = contextlib.nullcontext() if sources.synthetic else tempfile.TemporaryDirectory(prefix="nextick-")
+    with spill as folder:
+        progress = Progress("read", enabled=show, total=getattr(source, "expected_rows", None))
+        t0 = time.perf_counter()
+        try:
+            dataset = QuoteDataset.read(source, folder, on_progress=progress.update)
+        finally:
+            progress.close()
+        note = f"dataset      {len(dataset):,} quotes read once in {time.perf_counter() - t0:.2f} s, replayed by {n_runs} runs"
+        yield dataset.source, note
+
+
+def _oracle_run(sources, first, source):
     """The ssm_threshold rule fed the synthetic market's true expected return: what a perfect signal
-    would have made under the same fills and fees."""
+    would have made under the same fills and fees. ``source`` replays the market's quotes; the truth
+    comes from the market generated again (it is not part of the quotes)."""
     import msgspec
 
     from engine.backtest import run_backtest
@@ -451,7 +483,7 @@ def _oracle_run(sources, first):
     threshold = builtin_spec("ssm_threshold", params).threshold_bps
     market = synthetic_market(sources, horizon_s=model.signal.horizon_ticks * tick_s)
     config = backtest_config(msgspec.structs.replace(first, strategy="oracle", params={}))
-    return run_backtest(market, config, strategy=OracleThreshold(market, threshold_bps=threshold))
+    return run_backtest(source, config, strategy=OracleThreshold(market, threshold_bps=threshold))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
