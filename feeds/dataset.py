@@ -284,6 +284,7 @@ class _FileSink(_Sink):
         )
         tmp_manifest = self.folder / f".{MANIFEST_FILE}.partial"
         tmp_manifest.write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
+        # An earlier data set's manifest goes first: it must never describe the new quotes.
         (self.folder / MANIFEST_FILE).unlink(missing_ok=True)
         os.replace(self.tmp, self.folder / QUOTES_FILE)
         os.replace(tmp_manifest, self.folder / MANIFEST_FILE)
