@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from engine.domain.timestamps import SECOND_NS
+from engine.backtest import INTERVALS_NS
+from engine.domain.instrument import Instrument
+from engine.domain.timestamps import SECOND_NS, UNITS
+from engine.options import (
+    FILE_CALENDAR,
+    FILE_VENUE,
+    RAW_LOT_SIZE,
+    RUN_OPTIONS,
+    SOURCE_OPTIONS,
+    SYNTHETIC_CALENDAR,
+    SYNTHETIC_START,
+    RunOptions,
+    SourceOptions,
+)
 
 DESCRIPTION = """\
 nextick: a low-latency streaming trading engine. Quotes stream through a conflator into per-instrument
@@ -81,8 +97,28 @@ def _param(text: str) -> tuple[str, Any]:
         return key, value
 
 
+class _ParamsAction(argparse.Action):
+    """Repeated ``--param key=value`` into one dict (a new one: the default is never changed)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        key, item = value
+        setattr(namespace, self.dest, {**getattr(namespace, self.dest), key: item})
+
+
+def _add_params_arg(group) -> None:
+    group.add_argument("--param", dest="params", type=_param, action=_ParamsAction, default=RunOptions().params,
+                       metavar="KEY=VALUE", help="strategy parameter (repeatable), e.g. fast_span=20")
+
+
+def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The options ``names`` this command's parser has, by the same names."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
 def _add_source_args(p: argparse.ArgumentParser) -> None:
-    """Data, instrument and synthetic-market options: the same for every command that reads quotes."""
+    """Data, instrument and synthetic-market options: the same for every command that reads quotes.
+    Names and defaults are engine.options.SourceOptions'."""
+    d = SourceOptions()
     src = p.add_argument_group("data (default: the synthetic market)")
     src.add_argument("--data", type=Path, metavar="FILE", help="CSV (.csv, .csv.gz) or Parquet file of quotes")
     src.add_argument(
@@ -93,66 +129,80 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--symbol", help="instrument name when the file has no symbol column (default: file name)")
     src.add_argument("--no-header", action="store_true", help="the file has no header row; --columns uses 0-based positions")
-    src.add_argument("--ts-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"], help="epoch timestamp unit (default: detect)")
+    src.add_argument("--ts-unit", default=d.ts_unit, choices=["auto", *UNITS], help="epoch timestamp unit (default: detect)")
     src.add_argument("--ts-format", metavar="FMT", help='text timestamps, strptime format, e.g. "%%Y%%m%%d %%H%%M%%S%%f"')
-    src.add_argument("--tz", default="UTC", help="time zone of text timestamps (IANA name, default UTC)")
-    src.add_argument("--policy", default="quarantine", metavar="POLICY",
+    src.add_argument("--tz", default=d.tz, help=f"time zone of text timestamps (IANA name, default {d.tz})")
+    src.add_argument("--policy", default=d.policy, metavar="POLICY",
                      help="bad rows: 'quarantine' (count and skip, default), 'reject' (stop with file:line), "
                      "or per rule, e.g. crossed=reject,duplicate=quarantine")
     inst = p.add_argument_group("instruments (file data)")
-    inst.add_argument("--venue", default="FILE", help="venue name recorded with the instruments")
-    inst.add_argument("--tick-size", type=float, default=0.01, help="price increment (default 0.01)")
-    inst.add_argument("--lot-size", type=float, default=1.0, help="size increment; positions are whole lots (default 1)")
-    inst.add_argument("--calendar", default=None,
-                      help="session calendar: 24x7, XNYS, CME, FX or 'HH:MM-HH:MM Zone Days' (default: 24x7 for files, "
-                      "US-RTH (NYSE hours, no holidays) for the synthetic market)")
-    inst.add_argument("--gap-s", type=float, default=60.0, help="silence inside a session that resets state (default 60 s)")
-    inst.add_argument("--warmup-ticks", type=int, default=None,
-                      help="ticks after a reset before positions may open, for every instrument (default: 50)")
+    inst.add_argument("--venue", default=d.venue, help=f"venue name recorded with the instruments (default {FILE_VENUE})")
+    inst.add_argument("--tick-size", type=float, default=d.tick_size, help=f"price increment (default {d.tick_size:g})")
+    inst.add_argument("--lot-size", type=float, default=d.lot_size,
+                      help=f"size increment; positions are whole lots (default {Instrument(symbol='X').lot_size:g})")
+    inst.add_argument("--calendar", default=d.calendar,
+                      help=f"session calendar: 24x7, XNYS, CME, FX or 'HH:MM-HH:MM Zone Days' (default: {FILE_CALENDAR} for "
+                      f"files, {SYNTHETIC_CALENDAR} (NYSE hours, no holidays) for the synthetic market)")
+    inst.add_argument("--gap-s", type=float, default=d.gap_s,
+                      help=f"silence inside a session that resets state (default {d.gap_s:g} s)")
+    inst.add_argument("--warmup-ticks", type=int, default=RunOptions().warmup_ticks,
+                      help="ticks after a reset before positions may open, for every instrument "
+                      f"(default: {Instrument(symbol='X').warmup_ticks})")
     syn = p.add_argument_group("synthetic market")
-    syn.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    syn.add_argument("--n-instruments", type=int, default=3, help="number of instruments (default 3)")
-    syn.add_argument("--n-sessions", type=int, default=5, help="number of sessions (default 5)")
-    syn.add_argument("--quote-rate-hz", type=float, default=10.0, help="mean quotes per second per instrument (default 10)")
-    syn.add_argument("--alpha-strength", type=float, default=1.0, help="strength of the planted predictable component (default 1)")
-    syn.add_argument("--start", default=None,
-                     help="first date: of the synthetic sessions (default 2024-01-02), or of a --catalog replay")
+    syn.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    syn.add_argument("--n-instruments", type=int, default=d.n_instruments, help=f"number of instruments (default {d.n_instruments})")
+    syn.add_argument("--n-sessions", type=int, default=d.n_sessions, help=f"number of sessions (default {d.n_sessions})")
+    syn.add_argument("--quote-rate-hz", type=float, default=d.quote_rate_hz,
+                     help=f"mean quotes per second per instrument (default {d.quote_rate_hz:g})")
+    syn.add_argument("--alpha-strength", type=float, default=d.alpha_strength,
+                     help=f"strength of the planted predictable component (default {d.alpha_strength:g})")
+    syn.add_argument("--start", default=d.start,
+                     help=f"first date: of the synthetic sessions (default {SYNTHETIC_START}), or of a --catalog replay")
     cat = p.add_argument_group("catalog (`nextick ingest` output)")
     cat.add_argument("--catalog", type=Path, metavar="DIR", help="replay quotes from this Parquet catalog")
     cat.add_argument("--instruments", metavar="LIST",
                      help="comma-separated symbols or venue:symbol (default: every instrument in the catalog)")
-    cat.add_argument("--end", help="last date (inclusive) or datetime (exclusive) of a --catalog replay")
-    cat.add_argument("--memory-mb", type=float, default=256.0,
-                     help="memory budget of a --catalog replay, MiB (default 256): peak use stays within it")
+    cat.add_argument("--end", default=d.end, help="last date (inclusive) or datetime (exclusive) of a --catalog replay")
+    cat.add_argument("--memory-mb", type=float, default=d.memory_mb,
+                     help=f"memory budget of a --catalog replay, MiB (default {d.memory_mb:g}): peak use stays within it")
 
 
 def _add_run_args(b: argparse.ArgumentParser) -> None:
-    """Strategy, execution and output options of a replay (backtest, replay-raw)."""
+    """Strategy, execution and output options of a replay (backtest, replay-raw). Names and defaults
+    of the first two groups are engine.options.RunOptions'."""
+    d = RunOptions()
     strat = b.add_argument_group("strategy")
-    strat.add_argument("--strategy", default="momentum",
+    strat.add_argument("--strategy", default=d.strategy,
                        help="momentum | mean_reversion | buy_hold | ssm (= ssm_threshold) | none | package.module:Class")
-    strat.add_argument("--model", metavar="FILE",
+    strat.add_argument("--model", metavar="FILE", default=d.model,
                        help="SSM weights (model.safetensors from `nextick train`); default: the packaged model")
-    strat.add_argument("--backend", default="cpu", metavar="NAME",
-                       help="what runs the model: cpu (the compiled C++ kernel, default); engine.model.backend lists others")
-    strat.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
-                       help="strategy parameter (repeatable), e.g. fast_span=20")
+    strat.add_argument("--backend", default=d.backend, metavar="NAME",
+                       help=f"what runs the model: {d.backend} (the compiled C++ kernel, default); engine.model.backend lists others")
+    _add_params_arg(strat)
     strat.add_argument("--compare", metavar="STRATEGY",
                        help="also run this strategy (default parameters) on the same data and test the Sharpe difference")
     strat.add_argument("--oracle", action="store_true",
                        help="synthetic market only: also run the threshold rule on the true expected return, the ceiling")
     ex = b.add_argument_group("execution")
-    ex.add_argument("--interval", default="1s", choices=["100ms", "1s", "raw"], help="conflation interval (default 1s)")
-    ex.add_argument("--latency-ns", type=int, default=0, help="decision to order-active delay in ns (default 0)")
-    ex.add_argument("--fee-bps", type=float, default=1.0, help="fee in basis points of notional per fill (default 1)")
-    ex.add_argument("--fee-per-fill", type=float, default=0.0, help="fixed fee per fill, currency (default 0)")
-    ex.add_argument("--size-cap", action="store_true", help="cap fills at the displayed size; the rest waits")
-    ex.add_argument("--cancel-remainder", action="store_true", help="with --size-cap: cancel what did not fill instead of waiting")
-    ex.add_argument("--flatten-at-close", action="store_true", help="target flat from --flatten-lead-s before each session close")
-    ex.add_argument("--flatten-lead-s", type=float, default=60.0, help="seconds before the close to flatten (default 60)")
-    ex.add_argument("--capital", type=float, default=1_000_000.0, help="initial capital (default 1,000,000)")
-    ex.add_argument("--bar-s", type=float, default=60.0, help="equity sampling period for metrics, seconds (default 60)")
-    ex.add_argument("--risk-free-rate", type=float, default=0.0, help="annual risk-free rate for Sharpe/Sortino (default 0)")
+    ex.add_argument("--interval", default=d.interval, choices=list(INTERVALS_NS), help=f"conflation interval (default {d.interval})")
+    ex.add_argument("--latency-ns", type=int, default=d.latency_ns,
+                    help=f"decision to order-active delay in ns (default {d.latency_ns})")
+    ex.add_argument("--fee-bps", type=float, default=d.fee_bps,
+                    help=f"fee in basis points of notional per fill (default {d.fee_bps:g})")
+    ex.add_argument("--fee-per-fill", type=float, default=d.fee_per_fill,
+                    help=f"fixed fee per fill, currency (default {d.fee_per_fill:g})")
+    ex.add_argument("--size-cap", action="store_true", default=d.size_cap, help="cap fills at the displayed size; the rest waits")
+    ex.add_argument("--cancel-remainder", action="store_true", default=d.cancel_remainder,
+                    help="with --size-cap: cancel what did not fill instead of waiting")
+    ex.add_argument("--flatten-at-close", action="store_true", default=d.flatten_at_close,
+                    help="target flat from --flatten-lead-s before each session close")
+    ex.add_argument("--flatten-lead-s", type=float, default=d.flatten_lead_s,
+                    help=f"seconds before the close to flatten (default {d.flatten_lead_s:g})")
+    ex.add_argument("--capital", type=float, default=d.capital, help=f"initial capital (default {d.capital:,.0f})")
+    ex.add_argument("--bar-s", type=float, default=d.bar_s,
+                    help=f"equity sampling period for metrics, seconds (default {d.bar_s:g})")
+    ex.add_argument("--risk-free-rate", type=float, default=d.risk_free_rate,
+                    help=f"annual risk-free rate for Sharpe/Sortino (default {d.risk_free_rate:g})")
     out = b.add_argument_group("output")
     out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity (Parquet) and summary.json here")
     out.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
@@ -221,13 +271,14 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rr.add_argument("raw_paths", nargs="+", type=Path, metavar="FILE", help="recording files or directories")
-    rr.add_argument("--venue", help="venue of every file (default: from the file names: spot_*, usdm_*, <venue>_*)")
-    rr.add_argument("--tick-size", type=float, default=0.01, help="tick size of the instruments (default 0.01)")
-    rr.add_argument("--lot-size", type=float, default=0.001, help="lot size of the instruments (default 0.001)")
-    rr.add_argument("--gap-s", type=float, default=60.0, help="silence that resets an instrument, seconds (default 60)")
-    rr.add_argument("--policy", default="quarantine", help="bad-row policy, as for backtest (default quarantine)")
+    d = SourceOptions()
+    rr.add_argument("--venue", default=d.venue, help="venue of every file (default: from the file names: spot_*, usdm_*, <venue>_*)")
+    rr.add_argument("--tick-size", type=float, default=d.tick_size, help=f"tick size of the instruments (default {d.tick_size:g})")
+    rr.add_argument("--lot-size", type=float, default=d.lot_size, help=f"lot size of the instruments (default {RAW_LOT_SIZE:g})")
+    rr.add_argument("--gap-s", type=float, default=d.gap_s, help=f"silence that resets an instrument, seconds (default {d.gap_s:g})")
+    rr.add_argument("--policy", default=d.policy, help=f"bad-row policy, as for backtest (default {d.policy})")
     _add_run_args(rr)
-    rr.set_defaults(func=cmd_backtest, data=None, warmup_ticks=None, catalog=None)
+    rr.set_defaults(func=cmd_backtest)
 
     ig = sub.add_parser(
         "ingest",
@@ -286,14 +337,15 @@ def _build_parser() -> argparse.ArgumentParser:
     market = pa.add_mutually_exclusive_group()
     market.add_argument("--live", action="store_true", help="connect to the venues' production endpoints")
     market.add_argument("--url", help="websocket base URL for every venue (e.g. a running `nextick exchange-sim`)")
+    d = RunOptions()
     pa.add_argument("--strategy", default="ssm", help="built-in strategy or package.module:Class (default ssm)")
-    pa.add_argument("--model", metavar="FILE", help="SSM weights (default: the packaged model)")
-    pa.add_argument("--backend", default="cpu", metavar="NAME", help="what runs the model (default cpu, the C++ kernel)")
-    pa.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE", help="strategy parameter")
-    pa.add_argument("--interval", default="1s", choices=["100ms", "1s", "raw"], help="conflation interval (default 1s)")
-    pa.add_argument("--latency-ns", type=int, default=0, help="decision to order-active delay in ns (default 0)")
-    pa.add_argument("--fee-bps", type=float, default=1.0, help="fee in basis points of notional (default 1)")
-    pa.add_argument("--capital", type=float, default=1_000_000.0, help="initial capital (default 1,000,000)")
+    pa.add_argument("--model", metavar="FILE", default=d.model, help="SSM weights (default: the packaged model)")
+    pa.add_argument("--backend", default=d.backend, metavar="NAME", help=f"what runs the model (default {d.backend}, the C++ kernel)")
+    _add_params_arg(pa)
+    pa.add_argument("--interval", default=d.interval, choices=list(INTERVALS_NS), help=f"conflation interval (default {d.interval})")
+    pa.add_argument("--latency-ns", type=int, default=d.latency_ns, help=f"decision to order-active delay in ns (default {d.latency_ns})")
+    pa.add_argument("--fee-bps", type=float, default=d.fee_bps, help=f"fee in basis points of notional (default {d.fee_bps:g})")
+    pa.add_argument("--capital", type=float, default=d.capital, help=f"initial capital (default {d.capital:,.0f})")
     pa.add_argument("--lot-size", type=float, default=0.001, help="lot size (default 0.001)")
     pa.add_argument("--warmup-ticks", type=int, default=50, help="ticks after a reset before opening (default 50)")
     pa.add_argument("--stale-s", type=float, default=10.0, help="no data this long: STALE reset (default 10)")
@@ -348,122 +400,42 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _source(args: argparse.Namespace, horizon_s: float | None = None):
-    """The quote source the options describe. ``horizon_s`` sets the synthetic oracle's horizon
-    (it changes only the exposed expected returns, not the quotes)."""
-    from engine.domain.instrument import Instrument
-
-    if getattr(args, "catalog", None) is not None:
-        from feeds.catalog import Catalog
-
-        if args.data is not None:
-            raise ValueError("give --data or --catalog, not both")
-        if not args.catalog.exists():
-            raise SystemExit(f"nextick: --catalog {args.catalog}: no such folder; make one with `nextick ingest`")
-        names = [s.strip() for s in args.instruments.split(",") if s.strip()] if args.instruments else None
-        return Catalog(args.catalog).source(names, args.start, args.end,
-                                            memory_budget_bytes=int(args.memory_mb * (1 << 20)))
-    if getattr(args, "raw_paths", None):
-        from engine.domain.validate import ValidationPolicy
-        from feeds.raw_replay import RawReplay
-
-        return RawReplay(
-            args.raw_paths,
-            args.venue,
-            instrument_defaults={"tick_size": args.tick_size, "lot_size": args.lot_size, "gap_ns": int(args.gap_s * SECOND_NS)},
-            policy=ValidationPolicy.parse(args.policy),
-        )
-    if args.data is None:
-        from feeds.synthetic import SyntheticConfig, SyntheticMarket
-
-        extra = {} if horizon_s is None else {"horizon_s": horizon_s}
-        return SyntheticMarket(
-            SyntheticConfig(
-                **extra,
-                n_instruments=args.n_instruments,
-                n_sessions=args.n_sessions,
-                calendar=args.calendar or SyntheticConfig.calendar,
-                seed=args.seed,
-                quote_rate_hz=args.quote_rate_hz,
-                alpha_strength=args.alpha_strength,
-                start=args.start or SyntheticConfig.start,
-            )
-        )
-    from engine.domain.validate import ValidationPolicy
-    from feeds.replay import ColumnMap, FileReplay
-
-    if not args.data.exists():
-        raise SystemExit(f"nextick: --data {args.data}: no such file")
-    template = Instrument(
-        symbol=args.symbol or "TEMPLATE",
-        venue=args.venue,
-        tick_size=args.tick_size,
-        lot_size=args.lot_size,
-        calendar=args.calendar or "24x7",
-        gap_ns=int(args.gap_s * SECOND_NS),
-    )
-    return FileReplay(
-        args.data,
-        columns=ColumnMap.parse(args.columns) if args.columns else None,
-        template=template,
-        symbol=args.symbol,
-        ts_unit=args.ts_unit,
-        ts_format=args.ts_format,
-        tz=args.tz,
-        has_header=not args.no_header,
-        policy=ValidationPolicy.parse(args.policy),
-    )
-
-
-def backtest_config(args: argparse.Namespace, strategy: str, params: dict[str, Any]):
-    """The ``BacktestConfig`` of one run of ``nextick backtest``/``replay-raw``: ``strategy`` with
-    ``params`` (the ``--param`` pairs), the execution options as given."""
-    from engine.backtest import BacktestConfig
-
-    return BacktestConfig(
-        strategy=strategy,
-        strategy_params=params,
-        interval=args.interval,
-        latency_ns=args.latency_ns,
-        fee_bps=args.fee_bps,
-        fee_per_fill=args.fee_per_fill,
-        size_cap=args.size_cap,
-        cancel_remainder=args.cancel_remainder,
-        flatten_at_close=args.flatten_at_close,
-        flatten_lead_ns=int(args.flatten_lead_s * SECOND_NS),
-        initial_capital=args.capital,
-        bar_ns=int(args.bar_s * SECOND_NS),
-        risk_free_rate=args.risk_free_rate,
-        warmup_ticks=args.warmup_ticks,
-        model=args.model,
-        backend=args.backend,
-    )
-
-
 def cmd_backtest(args: argparse.Namespace) -> int:
+    import msgspec
+
     from engine.backtest import compare, run_backtest
+    from engine.options import backtest_config, check_strategy, quote_source, run_options, source_options
     from engine.progress import Progress
     from engine.report import _finite_json, format_summary, summary_dict, write_outputs
 
-    runs = [(args.strategy, dict(args.param))]
+    sources = source_options(_options(args, SOURCE_OPTIONS))
+    runs = [run_options(_options(args, RUN_OPTIONS))]
     if args.compare:
-        runs.append((args.compare, {}))
-    results = []
-    for name, params in runs:
-        source = _source(args)
-        progress = Progress(f"backtest {name}", enabled=False if args.no_progress or args.json else None,
-                            total=getattr(source, "expected_rows", None))
-        try:
-            results.append(run_backtest(source, backtest_config(args, name, params), on_progress=progress.update))
-        finally:
-            progress.close()
-    jk = compare(results[0], results[1]) if len(results) == 2 else None
-    if args.oracle:
-        results.append(_oracle_run(args, backtest_config(args, "oracle", {}), results[0]))
+        runs.append(msgspec.structs.replace(runs[0], strategy=args.compare, params={}))
+    if args.oracle and not sources.synthetic:
+        raise ValueError("--oracle needs the synthetic market (its expected returns are known); drop --data/--catalog")
+    for options in runs:  # a misspelt strategy fails now, not after the data is read
+        check_strategy(options)
+    show = False if args.no_progress or args.json else None
+    source = quote_source(sources)
+    with _replays(source, sources, len(runs) + args.oracle, show) as (replay, read_note):
+        results = []
+        for options in runs:
+            run_source = replay()
+            progress = Progress(f"backtest {options.strategy}", enabled=show, total=getattr(run_source, "expected_rows", None))
+            try:
+                results.append(run_backtest(run_source, backtest_config(options), on_progress=progress.update))
+            finally:
+                progress.close()
+        jk = compare(results[0], results[1]) if len(results) == 2 else None
+        if args.oracle:
+            results.append(_oracle_run(sources, runs[0], replay()))
     if args.json:
         print(json.dumps(_finite_json([summary_dict(r, jk) for r in results]), indent=2))
     else:
         print(format_summary(results, jk))
+        if read_note:
+            print(read_note)
     if args.out:
         paths = write_outputs(args.out, results, jk)
         if not args.json:
@@ -471,28 +443,57 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _oracle_run(args: argparse.Namespace, config, first):
+@contextlib.contextmanager
+def _replays(source, sources, n_runs: int, show: bool | None):
+    """(a function that gives each run its source, a line for the summary). One run streams
+    ``source`` itself. Several replay one ``QuoteDataset``, read once: the synthetic market's held in
+    memory; a file's, catalog's or recording's memory-mapped from a temporary folder (in $TMPDIR), as
+    such data may be larger than memory and its replay streams in bounded memory."""
+    if n_runs == 1:
+        yield (lambda: source), ""
+        return
+    from engine.progress import Progress
+    from feeds.dataset import QuoteDataset
+
+    spill = contextlib.nullcontext() if sources.synthetic else tempfile.TemporaryDirectory(prefix="nextick-")
+    with spill as folder:
+        progress = Progress("read", enabled=show, total=getattr(source, "expected_rows", None))
+        t0 = time.perf_counter()
+        try:
+            dataset = QuoteDataset.read(source, folder, on_progress=progress.update)
+        finally:
+            progress.close()
+        note = f"dataset      {len(dataset):,} quotes read once in {time.perf_counter() - t0:.2f} s, replayed by {n_runs} runs"
+        yield dataset.source, note
+
+
+def _oracle_run(sources, first, source):
     """The ssm_threshold rule fed the synthetic market's true expected return: what a perfect signal
-    would have made under the same fills and fees."""
+    would have made under the same fills and fees. ``source`` replays the market's quotes; the truth
+    comes from the market generated again (it is not part of the quotes)."""
+    import msgspec
+
     from engine.backtest import run_backtest
     from engine.model.weights import load_model
+    from engine.options import backtest_config, synthetic_market
     from strategies.builtin import builtin_spec
     from strategies.oracle import OracleThreshold
 
-    if args.data is not None or getattr(args, "catalog", None) is not None:
-        raise ValueError("--oracle needs the synthetic market (its expected returns are known); drop --data/--catalog")
     # The same horizon and threshold as the SSM run it bounds.
-    model = load_model(args.model)
-    tick_s = {"1s": 1.0, "100ms": 0.1}.get(args.interval, 1.0)
-    params = dict(args.param) if args.strategy in ("ssm", "ssm_threshold") else {}
+    model = load_model(first.model)
+    tick_s = (INTERVALS_NS[first.interval] or SECOND_NS) / SECOND_NS
+    params = first.params if first.strategy in ("ssm", "ssm_threshold") else {}
     threshold = builtin_spec("ssm_threshold", params).threshold_bps
-    source = _source(args, horizon_s=model.signal.horizon_ticks * tick_s)
-    return run_backtest(source, config, strategy=OracleThreshold(source, threshold_bps=threshold))
+    market = synthetic_market(sources, horizon_s=model.signal.horizon_ticks * tick_s)
+    config = backtest_config(msgspec.structs.replace(first, strategy="oracle", params={}))
+    return run_backtest(source, config, strategy=OracleThreshold(market, threshold_bps=threshold))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.model.config import SSMConfig
+    from engine.options import quote_source
     from engine.progress import Progress
+    from feeds.synthetic import SyntheticMarket
     from engine.training.dataset import collect_segments, split_by_time
 
     try:
@@ -511,7 +512,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         kind=args.kind, discretization=args.discretization, d_model=args.d_model, n_layers=args.n_layers,
         d_state=args.d_state, headdim=args.headdim,
     )
-    source = _source(args)
+    source = quote_source(_options(args, SOURCE_OPTIONS))
     show = False if args.no_progress else None
     progress = Progress("replay", enabled=show, total=getattr(source, "expected_rows", None))
     try:
@@ -525,12 +526,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(split, model_config, config, on_step=lambda n, note: (setattr(progress, "note", note), progress.update(n)))
     finally:
         progress.close()
-    from feeds.synthetic import SyntheticConfig
-
     data_desc = (
         {"source": "synthetic", "seed": args.seed, "n_instruments": args.n_instruments, "n_sessions": args.n_sessions,
-         "start": args.start or SyntheticConfig.start, "alpha_strength": args.alpha_strength, "calendar": args.calendar or SyntheticConfig.calendar}
-        if args.data is None else {"source": str(args.data)}
+         "start": args.start or SYNTHETIC_START, "alpha_strength": args.alpha_strength, "calendar": args.calendar or SYNTHETIC_CALENDAR}
+        if isinstance(source, SyntheticMarket) else {"source": source.stats.source}
     )
     args.out.mkdir(parents=True, exist_ok=True)
     model_path = args.out / "model.safetensors"
@@ -583,22 +582,14 @@ def cmd_exchange_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from engine.backtest import BacktestConfig
+    from engine.options import backtest_config
     from engine.paper import PaperConfig, PaperTrader
     from engine.report import _finite_json
     from feeds.live import FeedConfig
 
     venues = {v: _symbols(args.symbols) for v in (args.venue or ["binance-usdm"])}
-    backtest = BacktestConfig(
-        strategy=args.strategy,
-        strategy_params=dict(args.param),
-        interval=args.interval,
-        latency_ns=args.latency_ns,
-        fee_bps=args.fee_bps,
-        initial_capital=args.capital,
-        model=args.model,
-        backend=args.backend,
-    )
+    # Paper's --warmup-ticks goes to the live instruments (PaperConfig), not to the backtest config.
+    backtest = backtest_config(_options(args, ("strategy", "params", "model", "backend", "interval", "latency_ns", "fee_bps", "capital")))
     feed = FeedConfig(stale_after_s=args.stale_s, stale_reconnect_s=3 * args.stale_s)
 
     async def main():

@@ -38,6 +38,8 @@ import numpy as np
 
 from engine.domain.timestamps import DAY_NS
 
+ArrayLike = np.ndarray | Sequence[float]
+
 YEAR_NS = 365.25 * DAY_NS  # Julian year: leap years average in, calendar-agnostic
 
 # Annualized return, volatility, Sharpe, Sortino and Calmar need this many days; below it they are

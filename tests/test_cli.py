@@ -143,6 +143,52 @@ def test_the_summary_prints_each_runs_fills_hash(capsys, tmp_path):
     _, other, _ = run_cli(capsys, "backtest", *SMALL, "--seed", "2")
     assert table_row(again, "fills SHA-256") == [full[0][:12]] != table_row(other, "fills SHA-256")
 
+def hashes(capsys, *argv: str) -> dict[str, str]:
+    code, out, _ = run_cli(capsys, "backtest", *argv, "--json")
+    assert code == 0
+    return {r["strategy"]: r["fill_hash"] for r in json.loads(out)}
+
+
+def test_compare_and_oracle_replay_one_read_with_the_fills_of_separate_runs(capsys):
+    together = hashes(capsys, *SMALL, "--strategy", "ssm", "--compare", "momentum", "--oracle", "--alpha-strength", "3")
+    alone = {**hashes(capsys, *SMALL, "--strategy", "ssm", "--alpha-strength", "3"),
+             **hashes(capsys, *SMALL, "--strategy", "momentum", "--alpha-strength", "3")}
+    assert {k: together[k] for k in alone} == alone and len(set(together.values())) == 3
+
+    # The oracle on the market itself, not on a replay of it.
+    from engine.backtest import BacktestConfig, run_backtest
+    from engine.model.weights import load_model
+    from feeds.synthetic import SyntheticConfig, SyntheticMarket
+    from strategies.builtin import builtin_spec
+    from strategies.oracle import OracleThreshold
+
+    market = SyntheticMarket(SyntheticConfig(n_sessions=2, quote_rate_hz=2, alpha_strength=3,
+                                             horizon_s=float(load_model(None).signal.horizon_ticks)))
+    oracle = OracleThreshold(market, threshold_bps=builtin_spec("ssm").threshold_bps)
+    assert together["oracle"] == run_backtest(market, BacktestConfig(strategy="oracle"), strategy=oracle).fill_hash()
+
+    code, out, _ = run_cli(capsys, "backtest", *SMALL, "--compare", "buy_hold")
+    assert code == 0 and "quotes read once in" in out and "replayed by 2 runs" in out
+
+
+def test_compare_on_a_file_keeps_its_quarantines_in_both_summaries(capsys, tmp_path):
+    rows = csv_rows()
+    rows[100] = rows[100].replace(",10,12", ",nan,12")
+    path = tmp_path / "quotes.csv"
+    write_csv(path, rows)
+    argv = ["--data", str(path), *COLS, "--interval", "raw", "--no-progress"]
+    code, out, _ = run_cli(capsys, "backtest", *argv, "--strategy", "mean_reversion", "--compare", "momentum", "--json")
+    assert code == 0
+    both = json.loads(out)
+    assert [s["source"]["quarantined"] for s in both] == [{"nan": 1}, {"nan": 1}]
+    alone = hashes(capsys, *argv, "--strategy", "momentum")
+    assert both[1]["fill_hash"] == alone["momentum"]
+
+
+def test_oracle_on_file_data_is_refused_before_reading_it(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "backtest", "--data", str(tmp_path / "absent.csv"), "--oracle")
+    assert code == 2 and "--oracle needs the synthetic market" in err
+
 
 def test_python_strategy_by_import_path(capsys):
     code, out, _ = run_cli(capsys, "backtest", *SMALL, "--strategy", "strategies.ema_cross:EmaCross",
@@ -192,8 +238,8 @@ def test_reject_policy_stops_with_file_line_and_field(capsys, tmp_path):
 
 
 def test_missing_file_and_bad_options_are_one_line_errors(capsys, tmp_path):
-    with pytest.raises(SystemExit, match="no such file"):
-        main(["backtest", "--data", str(tmp_path / "nope.csv")])
+    code, _, err = run_cli(capsys, "backtest", "--data", str(tmp_path / "nope.csv"))
+    assert code == 2 and "--data" in err and "no such file" in err
     code, _, err = run_cli(capsys, "backtest", *SMALL, "--strategy", "not_a_strategy")
     assert code == 2 and "neither a built-in" in err
 

@@ -49,6 +49,11 @@ def test_ingest_then_backtest_over_the_catalog_with_quarantines_in_the_summary(t
     s = json.loads(capsys.readouterr().out)[0]
     assert s["quotes_in"] == 1999 + 1500  # both instruments merged, minus the crossed row
     assert s["source"]["quarantined"] == {"crossed": 1}  # set aside at ingest, shown with the replay
+    # Two strategies on one read of the catalog: each run has the fills it has alone, and the quarantine count.
+    assert main(["backtest", "--catalog", str(cat), "--strategy", "mean_reversion", "--compare", "momentum",
+                 "--interval", "raw", "--json", "--no-progress"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both[1]["fill_hash"] == s["fill_hash"] and both[1]["source"]["quarantined"] == {"crossed": 1}
     assert main(["backtest", "--catalog", str(cat), "--instruments", "ETHUSDT", "--interval", "raw",
                  "--no-progress"]) == 0
     text = capsys.readouterr().out
@@ -60,9 +65,10 @@ def test_ingest_then_backtest_over_the_catalog_with_quarantines_in_the_summary(t
     assert s["quotes_in"] == 1200 - 1  # 600 s / 0.5 s, minus the crossed row
 
 
-def test_backtest_of_a_missing_catalog_says_how_to_make_one(tmp_path):
-    with pytest.raises(SystemExit, match="nextick ingest"):
-        main(["backtest", "--catalog", str(tmp_path / "nope")])
+def test_backtest_of_a_missing_catalog_says_how_to_make_one(tmp_path, capsys):
+    assert main(["backtest", "--catalog", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "--catalog" in err and "nextick ingest" in err
 
 
 @pytest.mark.shared_data

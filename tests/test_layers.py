@@ -3,7 +3,7 @@
     5  engine.cli                       dispatches to everything below
     4  bench                            measures everything below
     3  engine.training, paper, ...      services that run the engine loop
-    2  engine.backtest                  the engine loop
+    2  engine.backtest, engine.options  the engine loop; options -> its configuration
     1  feeds, strategies, engine.model  the parts the loop is made of
     0  engine.domain, engine._core      the vocabulary: quote, instrument, calendar, time, ...
 
@@ -31,6 +31,7 @@ FLOORS: dict[str, int] = {
     "engine.metrics": 1,
     "engine.progress": 1,
     "engine.backtest": 2,
+    "engine.options": 2,
     "engine.journal": 3,
     "engine.report": 3,
     "engine.paper": 3,

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from engine import _core
 from engine.backtest import Engine
-from engine.cli import _build_parser, backtest_config, main
+from engine.cli import _build_parser, _options, main
+from engine.options import RUN_OPTIONS, backtest_config
 from strategies.builtin import ALIASES, BUILTINS, PARAMS, BuiltinSpec, builtin_spec
 
 CAPITAL = 1_000_000.0
@@ -23,7 +24,7 @@ N_INSTRUMENTS = 2
 def configured(argv: list[str]) -> dict:
     """What the core reports after ``nextick backtest ARGV`` set up its engine."""
     args = _build_parser().parse_args(["backtest", *argv])
-    engine = Engine(backtest_config(args, args.strategy, dict(args.param)), table(N_INSTRUMENTS), None)
+    engine = Engine(backtest_config(_options(args, RUN_OPTIONS)), table(N_INSTRUMENTS), None)
     engine.prepare()
     return engine.core.strategy_params()
 

@@ -1,11 +1,11 @@
 """Time: every time inside nextick is an int64 count of nanoseconds since the Unix epoch (UTC).
 
 The one home of the time constants (``SECOND_NS``, ``DAY_NS``...), of the conversions between
-``datetime``/``date``/ISO-8601 text and nanoseconds (``datetime_ns``, ``date_ns``, ``parse_time_ns``,
-``format_ns``), of wall-clock time in a zone to UTC (``local_ns_to_utc``) and of unit detection:
-readers meet seconds, milliseconds, microseconds and nanoseconds; ``detect_unit`` decides which
-from the magnitude of the values (epoch times from 1973 to 2286 are unambiguous across the four
-units) and says so, so the run summary can report what it saw.
+``datetime``/``date``/ISO-8601 text/durations in seconds and nanoseconds (``datetime_ns``,
+``date_ns``, ``parse_time_ns``, ``format_ns``, ``seconds_ns``), of wall-clock time in a zone to UTC
+(``local_ns_to_utc``) and of unit detection: readers meet seconds, milliseconds, microseconds and
+nanoseconds; ``detect_unit`` decides which from the magnitude of the values (epoch times from 1973
+to 2286 are unambiguous across the four units) and says so, so the run summary can report what it saw.
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ def datetime_ns(t: _dt.datetime) -> int:
         t = t.replace(tzinfo=_dt.timezone.utc)
     delta = t - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * SECOND_NS + delta.microseconds * US_NS
+
+
+def seconds_ns(seconds: float) -> int:
+    """A duration given in seconds (an option such as ``gap_s``) as int ns, truncated toward zero."""
+    return int(seconds * SECOND_NS)
 
 
 def epoch_day(d: _dt.date | str) -> int:
