@@ -13,7 +13,8 @@ Built-in strategies run inside the C++ loop (``strategies.builtin``); a Python s
         def on_batch(self, batch: TickBatch) -> np.ndarray:
             return np.where(batch.mid > batch.bid_px, -1.0, 1.0) * 10
 
-A strategy cannot tell replayed from live data: both reach it through the same batches.
+A strategy cannot tell replayed from live data: both reach it through the same batches. One that
+decides for every instrument at once, ticking or not, is a ``strategies.portfolio.PortfolioStrategy``.
 """
 
 from __future__ import annotations
