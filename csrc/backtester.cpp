@@ -20,6 +20,9 @@ inline int64_t to_lots(double units, double lot) {
 
 inline int64_t bar_end(int64_t ts, int64_t bar_ns) { return (ts / bar_ns + 1) * bar_ns; }
 
+// Rounds toward minus infinity, so a rebalance clock is aligned to epoch multiples on both sides of 1970.
+inline int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+
 // Signed so that a cost is > 0. "+ 0.0" turns a -0.0 (a sell exactly at the decision mid) into 0.0:
 // a zero has one representation, so journals and hashes agree on it.
 inline double slippage_bps(double side, double px, double decision_mid) {
@@ -324,11 +327,17 @@ bool Backtester::begin_tick(const Quote& q, bool& reset) {
 }
 
 void Backtester::end_tick(const Quote& q, double target_units) {
-    const uint32_t i = q.instrument;
-    SessionState& s = sess_[i];
+    SessionState& s = sess_[q.instrument];
     const bool warming = s.warm_left > 0;
     if (warming) --s.warm_left;
-    if (cfg_.exec.flatten_at_close && q.ts_recv >= s.close_ns - cfg_.exec.flatten_lead_ns) target_units = 0.0;
+    order_toward(q.instrument, target_units, q.ts_recv, warming);
+}
+
+// The decision mid is the mark: the decision tick's mid when i is ticking, its last two-sided mid
+// when it is not (a portfolio decision, or a one-sided tick flattening at the close).
+void Backtester::order_toward(uint32_t i, double target_units, int64_t ts, bool warming) {
+    const SessionState& s = sess_[i];
+    if (cfg_.exec.flatten_at_close && ts >= s.close_ns - cfg_.exec.flatten_lead_ns) target_units = 0.0;
     if (std::isnan(target_units)) return;
 
     const int64_t pos = pos_lots_[i];
@@ -337,16 +346,37 @@ void Backtester::end_tick(const Quote& q, double target_units) {
 
     Order& o = order_[i];
     if (target == pos + o.remaining_lots) return;  // already working toward it: keep its place
-    if (o.working()) cancel(i, c_.orders_replaced, OrderEventKind::kReplaced, q.ts_recv);
+    if (o.working()) cancel(i, c_.orders_replaced, OrderEventKind::kReplaced, ts);
     if (target == pos) return;
     o.id = next_order_id_++;
-    o.decision_ts = q.ts_recv;
-    o.active_ts = q.ts_recv + cfg_.exec.latency_ns;
+    o.decision_ts = ts;
+    o.active_ts = ts + cfg_.exec.latency_ns;
     o.session_open = s.open_ns;
     o.remaining_lots = target - pos;
-    o.decision_mid = mid_of(q);
+    o.decision_mid = mark_[i];
     ++c_.orders;
-    if (order_log_on_) log_order(o, i, OrderEventKind::kNew, q.ts_recv, o.remaining_lots);
+    if (order_log_on_) log_order(o, i, OrderEventKind::kNew, ts, o.remaining_lots);
+}
+
+void Backtester::place_targets(const double* targets, size_t n, TargetKind kind, int64_t ts) {
+    // Weights convert at the equity of the decision: every position at its mark, before any order
+    // of this rebalance fills.
+    const double eq = kind == TargetKind::kWeights ? equity() : 0.0;
+    for (uint32_t i = 0; i < n; ++i) {
+        const double t = targets[i];
+        if (std::isnan(t)) continue;
+        if (!tradeable(i, ts)) {
+            ++c_.targets_skipped;
+            continue;
+        }
+        order_toward(i, kind == TargetKind::kWeights ? t * eq / mark_[i] : t, ts, sess_[i].warm_left > 0);
+    }
+}
+
+void Backtester::set_rebalance_ns(int64_t period_ns) {
+    if (period_ns < 0) throw std::invalid_argument("rebalance_ns must be >= 0 (0: every tick batch)");
+    rebalance_ns_ = period_ns;
+    next_rebalance_ns_ = INT64_MIN;
 }
 
 // A quote with one side missing (price 0, size 0) has no mid: it moves sessions, resets and fills
@@ -422,6 +452,50 @@ void Backtester::run_grouped(const Quote* q, size_t n) {
     }
 }
 
+size_t Backtester::next_batch(const Quote* q, size_t n, size_t r, BatchRow* buf, size_t cap, size_t& nb) {
+    const int64_t ts = q[r].ts_recv;
+    size_t e = r;
+    nb = 0;
+    while (e < n && q[e].ts_recv == ts && !in_batch_[q[e].instrument] && nb < cap) {
+        const Quote& x = q[e];
+        in_batch_[x.instrument] = 1;
+        bool reset = false;
+        const bool in_session = begin_tick(x, reset);
+        if (in_session && !two_sided(x)) {
+            one_sided_tick(x);
+        } else if (in_session) {
+            BatchRow& b = buf[nb];
+            b.ts = ts;
+            b.bid_px = x.bid_px;
+            b.ask_px = x.ask_px;
+            b.bid_sz = x.bid_sz;
+            b.ask_sz = x.ask_sz;
+            b.mid = mid_of(x);
+            b.pred_mid = kNaN;
+            b.position = position_units(x.instrument);
+            b.target = kNaN;
+            b.instrument = x.instrument;
+            b.reset = reset ? 1 : 0;
+            b.warm = sess_[x.instrument].warm_left > 0 ? 0 : 1;
+            batch_rows_[nb++] = e;
+        }
+        ++e;
+    }
+    for (size_t k = r; k < e; ++k) in_batch_[q[k].instrument] = 0;
+    if (stamping_) stamps_.state_ns = mono_ns();
+    if (nb && (sig_.model || tap_on_)) {
+        if (row_reset_.size() < nb) {
+            row_reset_.resize(nb);
+            pred_.resize(nb);
+        }
+        for (size_t k = 0; k < nb; ++k) row_reset_[k] = buf[k].reset;
+        signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data());
+        for (size_t k = 0; k < nb; ++k) buf[k].pred_mid = pred_[k];
+    }
+    if (stamping_) stamps_.signal_ns = mono_ns();
+    return e;
+}
+
 void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap,
                              const std::function<void(size_t)>& on_batch) {
     if (cap < 1) throw std::invalid_argument("batch buffer capacity must be >= 1");
@@ -429,49 +503,71 @@ void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap
     batch_rows_.resize(cap);
     size_t r = 0;
     while (r < n) {
-        const int64_t ts = q[r].ts_recv;
-        size_t nb = 0, e = r;
-        // A batch: consecutive rows at one timestamp, each instrument at most once.
-        while (e < n && q[e].ts_recv == ts && !in_batch_[q[e].instrument] && nb < cap) {
-            const Quote& x = q[e];
-            in_batch_[x.instrument] = 1;
-            bool reset = false;
-            const bool in_session = begin_tick(x, reset);
-            if (in_session && !two_sided(x)) {
-                one_sided_tick(x);
-            } else if (in_session) {
-                BatchRow& b = buf[nb];
-                b.ts = ts;
-                b.bid_px = x.bid_px;
-                b.ask_px = x.ask_px;
-                b.bid_sz = x.bid_sz;
-                b.ask_sz = x.ask_sz;
-                b.mid = mid_of(x);
-                b.pred_mid = kNaN;
-                b.position = position_units(x.instrument);
-                b.target = kNaN;
-                b.instrument = x.instrument;
-                b.reset = reset ? 1 : 0;
-                b.warm = sess_[x.instrument].warm_left > 0 ? 0 : 1;
-                batch_rows_[nb++] = e;
-            }
-            ++e;
-        }
-        for (size_t k = r; k < e; ++k) in_batch_[q[k].instrument] = 0;
-        if (stamping_) stamps_.state_ns = mono_ns();
-        if (nb && (sig_.model || tap_on_)) {
-            if (row_reset_.size() < nb) {
-                row_reset_.resize(nb);
-                pred_.resize(nb);
-            }
-            for (size_t k = 0; k < nb; ++k) row_reset_[k] = buf[k].reset;
-            signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data());
-            for (size_t k = 0; k < nb; ++k) buf[k].pred_mid = pred_[k];
-        }
-        if (stamping_) stamps_.signal_ns = mono_ns();
+        size_t nb = 0;
+        const size_t e = next_batch(q, n, r, buf, cap, nb);
         if (nb) on_batch(nb);
         if (stamping_) stamps_.decision_ns = mono_ns();
         for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], buf[k].target);
+        if (stamping_) {
+            stamps_.order_ns = mono_ns();
+            ++stamps_.batches;
+        }
+        r = e;
+    }
+}
+
+void Backtester::run_portfolio(const Quote* q, size_t n, BatchRow* buf, size_t cap, BookRow* book,
+                               const double* targets, size_t n_book,
+                               const std::function<int(size_t, int64_t, double, double)>& on_rebalance) {
+    if (cap < 1) throw std::invalid_argument("batch buffer capacity must be >= 1");
+    const size_t n_inst = n_instruments();
+    if (n_book < n_inst)
+        throw std::invalid_argument("the book has " + std::to_string(n_book) + " rows for " + std::to_string(n_inst) +
+                                    " instruments");
+    check_rows(q, n);
+    batch_rows_.resize(cap);
+    size_t r = 0;
+    while (r < n) {
+        const int64_t ts = q[r].ts_recv;
+        size_t nb = 0;
+        const size_t e = next_batch(q, n, r, buf, cap, nb);
+        for (size_t k = 0; k < nb; ++k) {
+            const BatchRow& b = buf[k];
+            BookRow& x = book[b.instrument];
+            x.ts = b.ts;
+            x.bid_px = b.bid_px;
+            x.ask_px = b.ask_px;
+            x.bid_sz = b.bid_sz;
+            x.ask_sz = b.ask_sz;
+        }
+        // Every batch counts for the clock, even one whose ticks were all outside their sessions:
+        // other instruments may be trading, and the documented rule is "the first batch at or after".
+        if (rebalance_ns_ == 0 || ts >= next_rebalance_ns_) {
+            if (rebalance_ns_ > 0) next_rebalance_ns_ = (floor_div(ts, rebalance_ns_) + 1) * rebalance_ns_;
+            for (uint32_t i = 0; i < n_inst; ++i) {
+                BookRow& x = book[i];
+                const bool ok = tradeable(i, ts);
+                x.mid = mark_[i] > 0.0 ? mark_[i] : kNaN;
+                x.position = position_units(i);
+                x.working = static_cast<double>(order_[i].remaining_lots) * lot_[i];
+                x.instrument = i;
+                x.in_session = in_session(i, ts) ? 1 : 0;
+                x.tradeable = ok ? 1 : 0;
+                x.warm = ok && sess_[i].warm_left == 0 ? 1 : 0;
+            }
+            ++c_.rebalances;
+            const int kind = on_rebalance(nb, ts, cash_, equity());
+            if (kind != static_cast<int>(TargetKind::kNone)) {
+                if (kind != static_cast<int>(TargetKind::kUnits) && kind != static_cast<int>(TargetKind::kWeights))
+                    throw std::invalid_argument("on_rebalance returned target kind " + std::to_string(kind) +
+                                                "; 0 none, 1 units, 2 weights");
+                place_targets(targets, n_inst, static_cast<TargetKind>(kind), ts);
+            }
+        }
+        if (stamping_) stamps_.decision_ns = mono_ns();
+        // Decided above with the rest; here the ticking rows' warm-up advances and flatten-at-close
+        // applies, as on any tick.
+        for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], kNaN);
         if (stamping_) {
             stamps_.order_ns = mono_ns();
             ++stamps_.batches;

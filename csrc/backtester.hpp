@@ -13,6 +13,10 @@
 //   8. order for target - position, replacing a different working order
 // Instruments interact only through cash, so processing a batch row by row or all fills first
 // gives identical results: fills do not depend on batch composition.
+//
+// A portfolio strategy (run_portfolio) decides at step 6 for every instrument, ticking now or not,
+// at each batch or on a rebalance clock; steps 7-8 are the same rule (order_toward), so an order on
+// an instrument that is not ticking fills at its first tick after the decision plus latency.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -54,6 +58,26 @@ struct BatchRow {
     uint8_t pad[2];
 };
 static_assert(sizeof(BatchRow) == 80, "BatchRow must match BATCH_DTYPE");
+
+// One instrument as a portfolio strategy sees it at a rebalance; layout mirrors
+// strategies.portfolio.BOOK_DTYPE. The last-tick fields are written as ticks arrive (the last
+// in-session two-sided tick: what reached the strategy layer); the rest at each rebalance.
+struct BookRow {
+    int64_t ts;           // ts_recv of that tick; 0 before the first
+    double bid_px, ask_px, bid_sz, ask_sz;  // NaN, NaN, 0, 0 before the first tick
+    double mid;           // the mark (decision mid; weights convert at it); NaN without one
+    double position;      // units held
+    double working;       // units still to fill on the working order (signed); 0 if none
+    uint32_t instrument;
+    uint8_t in_session;   // 1: the session of its last tick is open at the decision time
+    uint8_t tradeable;    // 1: orders are placed (Backtester::tradeable)
+    uint8_t warm;         // 1: tradeable and warm-up over (an order may open or increase a position)
+    uint8_t pad;
+};
+static_assert(sizeof(BookRow) == 72, "BookRow must match BOOK_DTYPE");
+
+// What a portfolio strategy's targets are: none this time, units, or fractions of equity.
+enum class TargetKind : int { kNone = 0, kUnits = 1, kWeights = 2 };
 
 // One in-session tick as the signal saw it: the training set is built from these rows, so the
 // model trains on exactly the features it is fed at inference.
@@ -100,6 +124,8 @@ struct Counters {
     uint64_t cancelled_remainder = 0;
     uint64_t cancelled_end = 0;
     uint64_t flatten_missed = 0;     // sessions closed with a position despite flatten_at_close
+    uint64_t rebalances = 0;         // portfolio strategy calls
+    uint64_t targets_skipped = 0;    // portfolio targets (not NaN) on an instrument not tradeable then
     uint64_t resets[5] = {0, 0, 0, 0, 0};
 };
 
@@ -140,6 +166,17 @@ public:
     // most once per batch) are written to `buf` and `on_batch(n_rows)` is called once per batch.
     void run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap,
                      const std::function<void(size_t)>& on_batch);
+    // Runs rows through a portfolio strategy. Batches are formed as in run_batched (the rows ticking
+    // now go to `buf`); `book` (n_book >= n_instruments rows) keeps every instrument's last tick.
+    // The strategy is due at every batch when the rebalance period is 0, else at the first batch at
+    // or after each multiple of the period (UTC epoch). When due, the book's positions and session
+    // state are brought to the batch's time and on_rebalance(n_rows, ts, cash, equity) is called; it
+    // writes one target per instrument into `targets` (NaN = leave alone) and returns their
+    // TargetKind, and place_targets turns them into orders.
+    void run_portfolio(const Quote* q, size_t n, BatchRow* buf, size_t cap, BookRow* book, const double* targets,
+                       size_t n_book, const std::function<int(size_t, int64_t, double, double)>& on_rebalance);
+    void set_rebalance_ns(int64_t period_ns);
+
     // End of data: cancels working orders, takes the final equity sample.
     void finish();
 
@@ -164,6 +201,30 @@ public:
 private:
     bool begin_tick(const Quote& q, bool& reset);
     void end_tick(const Quote& q, double target_units);
+    // The one rule from a target to an order, for a decision on the instrument's own tick and for a
+    // portfolio decision on any instrument.
+    void order_toward(uint32_t i, double target_units, int64_t ts, bool warming);
+    // Targets for instruments 0..n-1 decided at ts (the batch being decided), ticking or not: units,
+    // or weights of equity converted to units at each instrument's mark. An instrument that is not
+    // tradeable at ts gets no order (counted in targets_skipped).
+    void place_targets(const double* targets, size_t n, TargetKind kind, int64_t ts);
+    // The session its last tick belonged to is still open at ts. One that has not ticked since its
+    // session opened is not: its first tick resets it (SESSION_OPEN) and its mark is the last session's.
+    bool in_session(uint32_t i, int64_t ts) const {
+        const SessionState& s = sess_[i];
+        return s.open_ns <= ts && ts < s.close_ns;
+    }
+    // An order decided at ts could fill: i is in session, has a mark (the decision mid), and is not
+    // stale, i.e. a tick after ts + latency would not come more than its gap threshold after its
+    // last tick (that tick would reset it for the GAP and cancel the order before any fill).
+    bool tradeable(uint32_t i, int64_t ts) const {
+        return mark_[i] > 0.0 && in_session(i, ts) &&
+               ts + cfg_.exec.latency_ns - sess_[i].last_tick_ns < sess_[i].gap_ns;
+    }
+    // One batch from row r (consecutive rows at one timestamp, each instrument at most once, at most
+    // cap rows) through sessions, fills, marks and the signal; the in-session two-sided rows go to buf
+    // (nb of them, their quote rows in batch_rows_). Returns the row after the batch.
+    size_t next_batch(const Quote* q, size_t n, size_t r, BatchRow* buf, size_t cap, size_t& nb);
     void one_sided_tick(const Quote& q);
     // Features of the n rows q[rows[k]] (already through begin_tick) into x_, then one batched SSM
     // step; writes pred_mid per row (NaN without a model).
@@ -210,6 +271,8 @@ private:
     bool stamping_ = false;
     StageStamps stamps_;
     std::vector<double> target_;
+    int64_t rebalance_ns_ = 0;
+    int64_t next_rebalance_ns_ = INT64_MIN;
 
     double cash_;
     uint64_t next_order_id_ = 1;

@@ -136,6 +136,8 @@ PYBIND11_MODULE(_core, m) {
     PYBIND11_NUMPY_DTYPE(OrderEvent, order_id, ts, active_ts, units, decision_mid, instrument, kind);
     PYBIND11_NUMPY_DTYPE(BatchRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, pred_mid, position, target, instrument, reset,
                          warm);
+    PYBIND11_NUMPY_DTYPE(BookRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, position, working, instrument, in_session,
+                         tradeable, warm);
     PYBIND11_NUMPY_DTYPE(TapRow, ts, bid_px, ask_px, mid, ret_bps, log_spread, imbalance, log_dt_ms, session_frac,
                          pred_mid, out, instrument, reset);
 
@@ -146,6 +148,7 @@ PYBIND11_MODULE(_core, m) {
     m.attr("RESET_REASONS") = py::make_tuple("SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL");
     m.attr("QUOTE_ITEMSIZE") = sizeof(Quote);
     m.attr("BATCH_ITEMSIZE") = sizeof(BatchRow);
+    m.attr("BOOK_ITEMSIZE") = sizeof(BookRow);
     m.attr("N_FEATURES") = kNumFeatures;
     py::list strategy_params;
     for (const auto& info : kStrategyParams)
@@ -275,6 +278,24 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("quotes").noconvert(), py::arg("buffer").noconvert(), py::arg("on_batch"),
              "Run quotes through a Python strategy called once per tick batch.")
+        .def("set_rebalance_ns", &Backtester::set_rebalance_ns, py::arg("period_ns"),
+             "Portfolio strategies: 0 = decide at every tick batch, else at the first batch at or after each "
+             "multiple of period_ns since the UTC epoch.")
+        .def("run_portfolio",
+             [](Backtester& b, QuoteArray q, py::array_t<BatchRow, py::array::c_style> buf,
+                py::array_t<BookRow, py::array::c_style> book, py::array_t<double, py::array::c_style> targets,
+                const std::function<int(size_t, int64_t, double, double)>& on_rebalance) {
+                 if (targets.size() != book.size())
+                     throw py::value_error("targets has " + std::to_string(targets.size()) + " entries for a book of " +
+                                           std::to_string(book.size()) + " rows");
+                 b.run_portfolio(q.data(), static_cast<size_t>(q.size()), buf.mutable_data(),
+                                 static_cast<size_t>(buf.size()), book.mutable_data(), targets.data(),
+                                 static_cast<size_t>(book.size()), on_rebalance);
+             },
+             py::arg("quotes").noconvert(), py::arg("buffer").noconvert(), py::arg("book").noconvert(),
+             py::arg("targets").noconvert(), py::arg("on_rebalance"),
+             "Run quotes through a portfolio strategy: on_rebalance(n_rows, ts_ns, cash, equity) reads the book "
+             "and the batch, writes targets (one per instrument) and returns 0 (none), 1 (units) or 2 (weights).")
         .def("set_order_log", &Backtester::set_order_log, py::arg("on"),
              "Record order events (placed, cancelled) until take_order_log().")
         .def("take_order_log", [](Backtester& b) { return to_numpy(b.take_order_log()); })
@@ -333,6 +354,8 @@ PYBIND11_MODULE(_core, m) {
             d["cancelled_remainder"] = c.cancelled_remainder;
             d["cancelled_end"] = c.cancelled_end;
             d["flatten_missed"] = c.flatten_missed;
+            d["rebalances"] = c.rebalances;
+            d["targets_skipped"] = c.targets_skipped;
             py::dict r;
             const char* names[5] = {"SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL"};
             for (int k = 0; k < 5; ++k) r[names[k]] = c.resets[k];

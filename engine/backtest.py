@@ -1,6 +1,6 @@
 """Backtest orchestration: a quote source through the conflator into the compiled tick loop.
 
-    source.chunks() -> [Conflator] -> Backtester.run / run_batched -> fills, trades, resets, equity
+    source.chunks() -> [Conflator] -> Backtester.run / run_batched / run_portfolio -> fills, trades, resets, equity
 
 Everything per tick happens in C++ (csrc/backtester.hpp). This module keeps the core in step with
 what the stream reveals (instruments as they appear, session intervals as time advances), times the
@@ -27,10 +27,13 @@ from engine.domain.source import QuoteSource, SourceStats
 from engine.domain.timestamps import DAY_NS, SECOND_NS
 from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie_memmel
 from strategies.base import BatchHost, Strategy
+from strategies.portfolio import PortfolioHost, PortfolioStrategy
 from strategies.builtin import BUILTINS, builtin_spec, is_builtin
 
 INTERVALS_NS: dict[str, int | None] = {"raw": None, "100ms": 100_000_000, "1s": SECOND_NS}
 RESET_REASONS: tuple[str, ...] = tuple(_core.RESET_REASONS)
+# A Python strategy: per tick batch (Strategy) or for the whole book (PortfolioStrategy).
+AnyStrategy = Strategy | PortfolioStrategy
 
 
 class BacktestConfig(msgspec.Struct, kw_only=True):
@@ -107,8 +110,9 @@ class BacktestResult(msgspec.Struct, kw_only=True):
         return dict(self.counters["resets"])
 
 
-def load_strategy(spec: str, params: dict[str, Any]) -> Strategy:
-    """Instantiate a Python strategy from "package.module:Class" with ``params`` as keywords."""
+def load_strategy(spec: str, params: dict[str, Any]) -> AnyStrategy:
+    """Instantiate a Python strategy (a Strategy or a PortfolioStrategy) from "package.module:Class"
+    with ``params`` as keywords."""
     module_name, _, cls_name = spec.partition(":")
     if not cls_name:
         raise ValueError(
@@ -119,8 +123,8 @@ def load_strategy(spec: str, params: dict[str, Any]) -> Strategy:
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot load strategy {spec!r}: {e}") from None
     strategy = cls(**params)
-    if not isinstance(strategy, Strategy):
-        raise TypeError(f"{spec} is not a strategies.base.Strategy")
+    if not isinstance(strategy, (Strategy, PortfolioStrategy)):
+        raise TypeError(f"{spec} is neither a strategies.base.Strategy nor a strategies.portfolio.PortfolioStrategy")
     return strategy
 
 
@@ -131,7 +135,7 @@ class Engine:
     loop alone, without the source and conflator.
     """
 
-    def __init__(self, config: BacktestConfig, instruments: InstrumentTable, strategy: Strategy | None) -> None:
+    def __init__(self, config: BacktestConfig, instruments: InstrumentTable, strategy: AnyStrategy | None) -> None:
         c = config
         self.config = c
         self.instruments = instruments
@@ -147,7 +151,11 @@ class Engine:
             bar_ns=c.bar_ns,
         )
         self.strategy = strategy
-        self.host = BatchHost(strategy, len(instruments)) if strategy is not None else None
+        self.host: BatchHost | PortfolioHost | None = None
+        if isinstance(strategy, PortfolioStrategy):
+            self.host = PortfolioHost(strategy, instruments)
+        elif strategy is not None:
+            self.host = BatchHost(strategy, len(instruments))
         self.started = False
         self.covered_hi_ns: list[int] = []
         self.calendars: list[SessionCalendar] = []
@@ -185,6 +193,8 @@ class Engine:
         self._load_model(needed=spec is not None and spec.needs_model)
         if self.strategy is not None:
             self.core.set_python_strategy()
+            if isinstance(self.host, PortfolioHost):
+                self.core.set_rebalance_ns(int(self.strategy.rebalance_ns))
             self.strategy.on_start(self.instruments, initial_capital=self.config.initial_capital)
         else:
             assert spec is not None
@@ -244,10 +254,13 @@ class Engine:
         if not self.covered_hi_ns or hi > min(self.covered_hi_ns):
             self._sync_sessions(int(ts[0]), hi + self.session_lookahead_ns)
         t0 = time.perf_counter()
-        if self.host is None:
+        host = self.host
+        if host is None:
             self.core.run(ticks)
+        elif isinstance(host, PortfolioHost):
+            self.core.run_portfolio(ticks, host.buffer, host.book, host.targets, host)
         else:
-            self.core.run_batched(ticks, self.host.buffer, self.host)
+            self.core.run_batched(ticks, host.buffer, host)
         self.core_s += time.perf_counter() - t0
 
 
@@ -263,15 +276,37 @@ def stream_ticks(source: QuoteSource, interval: str) -> Iterator[tuple[int, np.n
         yield 0, conflator.flush()
 
 
+def whole_batches(stream: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+    """``stream`` with each chunk's last timestamp held back until the next chunk, so a tick batch is
+    never split by where a chunk happens to end. A portfolio strategy decides for every instrument
+    at once: split, the first part's decision would see the second part's instruments at their
+    previous marks, and fills would depend on the chunking."""
+    held = np.empty(0, QUOTE_DTYPE)
+    for n_quotes, ticks in stream:
+        if len(held):
+            # Not np.concatenate: it promotes the aligned record dtype to a packed one the core refuses.
+            joined = np.empty(len(held) + len(ticks), QUOTE_DTYPE)
+            joined[: len(held)], joined[len(held) :] = held, ticks
+            ticks = joined
+        if len(ticks) == 0:
+            yield n_quotes, ticks
+            continue
+        ts = ticks["ts_recv"]
+        cut = int(np.searchsorted(ts, ts[-1], side="left"))
+        held = ticks[cut:]
+        yield n_quotes, ticks[:cut]
+    yield 0, held
+
+
 def run_backtest(
     source: QuoteSource,
     config: BacktestConfig | None = None,
     *,
-    strategy: Strategy | None = None,
+    strategy: AnyStrategy | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> BacktestResult:
-    """Replay ``source`` through the engine. ``strategy`` (a Python Strategy) overrides
-    ``config.strategy``; otherwise a name that is not a built-in is imported as module:Class."""
+    """Replay ``source`` through the engine. ``strategy`` (a Python Strategy or PortfolioStrategy)
+    overrides ``config.strategy``; otherwise a name that is not a built-in is imported as module:Class."""
     config = config or BacktestConfig()
     if strategy is None and not is_builtin(config.strategy):
         strategy = load_strategy(config.strategy, config.strategy_params)
@@ -280,7 +315,10 @@ def run_backtest(
 
     t0 = time.perf_counter()
     quotes_in = ticks = 0
-    for n_quotes, out in stream_ticks(source, config.interval):
+    stream = stream_ticks(source, config.interval)
+    if isinstance(strategy, PortfolioStrategy):
+        stream = whole_batches(stream)
+    for n_quotes, out in stream:
         quotes_in += n_quotes
         ticks += len(out)
         engine.run(out)

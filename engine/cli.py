@@ -39,12 +39,15 @@ examples:
       --columns ts=ts_ms_utc,bid=bid,ask=ask,bid_sz=bid_volume,ask_sz=ask_volume,symbol=symbol \\
       --tick-size 0.00001 --lot-size 1000 --calendar FX --capital 100000
   nextick backtest --strategy strategies.ema_cross:EmaCross --param fast_span=60 --param slow_span=240
+  nextick backtest --strategy strategies.equal_weight:EqualWeight --param rebalance_s=600
 
   nextick backtest --strategy ssm --compare momentum --oracle --alpha-strength 3     (make demo)
 
 Strategies: momentum, mean_reversion, buy_hold, ssm (= ssm_threshold: the packaged SSM model or
 --model FILE), none (built into the C++ loop), or any Python class
-"package.module:Class" subclassing strategies.base.Strategy (--param values go to its constructor).
+"package.module:Class" subclassing strategies.base.Strategy (per tick batch) or
+strategies.portfolio.PortfolioStrategy (every instrument at once, at each batch or on a rebalance
+clock); --param values go to its constructor.
 Fills happen at the first tick of the same instrument strictly after decision time + --latency-ns:
 buys at the ask, sells at the bid.
 """

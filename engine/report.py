@@ -161,6 +161,14 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
         f"fills        {len(r.fills):,}, mean slippage vs decision mid {_num(slip)} bps"
         + (f", flatten missed {c['flatten_missed']:,}" if r.config.flatten_at_close else ""),
         "resets       " + ", ".join(f"{k} {c['resets'][k]:,}" for k in RESET_REASONS),
+        *(
+            [
+                f"rebalances   {c['rebalances']:,}; targets skipped {c['targets_skipped']:,} "
+                "(instrument not tradeable: out of session, unpriced or stale)"
+            ]
+            if c["rebalances"]
+            else []
+        ),
         f"sessions     {c['ticks_in_session']:,} ticks in session, {c['ticks_outside_session']:,} outside (ignored)",
         "quarantined  "
         + (

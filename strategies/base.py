@@ -13,7 +13,8 @@ Built-in strategies run inside the C++ loop (``strategies.builtin``); a Python s
         def on_batch(self, batch: TickBatch) -> np.ndarray:
             return np.where(batch.mid > batch.bid_px, -1.0, 1.0) * 10
 
-A strategy cannot tell replayed from live data: both reach it through the same batches.
+A strategy cannot tell replayed from live data: both reach it through the same batches. One that
+decides for every instrument at once, ticking or not, is a ``strategies.portfolio.PortfolioStrategy``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ BATCH_DTYPE = np.dtype(
 assert BATCH_DTYPE.itemsize == 80
 
 
-class TickBatch:
-    """Read-only views of one tick batch (length = number of instruments ticking now)."""
+class QuoteRows:
+    """Column views of rows that carry a quote and a position: a tick batch, a portfolio's book."""
 
     __slots__ = ("rows",)
 
@@ -55,10 +56,6 @@ class TickBatch:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    @property
-    def ts_ns(self) -> int:
-        return int(self.rows["ts"][0])
 
     @property
     def instrument(self) -> np.ndarray:
@@ -85,21 +82,32 @@ class TickBatch:
         return self.rows["mid"]
 
     @property
+    def position(self) -> np.ndarray:
+        """Units held."""
+        return self.rows["position"]
+
+    @property
+    def warm(self) -> np.ndarray:
+        return self.rows["warm"].view(np.bool_)
+
+
+class TickBatch(QuoteRows):
+    """Read-only views of one tick batch (length = number of instruments ticking now)."""
+
+    __slots__ = ()
+
+    @property
+    def ts_ns(self) -> int:
+        return int(self.rows["ts"][0])
+
+    @property
     def pred_mid(self) -> np.ndarray:
         """The model's expected mid at its horizon (``BacktestConfig.model``); NaN without a model."""
         return self.rows["pred_mid"]
 
     @property
-    def position(self) -> np.ndarray:
-        return self.rows["position"]
-
-    @property
     def reset(self) -> np.ndarray:
         return self.rows["reset"].view(np.bool_)
-
-    @property
-    def warm(self) -> np.ndarray:
-        return self.rows["warm"].view(np.bool_)
 
 
 class Strategy(abc.ABC):

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from engine.backtest import BacktestConfig, run_backtest
 from engine.domain.instrument import Instrument, InstrumentTable
@@ -51,6 +53,51 @@ class Scripted(Strategy):
             if key in self.script:
                 out[k] = self.script[key]
         return out
+
+
+def reference_fill(order: list, bid: float, ask: float, bid_sz: float, ask_sz: float, *, fee_bps: float,
+                   fee_fixed: float, size_cap: bool, cancel_rem: bool) -> tuple[int, float, float] | None:
+    """DESIGN.md's fill of a working order ([id, decision_ts, active_ts, remaining lots, ...]) at a tick
+    past its active time, written as plainly as possible: (lots, px, fee), or None when nothing
+    fills. The order's remaining lots are updated (and zeroed when the remainder is cancelled)."""
+    buy = order[3] > 0
+    px = ask if buy else bid
+    lots = order[3]
+    if size_cap:
+        avail = math.floor((ask_sz if buy else bid_sz) + 1e-9)
+        lots = min(lots, avail) if buy else max(lots, -avail)
+    out = None
+    if lots:
+        out = (lots, px, abs(lots) * px * fee_bps * 1e-4 + fee_fixed)
+        order[3] -= lots
+    if order[3] and cancel_rem:
+        order[3] = 0
+    return out
+
+
+def reference_order(order: dict, pos: dict, i: int, target: float, ts: int, latency_ns: int, next_id: int,
+                    *extra) -> int:
+    """DESIGN.md's order rule as plainly as possible: a target equal to the position plus the working
+    order keeps that order; another cancels it and, unless it is the position, sends a new one
+    ([id, decision_ts, active_ts, remaining lots, *extra]). Returns the next order id."""
+    o = order.get(i)
+    working = o[3] if o else 0
+    p = pos.get(i, 0)
+    if target == p + working:
+        return next_id
+    if o:
+        o[3] = 0
+    if target != p:
+        order[i] = [next_id, ts, ts + latency_ns, target - p, *extra]
+        return next_id + 1
+    return next_id
+
+
+def draw_quote(draw, ts: int, i: int) -> tuple:
+    """A hypothesis-drawn quote row for ``quotes()``: half-point prices, small sizes (0 included)."""
+    bid = 100 + draw(st.integers(0, 10)) * 0.5
+    ask = bid + draw(st.integers(1, 3)) * 0.5
+    return (ts, i, bid, ask, float(draw(st.integers(0, 8))), float(draw(st.integers(0, 8))))
 
 
 def run(q, instruments, python_strategy=None, **config):

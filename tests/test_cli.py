@@ -196,6 +196,14 @@ def test_python_strategy_by_import_path(capsys):
     assert code == 0 and "ema_cross" in out
 
 
+def test_portfolio_strategy_by_import_path(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "backtest", *SMALL, "--strategy", "strategies.equal_weight:EqualWeight",
+                           "--param", "rebalance_s=600", "--param", "gross=0.9", "--out", str(tmp_path))
+    assert code == 0 and "equal_weight" in out and "rebalances" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["counters"]["rebalances"] > 2 and summary["metrics"]["fill_count"] > 0
+
+
 def write_csv(path: Path, rows: list[str]) -> None:
     text = "time_ms,sym,b,a,bs,as\n" + "\n".join(rows) + "\n"
     if path.suffix == ".gz":

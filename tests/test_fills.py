@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
-from conftest import MS, T0, S, Scripted, quotes, run, table
+from conftest import MS, T0, S, Scripted, draw_quote, quotes, reference_fill, reference_order, run, table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,31 +115,15 @@ def reference_fills(rows, script, latency_ns, fee_bps, fee_fixed, size_cap, canc
     for ts, i, bid, ask, bid_sz, ask_sz in rows:
         o = order.get(i)
         if o and o[3] != 0 and ts > o[2]:
-            buy = o[3] > 0
-            px = ask if buy else bid
-            lots = o[3]
-            if size_cap:
-                avail = math.floor((ask_sz if buy else bid_sz) + 1e-9)
-                lots = min(lots, avail) if buy else max(lots, -avail)
-            if lots:
-                fee = abs(lots) * px * fee_bps * 1e-4 + fee_fixed
+            f = reference_fill(o, bid, ask, bid_sz, ask_sz, fee_bps=fee_bps, fee_fixed=fee_fixed, size_cap=size_cap,
+                               cancel_rem=cancel_rem)
+            if f:
+                lots, px, fee = f
                 fills.append((o[0], o[1], ts, px, float(lots), fee, i))
                 pos[i] = pos.get(i, 0) + lots
-                o[3] -= lots
-            if o[3] and cancel_rem:
-                o[3] = 0
         target = script.get((i, ts))
-        if target is None:
-            continue
-        working = o[3] if o else 0
-        p = pos.get(i, 0)
-        if target == p + working:
-            continue
-        if o:
-            o[3] = 0
-        if target != p:
-            order[i] = [next_id, ts, ts + latency_ns, target - p]
-            next_id += 1
+        if target is not None:
+            next_id = reference_order(order, pos, i, target, ts, latency_ns, next_id)
     return fills
 
 
@@ -157,9 +139,7 @@ def streams(draw):
         if (i, ts) in seen:
             continue
         seen.add((i, ts))
-        bid = 100 + draw(st.integers(0, 10)) * 0.5
-        ask = bid + draw(st.integers(1, 3)) * 0.5
-        rows.append((ts, i, bid, ask, float(draw(st.integers(0, 8))), float(draw(st.integers(0, 8)))))
+        rows.append(draw_quote(draw, ts, i))
         if draw(st.booleans()):
             script[(i, ts)] = float(draw(st.integers(-6, 6)))
     return n_inst, rows, script
