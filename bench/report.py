@@ -32,6 +32,7 @@ def machine() -> dict[str, Any]:
     cpu = _cpuinfo()
     out: dict[str, Any] = {
         "cpu_model": cpu["model"] or platform.processor() or platform.machine(),
+        "cpu_id": cpu["cpu_id"],
         "arch": platform.machine(),
         "logical_cores": os.cpu_count(),
         "physical_cores": cpu["physical_cores"],
@@ -51,6 +52,7 @@ def machine() -> dict[str, Any]:
 
 def _cpuinfo() -> dict[str, Any]:
     model, flags, cores = "", set(), set()
+    ident: dict[str, str] = {}  # vendor, family, model number: "AMD EPYC" alone does not say which Zen
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -58,6 +60,8 @@ def _cpuinfo() -> dict[str, Any]:
     phys = core = None
     for line in text.splitlines():
         key, _, val = (s.strip() for s in line.partition(":"))
+        if key in ("vendor_id", "cpu family", "model", "stepping") and key not in ident:
+            ident[key] = val
         if key in ("model name", "Hardware", "cpu model") and not model:
             model = val
         elif key in ("flags", "Features"):
@@ -75,7 +79,9 @@ def _cpuinfo() -> dict[str, Any]:
     vec = sorted(f for f in flags if f in ("avx", "avx2", "fma", "neon", "asimd", "sve", "sve2") or f.startswith("avx512"))
     summary = {"avx2": "avx2" in flags, "avx512": any(f.startswith("avx512") for f in flags),
                "neon": bool({"neon", "asimd"} & flags)}
-    return {"model": model, "physical_cores": len(cores) or None, "vector_flags": {**summary, "all": vec}}
+    cpu_id = (f"{ident.get('vendor_id', '?')} family {ident.get('cpu family', '?')} model {ident.get('model', '?')} "
+              f"stepping {ident.get('stepping', '?')}" if ident else None)
+    return {"model": model, "cpu_id": cpu_id, "physical_cores": len(cores) or None, "vector_flags": {**summary, "all": vec}}
 
 
 def _memory_gb() -> float | None:
@@ -230,6 +236,9 @@ KNOWN_TARGETS = (
     ("ssm_step", "SSM step, 1 instrument, p50 (C++)", "<=", 10.0, "us"),
     ("ssm_step", "SSM step, batch 1, C++ / torch eager", ">=", 30.0, "x"),
     ("ssm_step", "SSM step, batch 1,024 distinct instruments, one core (C++)", ">=", 500_000.0, "steps/s"),
+    # Batching shares each weight pass across rows: it must never make an instrument slower.
+    ("ssm_step", "SSM step, batch 16 ns/instrument over batch 1", "<=", 1.0, "x"),
+    ("ssm_step", "SSM step, batch 1,024 ns/instrument over batch 1", "<=", 1.0, "x"),
     ("e2e_loopback", "frame receipt -> decision p99 at 1k quotes/s (2 symbols)", "<=", 200.0, "us"),
     ("peers", "nextick / nautilus, EMA cross", ">=", 100.0, "x"),
     ("peers", "nextick / nautilus, quotes only", ">=", 20.0, "x"),
@@ -302,6 +311,13 @@ def _ssm_step(r: dict[str, Any], sec: Section) -> None:
         notes.append(f"CUDA: skipped ({cuda['skipped']})")
     if "torch" in r and "skipped" in r["torch"]:
         notes.append(f"torch: skipped ({r['torch']['skipped']})")
+    if r.get("variants"):
+        keys = [k for k in r["variants"][0] if k.startswith("ns_per_instrument_b")]
+        sec.tables.append(Table(f"Kernel variants on this CPU (ns per instrument; same bits; this CPU runs {r.get('kernel')})",
+                                ["variant", *(f"batch {k.removeprefix('ns_per_instrument_b')}" for k in keys)],
+                                [[v["kernel"], *(v[k] for k in keys)] for v in r["variants"]]))
+    if r.get("kernel"):
+        notes.insert(0, f"kernel variant {r['kernel']}")
     sec.note = "; ".join(x for x in [sec.note, *notes] if x)
     bs = r.get("batches", [])
     series = [Series("C++ kernel", [b["batch"] for b in bs], [b["cpp_us_per_call"] for b in bs])]
@@ -477,7 +493,8 @@ def _machine_lines(m: dict[str, Any]) -> list[str]:
     vec_s = ", ".join(k for k in ("avx2", "avx512", "neon") if vec.get(k)) or "none of avx2/avx512/neon"
     build = ", ".join(f"{k} {v}" for k, v in m.get("core_build", {}).items())
     return [
-        (f"- CPU: {m.get('cpu_model')} ({m.get('arch')}), {m.get('physical_cores') or '?'} physical / "
+        (f"- CPU: {m.get('cpu_model')} ({m.get('arch')}{', ' + m['cpu_id'] if m.get('cpu_id') else ''}), "
+         f"{m.get('physical_cores') or '?'} physical / "
         f"{m.get('logical_cores')} logical cores ({m.get('usable_cores')} usable); vector: {vec_s}"),
         f"- memory: {m.get('memory_gb')} GB; OS: {m.get('os')}",
         (f"- Python {m.get('python')}, numpy {m.get('numpy')}, torch {m.get('torch') or 'not installed'}; "

@@ -85,10 +85,11 @@ def _ssm_weights():
 class _CoreStep:
     """The compiled step on ``batch`` slots with preallocated buffers: ``__call__`` is one step."""
 
-    def __init__(self, cfg, tensors, batch: int, seed: int = 0) -> None:
+    def __init__(self, cfg, tensors, batch: int, seed: int = 0, kernel: str = "auto") -> None:
         from engine import _core
 
         self.core = _core.SsmModel(cfg.core_dict(), tensors, batch)
+        self.core.set_kernel(kernel)
         self.x = np.random.default_rng(seed).standard_normal((batch, cfg.n_features)).astype(np.float32)
         self.slots = np.arange(batch, dtype=np.int32)
         self.reset = np.zeros(batch, np.uint8)
@@ -134,6 +135,12 @@ def suite_ssm_step(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
     print_fn(f"  SSM step, 1 instrument, C++: p50 {lat['cpp']['p50']:.2f} us  p99 {lat['cpp']['p99']:.2f} us"
              + (f" | torch eager p50 {lat['torch_eager']['p50']:.1f} us" if "torch_eager" in lat else ""))
 
+    from engine import _core
+
+    kernel = _CoreStep(cfg, tensors, 1).core.kernel
+    out["kernel"] = kernel
+    out["kernels"] = _core.SsmModel.kernels()
+    print_fn(f"  kernel variant: {kernel} (this CPU runs {', '.join(out['kernels'])})")
     rows = []
     for b in batches:
         cpp_s = time_per_call(_CoreStep(cfg, tensors, b, seed=b), min_s=min_s)
@@ -143,20 +150,39 @@ def suite_ssm_step(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
             t_s = time_per_call(_torch_step(torch, model, b, seed=b), min_s=min_s, repeats=3)
             row.update(torch_us_per_call=t_s * 1e6, torch_steps_per_s=b / t_s, cpp_speedup_vs_torch=t_s / cpp_s)
         rows.append(row)
-        print_fn(f"  batch {b:6d}: C++ {row['cpp_steps_per_s']:14,.0f} steps/s"
+        print_fn(f"  batch {b:6d}: C++ {row['cpp_steps_per_s']:14,.0f} steps/s  {row['cpp_ns_per_instrument']:7,.0f} ns/instrument"
                  + (f" | torch eager {row['torch_steps_per_s']:12,.0f} steps/s ({row['cpp_speedup_vs_torch']:.1f}x)"
                     if "torch_steps_per_s" in row else ""))
     out["batches"] = rows
+    out["variants"] = _ssm_variants(cfg, tensors, out["kernels"], [1, 16, 1024], min_s, print_fn)
     out["cuda"] = _ssm_cuda(torch, model, batches, quick)
     for row, c in zip(rows, out["cuda"].get("batches", [])):
         row.update(cuda_steps_per_s=c["steps_per_s"], cpp_speedup_vs_cuda=c["us_per_call"] / row["cpp_us_per_call"])
     by_batch = {r["batch"]: r for r in rows}
+    per_inst = {b: by_batch[b]["cpp_ns_per_instrument"] for b in by_batch}
     out["targets"] = [
         _target("ssm_step", lat["cpp"]["p50"]),
         _target("ssm_step", by_batch[1].get("cpp_speedup_vs_torch"), "SSM step, batch 1, C++ / torch eager"),
         _target("ssm_step", by_batch[1024]["cpp_steps_per_s"], "SSM step, batch 1,024 distinct instruments, one core (C++)"),
+        _target("ssm_step", per_inst[16] / per_inst[1], "SSM step, batch 16 ns/instrument over batch 1"),
+        _target("ssm_step", per_inst[1024] / per_inst[1], "SSM step, batch 1,024 ns/instrument over batch 1"),
     ]
     return out
+
+
+def _ssm_variants(cfg, tensors, kernels: list[str], batches: list[int], min_s: float,
+                  print_fn: PrintFn) -> list[dict[str, Any]]:
+    """ns per instrument of every kernel variant this CPU runs (they compute the same bits), so a
+    run shows whether the one picked for this CPU is the fastest here."""
+    rows = []
+    for kernel in kernels:
+        row: dict[str, Any] = {"kernel": kernel}
+        for b in batches:
+            row[f"ns_per_instrument_b{b}"] = time_per_call(_CoreStep(cfg, tensors, b, seed=b, kernel=kernel), min_s=min_s) / b * 1e9
+        rows.append(row)
+        print_fn(f"  variant {kernel:>10}: " + ", ".join(f"batch {b} {row[f'ns_per_instrument_b{b}']:,.0f} ns" for b in batches)
+                 + " per instrument")
+    return rows
 
 
 def _ssm_cuda(torch, model, batches: list[int], quick: bool, device: str = "cuda") -> dict[str, Any]:

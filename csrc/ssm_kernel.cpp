@@ -62,8 +62,11 @@ int take_lines(StatePrefetch& pf, int max_lines, const char** p) {
     return 0;
 }
 
-// Vector type of the target's widest float registers (GCC/Clang vector extension: plain
-// elementwise IEEE arithmetic, so every width computes the same bits).
+// Vector types (GCC/Clang vector extensions: plain elementwise IEEE arithmetic, so every width
+// computes the same bits). vfloat, for the mixer, is the target's widest; vmat, for the matvecs, may
+// be narrower where that runs faster: on AMD Zen 4, whose AVX-512 units split 512-bit operations
+// in two, 256-bit matvecs with AVX-512's 32 registers (6 rows x 4 vectors of accumulators) run
+// ~15% faster than 512-bit ones (the avx512_256 variant, NEXTICK_KERNEL_MV_LANES=8).
 #if defined(__AVX512F__)
 constexpr int kVec = 16;
 #elif defined(__AVX__)
@@ -71,25 +74,53 @@ constexpr int kVec = 8;
 #else
 constexpr int kVec = 4;
 #endif
-typedef float vfloat __attribute__((vector_size(kVec * sizeof(float))));
-// The same vector at any float alignment, for loads and stores. Not memcpy into a vfloat: with an
-// Intel -mtune (which prefers 256-bit moves) GCC expands such a memcpy into two 256-bit stores to
-// the stack and one 512-bit reload, a failed store forward per weight vector, and keeps the
-// matvec accumulators in memory: the batched step ran 3.5x slower.
-typedef float vfloat_u __attribute__((vector_size(kVec * sizeof(float)), aligned(alignof(float)), may_alias));
+#if defined(NEXTICK_KERNEL_MV_LANES)
+constexpr int kMv = NEXTICK_KERNEL_MV_LANES;
+#else
+constexpr int kMv = kVec;
+#endif
+static_assert(kMv <= kVec && kLane % kMv == 0, "matvec vectors divide the 16-float padding");
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int kRegs = 32;
+#else
+constexpr int kRegs = 16;
+#endif
 
-inline vfloat vload(const float* p) { return *reinterpret_cast<const vfloat_u*>(p); }
-inline void vstore(float* p, vfloat v) { *reinterpret_cast<vfloat_u*>(p) = v; }
+template <int N>
+struct Vec {
+    typedef float type __attribute__((vector_size(N * sizeof(float))));
+    // The same vector at any float alignment, for loads and stores. Not memcpy into a vector: with
+    // an Intel -mtune (which prefers 256-bit moves) GCC expands such a memcpy into two 256-bit
+    // stores to the stack and one 512-bit reload, a failed store forward per weight vector, and
+    // keeps the matvec accumulators in memory: the batched step ran 3.5x slower.
+    typedef float unaligned __attribute__((vector_size(N * sizeof(float)), aligned(alignof(float)), may_alias));
+};
+using vfloat = Vec<kVec>::type;
+using vmat = Vec<kMv>::type;
 
-template <size_t... I>
-inline vfloat splat(float x, std::index_sequence<I...>) {
-    return vfloat{((void)I, x)...};
+template <class V>
+inline V vload(const float* p) {
+    return *reinterpret_cast<const typename Vec<sizeof(V) / sizeof(float)>::unaligned*>(p);
+}
+template <class V>
+inline void vstore(float* p, V v) {
+    *reinterpret_cast<typename Vec<sizeof(V) / sizeof(float)>::unaligned*>(p) = v;
+}
+
+template <class V, size_t... I>
+inline V splat_(float x, std::index_sequence<I...>) {
+    return V{((void)I, x)...};
+}
+template <class V>
+inline V splat(float x) {
+    return splat_<V>(x, std::make_index_sequence<sizeof(V) / sizeof(float)>{});
 }
 
 // Keeps v in a register: the compiler would otherwise fold each use of a loaded weight vector into
 // its multiply as a memory operand, loading it R times per k, and the loads, not the multiplies,
 // then bound the matvec (pinned, batch 1024 runs ~8% faster on the Zen 5 dev box).
-inline void pin(vfloat& v) {
+template <class V>
+inline void pin(V& v) {
 #if defined(__x86_64__) || defined(__i386__)
 #if defined(__AVX512F__)
     asm("" : "+v"(v));
@@ -114,7 +145,7 @@ inline __attribute__((always_inline)) void prefetch_pair(const char* pf, int pf_
 // wt[k*ld + j0 + j] * u[r][k], k ascending, for j < JB. JB and R are compile-time so that the R*JB
 // accumulators are registers for the whole k loop; each weight vector is loaded once for R rows
 // (at batch 1 the weights stream from L2 and bound the speed; R rows share that stream), and the
-// R*JB/kVec independent add chains hide the add latency. Each output is still one accumulator
+// R*JB/kMv independent add chains hide the add latency. Each output is still one accumulator
 // summed in the order k = 0..K-1, so the result of a row does not depend on R or on the other
 // rows. Iteration k also prefetches lines 2k and 2k+1 of the run pf[0 : pf_lines) (two per k: a
 // block's matvecs have ~1,000 k steps, the next block's states ~1,300 lines).
@@ -137,12 +168,12 @@ inline void mv_block(const float* __restrict wt, size_t ld, const float* const* 
         }
         for (int j = 0; j < JB; ++j) y[0][j0 + j] = acc[j];
     } else {
-        constexpr int NV = JB / kVec;
-        static_assert(JB % kVec == 0, "blocks are whole vectors");
-        vfloat acc[R][NV];
+        constexpr int NV = JB / kMv;
+        static_assert(JB % kMv == 0, "blocks are whole vectors");
+        vmat acc[R][NV];
         for (int v = 0; v < NV; ++v) {
-            vfloat a0 = vfloat{};
-            if (init) a0 = vload(init + j0 + v * kVec);
+            vmat a0 = vmat{};
+            if (init) a0 = vload<vmat>(init + j0 + v * kMv);
             for (int r = 0; r < R; ++r) acc[r][v] = a0;
         }
         const float* up[R];
@@ -150,35 +181,33 @@ inline void mv_block(const float* __restrict wt, size_t ld, const float* const* 
         for (int k = 0; k < k_n; ++k) {
             prefetch_pair(pf, pf_lines, k);
             const float* w = wt + static_cast<size_t>(k) * ld + j0;
-            vfloat wv[NV];
+            vmat wv[NV];
             for (int v = 0; v < NV; ++v) {
-                wv[v] = vload(w + v * kVec);
+                wv[v] = vload<vmat>(w + v * kMv);
                 pin(wv[v]);
             }
             for (int r = 0; r < R; ++r) {
-                const vfloat uk = splat(up[r][k], std::make_index_sequence<kVec>{});
+                const vmat uk = splat<vmat>(up[r][k]);
                 for (int v = 0; v < NV; ++v) acc[r][v] += wv[v] * uk;
             }
         }
         for (int r = 0; r < R; ++r)
-            for (int v = 0; v < NV; ++v) vstore(y[r] + j0 + v * kVec, acc[r][v]);
+            for (int v = 0; v < NV; ++v) vstore(y[r] + j0 + v * kMv, acc[r][v]);
     }
 }
 
-// Widest block for R rows whose accumulators fit the register file (AVX-512: 32 zmm of 16 floats;
-// AVX: 16 ymm of 8; otherwise 16 registers of 4). Only speed depends on these, never the result.
-#if defined(__AVX512F__)
-constexpr int kMaxRows = 4;
-constexpr int block_width(int rows) { return rows <= 2 ? 128 : 64; }
-#elif defined(__AVX__)
-constexpr int kMaxRows = 4;
-constexpr int block_width(int rows) { return rows == 1 ? 64 : rows == 2 ? 32 : 16; }
-#else
-constexpr int kMaxRows = 2;
-constexpr int block_width(int rows) { return rows == 1 ? 32 : 16; }
-#endif
+// Rows per block and the block width for R rows: the R*JB/kMv accumulators, JB/kMv weight vectors
+// and a broadcast fit the register file, and the shapes are the fastest measured (bench: the matvec
+// microbenchmarks in the issue notes). Only speed depends on these, never the result.
+constexpr int kMaxRows = kRegs == 32 ? (kMv == 8 ? 6 : 4) : (kVec >= 8 ? 4 : 2);
+constexpr int block_width(int rows) {
+    if (kRegs == 32 && kMv == 16) return rows <= 2 ? 128 : 64;  // zmm: 4 x 4 accumulators
+    if (kRegs == 32 && kMv == 8) return rows <= 2 ? 64 : rows <= 4 ? 40 : 32;  // ymm: up to 6 x 4
+    if (kMv == 8) return rows == 1 ? 64 : rows == 2 ? 32 : 16;  // AVX2: 16 ymm
+    return rows == 1 ? 32 : 16;  // SSE2, NEON: 16 registers of 4
+}
 
-// The last (ld - j0) < block_width(R) outputs, a multiple of 16, in one block of that width.
+// The last (ld - j0) < block_width(R) outputs, a multiple of kMv (ld and JB are), in one block.
 template <int R, int W>
 inline void mv_tail(const float* wt, size_t ld, const float* const* u, int k_n, const float* init, float* const* y,
                     size_t j0, const char* pf, int pf_lines) {
@@ -186,7 +215,7 @@ inline void mv_tail(const float* wt, size_t ld, const float* const* u, int k_n, 
         if (ld - j0 == static_cast<size_t>(W))
             mv_block<R, W>(wt, ld, u, k_n, init, y, j0, pf, pf_lines);
         else
-            mv_tail<R, W - 16>(wt, ld, u, k_n, init, y, j0, pf, pf_lines);
+            mv_tail<R, W - kMv>(wt, ld, u, k_n, init, y, j0, pf, pf_lines);
     }
 }
 
@@ -202,7 +231,7 @@ void mv_rows(const float* wt, size_t ld, const float* const* u, int k_n, const f
     }
     if (j < ld) {
         const int n = pf ? take_lines(*pf, 2 * k_n, &run) : 0;
-        mv_tail<R, JB - 16>(wt, ld, u, k_n, init, y, j, run, n);
+        mv_tail<R, JB - kMv>(wt, ld, u, k_n, init, y, j, run, n);
     }
 }
 
@@ -210,15 +239,15 @@ void mv_rows(const float* wt, size_t ld, const float* const* u, int k_n, const f
 // [k_n][ld], ld a multiple of 16. pf (may be null) supplies lines to prefetch on the way.
 void matvec(const float* wt, size_t ld, const float* const* u, int k_n, const float* init, float* const* y,
             int rows, StatePrefetch* pf) {
+    static_assert(kMaxRows >= 2 && kMaxRows <= 6, "the switch covers 1..kMaxRows rows");
     switch (rows) {
         case 1: mv_rows<1>(wt, ld, u, k_n, init, y, pf); break;
         case 2: mv_rows<2>(wt, ld, u, k_n, init, y, pf); break;
-#if !defined(__AVX512F__) && !defined(__AVX__)
+        case 3: if constexpr (kMaxRows >= 3) mv_rows<3>(wt, ld, u, k_n, init, y, pf); break;
+        case 4: if constexpr (kMaxRows >= 4) mv_rows<4>(wt, ld, u, k_n, init, y, pf); break;
+        case 5: if constexpr (kMaxRows >= 5) mv_rows<5>(wt, ld, u, k_n, init, y, pf); break;
+        case 6: if constexpr (kMaxRows >= 6) mv_rows<6>(wt, ld, u, k_n, init, y, pf); break;
         default: break;
-#else
-        case 3: mv_rows<3>(wt, ld, u, k_n, init, y, pf); break;
-        default: mv_rows<4>(wt, ld, u, k_n, init, y, pf); break;
-#endif
     }
 }
 
@@ -305,21 +334,21 @@ void ssm_update(float* __restrict S, size_t n_stride, int N, int w, const float*
     for (; i0 + TW <= w; i0 += TW) {
         vfloat dav[kTileVecs], xdv[kTileVecs], acc[kTileVecs];
         for (int t = 0; t < kTileVecs; ++t) {
-            dav[t] = vload(da + i0 + t * kVec);
-            xdv[t] = vload(xd + i0 + t * kVec);
+            dav[t] = vload<vfloat>(da + i0 + t * kVec);
+            xdv[t] = vload<vfloat>(xd + i0 + t * kVec);
             acc[t] = vfloat{};
         }
         for (int n = 0; n < N; ++n) {
-            const vfloat bn = splat(B[n], std::make_index_sequence<kVec>{});
-            const vfloat cn = splat(C[n], std::make_index_sequence<kVec>{});
+            const vfloat bn = splat<vfloat>(B[n]);
+            const vfloat cn = splat<vfloat>(C[n]);
             float* s = S + static_cast<size_t>(n) * n_stride + i0;
             for (int t = 0; t < kTileVecs; ++t) {
-                const vfloat v = dav[t] * vload(s + t * kVec) + xdv[t] * bn;
+                const vfloat v = dav[t] * vload<vfloat>(s + t * kVec) + xdv[t] * bn;
                 vstore(s + t * kVec, v);
                 acc[t] += v * cn;
             }
         }
-        for (int t = 0; t < kTileVecs; ++t) vstore(y + i0 + t * kVec, acc[t]);
+        for (int t = 0; t < kTileVecs; ++t) vstore<vfloat>(y + i0 + t * kVec, acc[t]);
     }
     if (i0 < w) {
         for (int i = i0; i < w; ++i) y[i] = 0.0f;

@@ -1,6 +1,6 @@
 // The seam between SsmModel (ssm.cpp: config, weights, state pool, row blocks, kernel choice) and the
-// step kernel (ssm_kernel.cpp), which CMake compiles once per instruction set (sse2, avx2, avx512 on
-// x86-64; one build elsewhere). ssm.cpp picks the variant this CPU runs best at construction; every
+// step kernel (ssm_kernel.cpp), which CMake compiles once per instruction set (sse2, avx2, avx512,
+// avx512_256 on x86-64; one build elsewhere). ssm.cpp picks the variant this CPU runs best at construction; every
 // variant computes the same bits (tests/test_ssm_isa.py).
 //
 // Only plain data crosses the seam: no inline function of this header holds vector code, so the
@@ -102,6 +102,7 @@ struct SsmKernel {
 const SsmKernel& ssm_kernel_sse2();
 const SsmKernel& ssm_kernel_avx2();
 const SsmKernel& ssm_kernel_avx512();
+const SsmKernel& ssm_kernel_avx512_256();
 const SsmKernel& ssm_kernel_neon();
 const SsmKernel& ssm_kernel_generic();
 
