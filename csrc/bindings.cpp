@@ -254,7 +254,7 @@ PYBIND11_MODULE(_core, m) {
         .def("set_tap", &Backtester::set_tap, py::arg("on"),
              "Record every in-session tick's features and prediction (training sets, parity tests).")
         .def("take_tap", [](Backtester& b) { return to_numpy(b.take_tap()); },
-             "The rows recorded since the last call (engine.model.dataset reads them).")
+             "The rows recorded since the last call (engine.training.dataset reads them).")
         .def("set_python_strategy",
              [](Backtester& b) {
                  StrategyParams p;

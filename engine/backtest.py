@@ -27,8 +27,8 @@ from engine.domain.source import QuoteSource, SourceStats
 from engine.domain.timestamps import DAY_NS, SECOND_NS
 from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie_memmel
 from strategies.base import BatchHost, Strategy
-from strategies.portfolio import PortfolioHost, PortfolioStrategy
 from strategies.builtin import BUILTINS, builtin_spec, is_builtin
+from strategies.portfolio import PortfolioHost, PortfolioStrategy
 
 INTERVALS_NS: dict[str, int | None] = {"raw": None, "100ms": 100_000_000, "1s": SECOND_NS}
 RESET_REASONS: tuple[str, ...] = tuple(_core.RESET_REASONS)

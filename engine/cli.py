@@ -407,7 +407,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     import msgspec
 
     from engine.backtest import compare, run_backtest
-    from engine.options import backtest_config, check_strategy, quote_source, run_options, source_options
+    from engine.options import (
+        backtest_config,
+        check_strategy,
+        quote_source,
+        run_options,
+        source_options,
+    )
     from engine.progress import Progress
     from engine.report import _finite_json, format_summary, summary_dict, write_outputs
 
@@ -496,8 +502,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.model.config import SSMConfig
     from engine.options import quote_source
     from engine.progress import Progress
-    from feeds.synthetic import SyntheticMarket
     from engine.training.dataset import collect_segments, split_by_time
+    from feeds.synthetic import SyntheticMarket
 
     try:
         import torch

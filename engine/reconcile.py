@@ -20,7 +20,13 @@ from engine.backtest import BacktestConfig, Engine, load_strategy, stream_ticks
 from engine.domain.instrument import Instrument, InstrumentTable
 from engine.domain.timestamps import DAY_NS
 from engine.domain.validate import ValidationPolicy
-from engine.journal import ORDER_EVENT_KINDS, RESET_REASONS, RESTART, Journal, restore_segment
+from engine.journal import (
+    ORDER_EVENT_KINDS,
+    RESET_REASONS,
+    RESTART,
+    Journal,
+    restore_segment,
+)
 from strategies.builtin import is_builtin
 
 _NO_FUTURE = 10**18

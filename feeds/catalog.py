@@ -90,6 +90,7 @@ from engine.domain.quote import QUOTE_DTYPE, as_rows, concat_rows, take_rows
 from engine.domain.source import SourceStats
 from engine.domain.timestamps import (
     DAY_NS,
+    SECOND_NS,
     day_date,
     epoch_day,
     format_ns,
@@ -172,7 +173,7 @@ class InstrumentEntry(msgspec.Struct, kw_only=True):
     tick_size: float = 0.01
     lot_size: float = 1.0
     calendar: str = "24x7"
-    gap_ns: int = 60 * 1_000_000_000
+    gap_ns: int = 60 * SECOND_NS
     warmup_ticks: int = 50
 
     @property

@@ -36,7 +36,15 @@ from engine.domain.source import SourceStats
 from engine.domain.timestamps import NS_PER, UNITS, detect_unit, to_ns
 from engine.domain.validate import BadInputError, QuoteValidator, ValidationPolicy
 from feeds.coalesce import Coalescer
-from feeds.columns import NUMERIC_RE, PARSE_ERRORS, bisect_bad, cast_lenient, localize, null_where, numbers
+from feeds.columns import (
+    NUMERIC_RE,
+    PARSE_ERRORS,
+    bisect_bad,
+    cast_lenient,
+    localize,
+    null_where,
+    numbers,
+)
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")

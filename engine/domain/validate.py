@@ -21,6 +21,7 @@ import numpy as np
 
 from engine.domain.quote import QUOTE_DTYPE, concat_rows, take_rows
 from engine.domain.source import SourceStats
+from engine.domain.timestamps import MINUTE_NS
 
 RULES = (
     "malformed",  # the reader could not turn the row into a quote (field count, non-numeric text)
@@ -117,7 +118,7 @@ class ValidationPolicy(msgspec.Struct):
     """What to do with each rule's bad rows: ``"reject"`` or ``"quarantine"`` (the default)."""
 
     actions: dict[str, str] = msgspec.field(default_factory=lambda: dict.fromkeys(RULES, "quarantine"))
-    future_tolerance_ns: int = 5 * 60 * 10**9
+    future_tolerance_ns: int = 5 * MINUTE_NS
 
     def __post_init__(self) -> None:
         for rule, action in self.actions.items():
@@ -130,7 +131,7 @@ class ValidationPolicy(msgspec.Struct):
             raise ValueError("future_tolerance_ns must be >= 0")
 
     @classmethod
-    def parse(cls, text: str, *, future_tolerance_ns: int = 5 * 60 * 10**9) -> "ValidationPolicy":
+    def parse(cls, text: str, *, future_tolerance_ns: int = 5 * MINUTE_NS) -> "ValidationPolicy":
         """``"reject"``, ``"quarantine"``, ``"crossed=reject,locked=quarantine"`` or a mix such as
         ``"reject,duplicate=quarantine"`` (a bare action sets every rule; later items override)."""
         actions = dict.fromkeys(RULES, "quarantine")

@@ -4,7 +4,7 @@ Reads top to bottom. Every layer has two forms of the same function:
 
 - ``forward(u)``: the parallel form over a whole sequence from zero state (training). Mamba-2 uses
   the chunked state-space-duality (SSD) scan; S4D uses its convolution kernel through an FFT.
-- ``step(u, state)``: one tick, the recurrence the C++ kernel (csrc/ssm.cpp) runs in production.
+- ``step(u, state)``: one tick, the recurrence the C++ kernel (csrc/ssm_kernel.cpp) runs in production.
 
 Shapes: B batch, L length, D d_model, E d_inner, H heads, P headdim, N d_state, G groups,
 C conv_dim = E + 2*G*N, K d_conv, F features.

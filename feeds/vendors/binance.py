@@ -29,8 +29,15 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
+
 from feeds.replay import ColumnMap, FileReplay
-from feeds.vendors.headers import base_name, first_line, header_fields, header_names, is_number
+from feeds.vendors.headers import (
+    base_name,
+    first_line,
+    header_fields,
+    header_names,
+    is_number,
+)
 from feeds.vendors.options import ReaderOptions, instrument_template, replay_kwargs
 
 HEADER = ("update_id", "best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty", "transaction_time", "event_time")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from feeds.replay import CSV_SUFFIXES, PARQUET_SUFFIXES, FileReplay
 from feeds.vendors.options import ReaderOptions
 

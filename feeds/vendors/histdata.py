@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
 from feeds.replay import ColumnMap, FileReplay
 from feeds.vendors.headers import base_name, first_line
 from feeds.vendors.options import ReaderOptions, instrument_template, replay_kwargs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
 from feeds.raw_replay import RawReplay, list_files
 from feeds.vendors.options import ReaderOptions
 

@@ -34,7 +34,12 @@ import pyarrow.compute as pc
 
 from feeds.replay import ColumnMap, FileReplay
 from feeds.vendors.headers import header_fields, header_names
-from feeds.vendors.options import ReaderOptions, instrument_template, replay_kwargs, with_symbol
+from feeds.vendors.options import (
+    ReaderOptions,
+    instrument_template,
+    replay_kwargs,
+    with_symbol,
+)
 
 REQUIRED = ("exchange", "symbol", "timestamp", "local_timestamp", "ask_price", "bid_price")
 SIZES = ("ask_amount", "bid_amount")
