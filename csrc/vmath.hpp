@@ -16,6 +16,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #if defined(__GNUC__)
 #define NEXTICK_VINLINE inline __attribute__((always_inline))
@@ -168,6 +171,56 @@ NEXTICK_VINLINE float silu(float v) {
     float rpos = v / (1.0f + (p * s1) * s2);
     return select(neg, rneg, rpos);
 }
+
+#if defined(__AVX512F__)
+// silu() on 16 lanes at once, the same bits lane by lane (checked for every one of the 2^32 float
+// inputs, NaN payloads included; tests/cpp/vmath_bits.cpp re-checks a sample on every run), ~30%
+// fewer operations: the floor is one round instruction, and for the v / (1 + exp(-v)) branch the
+// scale 2^n is one vscalefps. That is exact: (p * 2^n1) * 2^n2 equals p * 2^n rounded once while
+// the result is normal, and where it is not (v > 87) exp(-v) < 2^-126, so 1 + exp(-v) rounds to 1
+// whichever way it was formed. The branch below -80 keeps the two-factor scale (its subnormal
+// results are rounded once only that way) and runs only when a lane needs it.
+typedef float vf16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef uint32_t vu16 __attribute__((vector_size(64)));
+
+NEXTICK_VINLINE vf16 silu16(vf16 v) {
+    const uint32_t kAbsMax = 0x42dc0000u;  // as exp_parts
+    const uint32_t kInfBits = 0x7f800000u;
+    const float kLog2e = 1.44269504088896341f;
+    const float kLn2Hi = 0.693359375f;
+    const float kLn2Lo = -2.12194440e-4f;
+    const vi16 neg = v < -80.0f;
+    const vu16 b = (vu16)(neg ? v : -v);
+    const vu16 sign = b & 0x80000000u;
+    const vu16 mag = b & 0x7fffffffu;
+    const vu16 mag_n = mag < kAbsMax ? mag : kAbsMax;
+    const vf16 xn = (vf16)(sign | mag_n);
+    const vf16 xr = (vf16)(sign | (mag > kInfBits ? mag : mag_n));
+    const vf16 t = xn * kLog2e + 0.5f;
+    const vf16 fn = (vf16)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    vf16 r = xr - fn * kLn2Hi;
+    r = r - fn * kLn2Lo;
+    const vf16 z = r * r;
+    vf16 q = vf16{} + 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    const vf16 p = q * z + r + 1.0f;
+    vf16 out = v / (1.0f + (vf16)_mm512_scalef_ps((__m512)p, (__m512)fn));
+    if (_mm512_test_epi32_mask((__m512i)neg, (__m512i)neg)) {
+        const vi16 n = __builtin_convertvector(fn, vi16);
+        const vi16 n1 = n / 2;
+        const vi16 n2 = n - n1;
+        const vf16 s1 = (vf16)((vu16)(n1 + 127) << 23);
+        const vf16 s2 = (vf16)((vu16)(n2 + 127) << 23);
+        out = neg ? ((xr * p) * s1) * s2 : out;
+    }
+    return out;
+}
+#endif
 
 // softplus(v) = v > threshold ? v : log1p(exp(v)). Above 88 exp(v) overflows, while log1p(exp(v))
 // rounds to v already from v > 16.7 on (exp(-v) < half an ulp of v), so v is returned there too:

@@ -134,3 +134,14 @@ def test_unknown_kernel_is_refused_with_the_choices():
     assert model.kernel == _core.SsmModel.kernels()[0]  # auto picks the best this CPU runs
     with pytest.raises(ValueError, match="one of: " + ", ".join(_core.SsmModel.kernels())):
         model.set_kernel("avx9000")
+
+
+def test_the_avx512_silu_matches_the_scalar_one_bit_for_bit(tmp_path):
+    if not {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= _host_flags():
+        pytest.skip("needs an AVX-512 host")
+    exe = tmp_path / "vmath_bits"
+    subprocess.run(["g++", *FLAGS, "-march=x86-64-v4", f"-I{ROOT / 'csrc'}", str(ROOT / "tests" / "cpp" / "vmath_bits.cpp"),
+                    "-o", str(exe)], check=True, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout
+    assert "checked 50331648 mismatches 0" in run.stdout
