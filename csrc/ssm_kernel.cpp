@@ -197,8 +197,8 @@ inline void mv_block(const float* __restrict wt, size_t ld, const float* const* 
 }
 
 // Rows per block and the block width for R rows: the R*JB/kMv accumulators, JB/kMv weight vectors
-// and a broadcast fit the register file, and the shapes are the fastest measured (bench: the matvec
-// microbenchmarks in the issue notes). Only speed depends on these, never the result.
+// and a broadcast fit the register file, and the shapes are the fastest measured (bench/RESULTS.md,
+// issue 12's section). Only speed depends on these, never the result.
 constexpr int kMaxRows = kRegs == 32 ? (kMv == 8 ? 6 : 4) : (kVec >= 8 ? 4 : 2);
 constexpr int block_width(int rows) {
     if (kRegs == 32 && kMv == 16) return rows <= 2 ? 128 : 64;  // zmm: 4 x 4 accumulators

@@ -1,7 +1,7 @@
 // The seam between SsmModel (ssm.cpp: config, weights, state pool, row blocks, kernel choice) and the
 // step kernel (ssm_kernel.cpp), which CMake compiles once per instruction set (sse2, avx2, avx512,
-// avx512_256 on x86-64; one build elsewhere). ssm.cpp picks the variant this CPU runs best at construction; every
-// variant computes the same bits (tests/test_ssm_isa.py).
+// avx512_256 on x86-64; one build elsewhere). ssm.cpp picks the variant this CPU runs best at
+// construction; every variant computes the same bits (tests/test_ssm_isa.py).
 //
 // Only plain data crosses the seam: no inline function of this header holds vector code, so the
 // variants' object files share no symbol the linker could pick from the wrong instruction set.
@@ -98,7 +98,6 @@ struct SsmKernel {
 };
 
 // Defined by each variant's object file (ssm_kernel.cpp with NEXTICK_KERNEL_NAME=<name>).
-#define NEXTICK_KERNEL_FN(name) ssm_kernel_##name
 const SsmKernel& ssm_kernel_sse2();
 const SsmKernel& ssm_kernel_avx2();
 const SsmKernel& ssm_kernel_avx512();
