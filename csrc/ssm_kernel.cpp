@@ -207,54 +207,58 @@ constexpr int block_width(int rows) {
     return rows == 1 ? 32 : 16;  // SSE2, NEON: 16 registers of 4
 }
 
-// The last (ld - j0) < block_width(R) outputs, a multiple of kMv (ld and JB are), in one block.
+// The last (cols - j0) < block_width(R) outputs, a multiple of kMv (cols and JB are), in one block.
 template <int R, int W>
-inline void mv_tail(const float* wt, size_t ld, const float* const* u, int k_n, const float* init, float* const* y,
-                    size_t j0, const char* pf, int pf_lines) {
+inline void mv_tail(const float* wt, size_t ld, size_t cols, const float* const* u, int k_n, const float* init,
+                    float* const* y, size_t j0, const char* pf, int pf_lines) {
     if constexpr (W > 0) {
-        if (ld - j0 == static_cast<size_t>(W))
+        if (cols - j0 == static_cast<size_t>(W))
             mv_block<R, W>(wt, ld, u, k_n, init, y, j0, pf, pf_lines);
         else
-            mv_tail<R, W - kMv>(wt, ld, u, k_n, init, y, j0, pf, pf_lines);
+            mv_tail<R, W - kMv>(wt, ld, cols, u, k_n, init, y, j0, pf, pf_lines);
     }
 }
 
 template <int R>
-void mv_rows(const float* wt, size_t ld, const float* const* u, int k_n, const float* init, float* const* y,
-             StatePrefetch* pf) {
+void mv_rows(const float* wt, size_t ld, size_t cols, const float* const* u, int k_n, const float* init,
+             float* const* y, StatePrefetch* pf) {
     constexpr int JB = block_width(R);
     const char* run = nullptr;
     size_t j = 0;
-    for (; j + JB <= ld; j += JB) {
+    for (; j + JB <= cols; j += JB) {
         const int n = pf ? take_lines(*pf, 2 * k_n, &run) : 0;
         mv_block<R, JB>(wt, ld, u, k_n, init, y, j, run, n);
     }
-    if (j < ld) {
+    if (j < cols) {
         const int n = pf ? take_lines(*pf, 2 * k_n, &run) : 0;
-        mv_tail<R, JB - kMv>(wt, ld, u, k_n, init, y, j, run, n);
+        mv_tail<R, JB - kMv>(wt, ld, cols, u, k_n, init, y, j, run, n);
     }
 }
 
-// y[r][0:ld] = init (or 0) + wt^T u[r] over k = 0..k_n-1 for r < rows <= kMaxRows, with wt stored
-// [k_n][ld], ld a multiple of 16. pf (may be null) supplies lines to prefetch on the way.
-void matvec(const float* wt, size_t ld, const float* const* u, int k_n, const float* init, float* const* y,
+// y[r][0:n] = init (or 0) + wt^T u[r] over k = 0..k_n-1 for r < rows <= kMaxRows, with wt stored
+// [k_n][ld], ld a multiple of 16 and n <= ld. The outputs from n up to the next multiple of kMv
+// are computed too (the padding's zero weights give zeros); those beyond are left as they are
+// (nothing reads them). pf (may be null) supplies lines to prefetch on the way.
+void matvec(const float* wt, size_t ld, int n, const float* const* u, int k_n, const float* init, float* const* y,
             int rows, StatePrefetch* pf) {
     static_assert(kMaxRows >= 2 && kMaxRows <= 6, "the switch covers 1..kMaxRows rows");
+    const size_t cols = (static_cast<size_t>(n) + kMv - 1) / kMv * kMv;
     switch (rows) {
-        case 1: mv_rows<1>(wt, ld, u, k_n, init, y, pf); break;
-        case 2: mv_rows<2>(wt, ld, u, k_n, init, y, pf); break;
-        case 3: if constexpr (kMaxRows >= 3) mv_rows<3>(wt, ld, u, k_n, init, y, pf); break;
-        case 4: if constexpr (kMaxRows >= 4) mv_rows<4>(wt, ld, u, k_n, init, y, pf); break;
-        case 5: if constexpr (kMaxRows >= 5) mv_rows<5>(wt, ld, u, k_n, init, y, pf); break;
-        case 6: if constexpr (kMaxRows >= 6) mv_rows<6>(wt, ld, u, k_n, init, y, pf); break;
+        case 1: mv_rows<1>(wt, ld, cols, u, k_n, init, y, pf); break;
+        case 2: mv_rows<2>(wt, ld, cols, u, k_n, init, y, pf); break;
+        case 3: if constexpr (kMaxRows >= 3) mv_rows<3>(wt, ld, cols, u, k_n, init, y, pf); break;
+        case 4: if constexpr (kMaxRows >= 4) mv_rows<4>(wt, ld, cols, u, k_n, init, y, pf); break;
+        case 5: if constexpr (kMaxRows >= 5) mv_rows<5>(wt, ld, cols, u, k_n, init, y, pf); break;
+        case 6: if constexpr (kMaxRows >= 6) mv_rows<6>(wt, ld, cols, u, k_n, init, y, pf); break;
         default: break;
     }
 }
 
-// out[i] = (v[i] * (1 / sqrt(mean(v*v) + eps))) * w[i]. The sum of squares runs in 16 interleaved
-// partial sums (lane l takes i = l, l+16, ...; then lanes fold l += l+8, l+4, l+2, l+1): a fixed
-// order that vectorizes, where one sequential sum would be a latency chain of n adds.
-void rmsnorm(const float* v, const float* w, float* out, int n, float eps) {
+// 1 / sqrt(mean(v*v) + eps), the scale of rmsnorm: out[i] = (v[i] * scale) * w[i]. The sum of
+// squares runs in 16 interleaved partial sums (lane l takes i = l, l+16, ...; then lanes fold
+// l += l+8, l+4, l+2, l+1): a fixed order that vectorizes, where one sequential sum would be a
+// latency chain of n adds.
+float rms_inv(const float* v, int n, float eps) {
 #if defined(__AVX512F__)
     if (n % 16 == 0) {  // the same sums in the same order, the 16 lanes in one register
         vfloat acc{};
@@ -267,9 +271,7 @@ void rmsnorm(const float* v, const float* w, float* out, int n, float eps) {
         const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));     // l += l + 4
         const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                   // l += l + 2
         const float sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));               // 0 += 1
-        const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
-        for (int j = 0; j < n; ++j) out[j] = (v[j] * inv) * w[j];
-        return;
+        return 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
     }
 #endif
     float lane[kLane] = {};
@@ -279,8 +281,16 @@ void rmsnorm(const float* v, const float* w, float* out, int n, float eps) {
     for (int l = 0; i + l < n; ++l) lane[l] += v[i + l] * v[i + l];
     for (size_t w2 = kLane / 2; w2 >= 1; w2 /= 2)
         for (size_t l = 0; l < w2; ++l) lane[l] += lane[l + w2];
-    const float inv = 1.0f / std::sqrt(lane[0] / static_cast<float>(n) + eps);
-    for (int j = 0; j < n; ++j) out[j] = (v[j] * inv) * w[j];
+    return 1.0f / std::sqrt(lane[0] / static_cast<float>(n) + eps);
+}
+
+// rmsnorm of each of the nb rows (out may be v). The scales first, for all rows: their latency
+// chains (sum, fold, sqrt, divide) are independent and overlap, where row after row they would not.
+void rmsnorm_rows(float* const* v, const float* w, float* const* out, int nb, int n, float eps) {
+    float inv[kMaxBlockRows];
+    for (int q = 0; q < nb; ++q) inv[q] = rms_inv(v[q], n, eps);
+    for (int q = 0; q < nb; ++q)
+        for (int j = 0; j < n; ++j) out[q][j] = (v[q][j] * inv[q]) * w[j];
 }
 
 // dt = softplus(dt_raw + dt_bias) and dA = exp(dt * A) for every head of the nb rows of a block,
@@ -439,8 +449,6 @@ void row_mamba2(const SsmPlan& P, const SsmLayer& L, int slot, const float* v_in
         ssm_update(S + i0, di, N, run, P.daf + i0, P.xdt + i0, a + di + g * N, a + di + G * N + g * N, L.D_elem + i0,
                    a + i0, z + i0, y_out + i0);
     }
-    // RMSNorm of the gated product over all of d_inner at once (the spec's order).
-    rmsnorm(y_out, L.gnorm_w, y_out, di, c.norm_eps);
 }
 
 void row_s4d(const SsmPlan& P, const SsmLayer& L, int slot, float* v_in, float* y_out) {
@@ -489,11 +497,11 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
         t[q] = P.rows[q].t;
     }
 
-    matvec(P.enc_wt, P.ld_model, in, F, P.enc_b, h, nb, pf);
+    matvec(P.enc_wt, P.ld_model, dm, in, F, P.enc_b, h, nb, pf);
     for (int l = 0; l < c.n_layers; ++l) {
         const SsmLayer& L = P.layers[l];
-        for (int q = 0; q < nb; ++q) rmsnorm(h[q], L.norm_w, u[q], dm, c.norm_eps);
-        matvec(L.in_wt, P.ld_in, u, dm, nullptr, v, nb, pf);
+        rmsnorm_rows(h, L.norm_w, u, nb, dm, c.norm_eps);
+        matvec(L.in_wt, P.ld_in, c.d_in_proj(), u, dm, nullptr, v, nb, pf);
         if (c.kind == SsmKind::kMamba2) heads_mamba2(P, L, v, nb);
         for (int q = 0; q < nb; ++q) {
             if (c.kind == SsmKind::kMamba2)
@@ -501,13 +509,15 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
             else
                 row_s4d(P, L, slots[rows[q]], v[q], y[q]);
         }
+        // mamba2: RMSNorm of each row's gated product over all of d_inner at once (the spec's order).
+        if (c.kind == SsmKind::kMamba2) rmsnorm_rows(y, L.gnorm_w, y, nb, c.d_inner, c.norm_eps);
         // h + out_proj @ y2, the product summed on its own first (as the spec writes it).
-        matvec(L.out_wt, P.ld_model, y, c.d_inner, nullptr, t, nb, pf);
+        matvec(L.out_wt, P.ld_model, dm, y, c.d_inner, nullptr, t, nb, pf);
         for (int q = 0; q < nb; ++q)
             for (int j = 0; j < dm; ++j) h[q][j] = h[q][j] + t[q][j];
     }
-    for (int q = 0; q < nb; ++q) rmsnorm(h[q], P.norm_f, u[q], dm, c.norm_eps);
-    matvec(P.head_wt, P.ld_out, u, dm, P.head_b, t, nb, pf);
+    rmsnorm_rows(h, P.norm_f, u, nb, dm, c.norm_eps);
+    matvec(P.head_wt, P.ld_out, n_out, u, dm, P.head_b, t, nb, pf);
     for (int q = 0; q < nb; ++q)
         for (int j = 0; j < n_out; ++j) out[static_cast<size_t>(rows[q]) * n_out + j] = t[q][j];
 }

@@ -184,21 +184,10 @@ typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
 typedef uint32_t vu16 __attribute__((vector_size(64)));
 
-NEXTICK_VINLINE vf16 silu16(vf16 v) {
-    const uint32_t kAbsMax = 0x42dc0000u;  // as exp_parts
-    const uint32_t kInfBits = 0x7f800000u;
-    const float kLog2e = 1.44269504088896341f;
+// exp's polynomial from the reduced argument on: p with exp(x) = p * 2^fn (see exp_parts).
+NEXTICK_VINLINE vf16 exp16_poly(vf16 xr, vf16 fn) {
     const float kLn2Hi = 0.693359375f;
     const float kLn2Lo = -2.12194440e-4f;
-    const vi16 neg = v < -80.0f;
-    const vu16 b = (vu16)(neg ? v : -v);
-    const vu16 sign = b & 0x80000000u;
-    const vu16 mag = b & 0x7fffffffu;
-    const vu16 mag_n = mag < kAbsMax ? mag : kAbsMax;
-    const vf16 xn = (vf16)(sign | mag_n);
-    const vf16 xr = (vf16)(sign | (mag > kInfBits ? mag : mag_n));
-    const vf16 t = xn * kLog2e + 0.5f;
-    const vf16 fn = (vf16)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     vf16 r = xr - fn * kLn2Hi;
     r = r - fn * kLn2Lo;
     const vf16 z = r * r;
@@ -208,7 +197,34 @@ NEXTICK_VINLINE vf16 silu16(vf16 v) {
     q = q * r + 4.1665795894e-2f;
     q = q * r + 1.6666665459e-1f;
     q = q * r + 5.0000001201e-1f;
-    const vf16 p = q * z + r + 1.0f;
+    return q * z + r + 1.0f;
+}
+
+NEXTICK_VINLINE vf16 floor16(vf16 t) {
+    return (vf16)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+}
+
+NEXTICK_VINLINE vf16 silu16(vf16 v) {
+    const float kLog2e = 1.44269504088896341f;
+    const __m512 abs_v = _mm512_abs_ps((__m512)v);
+    if (_mm512_cmp_ps_mask(abs_v, _mm512_set1_ps(80.0f), _CMP_LE_OQ) == 0xffff) {
+        // Every lane finite with |v| <= 80: exp_parts' clamp and NaN selects pass -v through
+        // unchanged and the branch below -80 is not taken, so they are skipped.
+        const vf16 x = -v;
+        const vf16 fn = floor16(x * kLog2e + 0.5f);
+        return v / (1.0f + (vf16)_mm512_scalef_ps((__m512)exp16_poly(x, fn), (__m512)fn));
+    }
+    const uint32_t kAbsMax = 0x42dc0000u;  // as exp_parts
+    const uint32_t kInfBits = 0x7f800000u;
+    const vi16 neg = v < -80.0f;
+    const vu16 b = (vu16)(neg ? v : -v);
+    const vu16 sign = b & 0x80000000u;
+    const vu16 mag = b & 0x7fffffffu;
+    const vu16 mag_n = mag < kAbsMax ? mag : kAbsMax;
+    const vf16 xn = (vf16)(sign | mag_n);
+    const vf16 xr = (vf16)(sign | (mag > kInfBits ? mag : mag_n));
+    const vf16 fn = floor16(xn * kLog2e + 0.5f);
+    const vf16 p = exp16_poly(xr, fn);
     vf16 out = v / (1.0f + (vf16)_mm512_scalef_ps((__m512)p, (__m512)fn));
     if (_mm512_test_epi32_mask((__m512i)neg, (__m512i)neg)) {
         const vi16 n = __builtin_convertvector(fn, vi16);
