@@ -43,7 +43,7 @@ float* alloc_aligned(size_t n_floats) {
     // second-level TLB: on transparent huge pages each step's state reads stop costing page walks.
     // Only speed depends on this.
     constexpr size_t kHugePage = size_t(2) << 20;
-    if (bytes >= kHugePage) {
+    if (bytes >= kHugePage / 2) {  // a layer's conv windows for 1,024 instruments are 1.9 MB
         align = kHugePage;
         bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
     }
