@@ -415,7 +415,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         source_options,
     )
     from engine.progress import Progress
-    from engine.report import _finite_json, format_summary, summary_dict, write_outputs
+    from engine.report import finite_json, format_summary, summary_dict, write_outputs
 
     sources = source_options(_options(args, SOURCE_OPTIONS))
     runs = [run_options(_options(args, RUN_OPTIONS))]
@@ -440,7 +440,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if args.oracle:
             results.append(_oracle_run(sources, runs[0], replay()))
     if args.json:
-        print(json.dumps(_finite_json([summary_dict(r, jk) for r in results]), indent=2))
+        print(json.dumps(finite_json([summary_dict(r, jk) for r in results]), indent=2))
     else:
         print(format_summary(results, jk))
         if read_note:
@@ -593,7 +593,7 @@ def cmd_exchange_sim(args: argparse.Namespace) -> int:
 def cmd_paper(args: argparse.Namespace) -> int:
     from engine.options import backtest_config
     from engine.paper import PaperConfig, PaperTrader
-    from engine.report import _finite_json
+    from engine.report import finite_json
     from feeds.live import FeedConfig
 
     venues = {v: _symbols(args.symbols) for v in (args.venue or ["binance-usdm"])}
@@ -632,7 +632,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
     import msgspec
 
     if args.json:
-        print(json.dumps(_finite_json(msgspec.to_builtins(summary)), indent=2))
+        print(json.dumps(finite_json(msgspec.to_builtins(summary)), indent=2))
     else:
         print()
         print(_format_paper(summary))

@@ -221,13 +221,14 @@ def summary_dict(r: BacktestResult, jk: JobsonKorkie | None = None) -> dict[str,
     return d
 
 
-def _finite_json(x: Any) -> Any:
+def finite_json(x: Any) -> Any:
+    """``x`` with every NaN or infinite float replaced by None: JSON has no such numbers."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite_json(v) for k, v in x.items()}
+        return {k: finite_json(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_finite_json(v) for v in x]
+        return [finite_json(v) for v in x]
     return x
 
 
@@ -254,6 +255,6 @@ def write_outputs(out_dir: Path, results: list[BacktestResult], jk: JobsonKorkie
             written.append(d / f"{name}.parquet")
         s = summary_dict(r, jk)
         summaries.append(s)
-        (d / "summary.json").write_text(json.dumps(_finite_json(s), indent=2))
+        (d / "summary.json").write_text(json.dumps(finite_json(s), indent=2))
         written.append(d / "summary.json")
     return written
