@@ -80,6 +80,12 @@ examples:
   nextick backtest --catalog cat --instruments BTCUSDT,ETHUSDT --start 2024-01-02 --end 2024-01-05
 """
 
+EXPORT_EPILOG = """\
+examples:
+  nextick export --format onnx --model runs/ssm/model.safetensors        writes runs/ssm/model.onnx
+  nextick backtest --strategy ssm --model runs/ssm/model.safetensors --backend onnxruntime
+"""
+
 PAPER_EPILOG = """\
 examples:
   nextick paper                                              the local simulator, ssm on 1 s ticks
@@ -358,6 +364,22 @@ def _build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--sim-faults", metavar="SCHEDULE", help="embedded simulator: fault schedule, as exchange-sim --faults")
     pa.add_argument("--json", action="store_true", help="print the final summary as JSON")
     pa.set_defaults(func=cmd_paper)
+
+    ex = sub.add_parser(
+        "export",
+        help="export a model's step for another runtime: ONNX, for `--backend onnxruntime`",
+        description="Write one step of the model (the C++ kernel's math) as an ONNX graph: the recurrent states "
+        "(conv window and SSM state per layer) as explicit inputs and outputs, a dynamic batch axis, the reset "
+        "mask applied inside the graph. The file is checked with onnx's checker and, where onnxruntime is "
+        "installed, run against the C++ kernel. Needs torch, onnx and onnxscript: pip install 'nextick[train,onnx]'.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("--format", dest="fmt", choices=["onnx"], default="onnx", help="what to write (default onnx)")
+    ex.add_argument("--model", metavar="FILE", help="model.safetensors to export (default: the packaged model)")
+    ex.add_argument("--out", type=Path, metavar="FILE",
+                    help="output file (default: beside the model, NAME.onnx, where `--backend onnxruntime` looks first)")
+    ex.set_defaults(func=cmd_export)
 
     rc = sub.add_parser(
         "reconcile",
@@ -677,6 +699,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise SystemExit(f"nextick bench needs the bench package of the source tree (make venv): {e}") from None
     run_bench(args.out, quick=args.quick, suites=args.suite)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.model.onnx_format import sibling_path
+    from engine.model.weights import load_model
+
+    try:
+        from engine.model.onnx_export import export_onnx
+    except ImportError as e:
+        raise SystemExit(f"nextick export needs torch, onnx and onnxscript: pip install 'nextick[train,onnx]' ({e})") from None
+    model = load_model(args.model)
+    path = export_onnx(model, args.out or sibling_path(model.path))
+    print(f"wrote {path} ({path.stat().st_size:,} bytes): {model.config.kind}, one step, dynamic batch; onnx.checker passed")
+    from engine.model.onnx_backend import INSTALL_HINT, onnxruntime_installed, parity_vs_kernel
+    from engine.model.onnx_format import PARITY_RTOL
+
+    if not onnxruntime_installed():
+        print(f"onnxruntime is not installed: the file was not run ({INSTALL_HINT})")
+        return 0
+    rel = parity_vs_kernel(model, path)
+    print(f"onnxruntime vs the C++ kernel, random inputs with resets: max relative error {rel:.2e} (tolerance {PARITY_RTOL:g})")
+    if not rel <= PARITY_RTOL:
+        print(f"nextick: error: {path} does not reproduce the C++ kernel within {PARITY_RTOL:g}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,6 +4,8 @@ engine's loop and gives the same fills as the compiled one it wraps."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -97,11 +99,18 @@ def test_unknown_backend_names_the_available_ones(model_file):
                      BacktestConfig(strategy="ssm", backend="quantum"))
 
 
-@pytest.mark.parametrize("name", ["cpu", "recording"])
+# Every registered backend whose dependencies are installed here (onnxruntime: the `onnx` extra,
+# part of `[test]`), and a Python one.
+BACKENDS = ["cpu", pytest.param("onnxruntime", marks=pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed: pip install -e '.[onnx]'")),
+    "recording"]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
 def test_slot_semantics(name, model_file, recording_backend):
     rng = np.random.default_rng(0)
     b = make_backend(name, model_file, 6)
-    ref = make_backend("cpu", model_file, 6)  # a second, untouched instance to compare against
+    ref = make_backend(name, model_file, 6)  # a second, untouched instance to compare against
     x = _x(rng, 6)
     slots = np.arange(6, dtype=np.int32)
     none = np.zeros(6, np.uint8)
@@ -137,10 +146,11 @@ def test_slot_semantics(name, model_file, recording_backend):
         b.reset_slot(2)
 
 
-def test_state_out_and_in_continues_bit_for_bit(model_file):
+@pytest.mark.parametrize("name", BACKENDS)
+def test_state_out_and_in_continues_bit_for_bit(name, model_file, recording_backend):
     rng = np.random.default_rng(1)
-    a = make_backend("cpu", model_file, 3)
-    c = make_backend("cpu", model_file, 5)
+    a = make_backend(name, model_file, 3)
+    c = make_backend(name, model_file, 5)
     for _ in range(20):
         a.step(np.array([1], np.int32), _x(rng, 1), np.zeros(1, np.uint8), np.empty((1, 1), np.float32))
     state = a.get_state(1)

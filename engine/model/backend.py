@@ -3,8 +3,9 @@
 The engine's tick loop (csrc/backtester.hpp) holds a backend, not a concrete model: a pool of
 per-instrument state slots stepped in batches with a reset mask. The compiled C++ SSM kernel is the
 first backend (``"cpu"``: ``engine._core.SsmModel``, whose kernel variant for this CPU is picked at
-run time); others (ONNX Runtime, CUDA, TensorRT) register a factory here under their name and run
-behind the same calls, so a strategy cannot tell which one ran except by speed::
+run time); ``"onnxruntime"`` runs the model's exported ONNX step (engine/model/onnx_backend.py, the
+``onnx`` extra); others (CUDA, TensorRT) register a factory here under their name and run behind the
+same calls, so a strategy cannot tell which one ran except by speed::
 
     from engine.model.backend import make_backend
     from engine.model.weights import load_model
@@ -69,7 +70,14 @@ def _cpu(model: ModelFile, n_slots: int) -> ModelBackend:
     return model.core_model(n_slots)
 
 
-_FACTORIES: dict[str, BackendFactory] = {"cpu": _cpu}
+def _onnxruntime(model: ModelFile, n_slots: int) -> ModelBackend:
+    # Imported when chosen: only such runs need it (and the optional onnxruntime, whose absence it explains).
+    from engine.model.onnx_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(model, n_slots)
+
+
+_FACTORIES: dict[str, BackendFactory] = {"cpu": _cpu, "onnxruntime": _onnxruntime}
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
