@@ -223,7 +223,7 @@ class Section:
 
 
 SUITE_TITLES = {
-    "ssm_step": "SSM step (C++ kernel vs torch)",
+    "ssm_step": "SSM step (C++ kernel vs torch and ONNX Runtime)",
     "ssm_vs_transformer": "SSM O(1) step vs Transformer O(L) window",
     "e2e_loopback": "End to end over loopback (exchange simulator -> paper trader)",
     "backtest": "Backtest loop throughput",
@@ -294,7 +294,10 @@ PCT_HEADERS = ["count", "p50", "p90", "p99", "p99.9", "max"]
 def _ssm_step(r: dict[str, Any], sec: Section) -> None:
     lat = dict(r.get("latency_batch1_us", {}))
     cuda = r.get("cuda", {})
-    rows = [_pct_row({"cpp": "C++ kernel", "torch_eager": "torch eager (CPU)"}.get(k, k), h) for k, h in lat.items()]
+    ort = r.get("onnxruntime", {})
+    ort_label = f"ONNX Runtime ({', '.join(ort.get('providers', [])[:1]) or 'onnxruntime'})"
+    labels = {"cpp": "C++ kernel", "torch_eager": "torch eager (CPU)", "onnxruntime": ort_label}
+    rows = [_pct_row(labels.get(k, k), h) for k, h in lat.items()]
     if "latency_batch1_us" in cuda:
         rows.append(_pct_row(f"torch CUDA ({cuda.get('device')})", cuda["latency_batch1_us"]))
     sec.tables.append(Table("Per-call latency, 1 instrument (us; each call timed on its own)", ["engine", *PCT_HEADERS], rows))
@@ -302,15 +305,19 @@ def _ssm_step(r: dict[str, Any], sec: Section) -> None:
     for b in r.get("batches", []):
         rows.append([b["batch"], b["cpp_us_per_call"], b["cpp_ns_per_instrument"], b["cpp_steps_per_s"],
                      b.get("torch_steps_per_s"), b.get("cpp_speedup_vs_torch"), b.get("cuda_steps_per_s"),
-                     b.get("cpp_speedup_vs_cuda")])
+                     b.get("cpp_speedup_vs_cuda"), b.get("ort_steps_per_s"), b.get("cpp_speedup_vs_ort")])
     sec.tables.append(Table("Throughput by batch (mean over loops; instrument-steps/s; speedup = other time per call / C++ time per call)",
                             ["batch", "C++ us/call", "C++ ns/instrument", "C++ steps/s", "torch steps/s", "C++ speedup vs torch",
-                             "CUDA steps/s", "C++ speedup vs CUDA"], rows))
+                             "CUDA steps/s", "C++ speedup vs CUDA", "ONNX Runtime steps/s", "C++ speedup vs ONNX Runtime"], rows))
     notes = [f"weights: {r.get('weights')}", f"timer overhead ~{r.get('timer_overhead_ns', 0):.0f} ns per timed call"]
     if "skipped" in cuda:
         notes.append(f"CUDA: skipped ({cuda['skipped']})")
     if "torch" in r and "skipped" in r["torch"]:
         notes.append(f"torch: skipped ({r['torch']['skipped']})")
+    if "skipped" in ort:
+        notes.append(f"ONNX Runtime: skipped ({ort['skipped']})")
+    elif ort:
+        notes.append(f"ONNX Runtime {ort.get('version')} on {', '.join(ort.get('providers', []))}, {ort.get('threads')} thread")
     if r.get("variants"):
         keys = [k for k in r["variants"][0] if k.startswith("ns_per_instrument_b")]
         sec.tables.append(Table(f"Kernel variants on this CPU (ns per instrument; same bits; this CPU runs {r.get('kernel')})",
@@ -325,6 +332,8 @@ def _ssm_step(r: dict[str, Any], sec: Section) -> None:
         series.append(Series("torch eager (CPU)", [b["batch"] for b in bs], [b.get("torch_us_per_call") for b in bs]))
     if cuda.get("batches"):
         series.append(Series("torch CUDA", [c["batch"] for c in cuda["batches"]], [c["us_per_call"] for c in cuda["batches"]]))
+    if ort.get("batches"):
+        series.append(Series(ort_label, [o["batch"] for o in ort["batches"]], [o["us_per_call"] for o in ort["batches"]]))
     sec.charts.append(Chart("SSM step: time per call vs batch", "batch (instruments per call)", "us per call", series,
                             log_x=True, log_y=True))
 

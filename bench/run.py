@@ -6,7 +6,8 @@ Suites (one function each; each returns JSON-able results, or raises ``SuiteSkip
 when it cannot run here):
 
 - ``ssm_step``: the compiled SSM step, per-call latency at batch 1 and throughput at batch 1 to
-  10,000; torch eager (and CUDA torch) on the same weights where torch is installed.
+  10,000; torch eager (and CUDA torch) on the same weights where torch is installed, and the
+  onnxruntime backend (the exported ONNX step) where onnxruntime is.
 - ``ssm_vs_transformer``: per-tick cost of a Transformer encoder of the same size class over the last
   L ticks (window recomputed, and with a key/value cache) against the SSM's O(1) step.
 - ``e2e_loopback``: the exchange simulator in a child process, the paper trader here: per-stage
@@ -82,21 +83,30 @@ def _ssm_weights():
     return cfg, model.export_tensors(), model, "torch-initialised (seed 0), packaged model's config; same weights in C++ and torch"
 
 
-class _CoreStep:
-    """The compiled step on ``batch`` slots with preallocated buffers: ``__call__`` is one step."""
+class _BackendStep:
+    """A model backend's step on its ``batch`` slots (one row each) with preallocated buffers:
+    ``__call__`` is one step."""
+
+    def __init__(self, backend, batch: int, seed: int = 0) -> None:
+        self.backend = backend
+        self.x = np.random.default_rng(seed).standard_normal((batch, backend.n_features)).astype(np.float32)
+        self.slots = np.arange(batch, dtype=np.int32)
+        self.reset = np.zeros(batch, np.uint8)
+        self.out = np.empty((batch, backend.n_outputs), np.float32)
+
+    def __call__(self) -> None:
+        self.backend.step(self.slots, self.x, self.reset, self.out)
+
+
+class _CoreStep(_BackendStep):
+    """The compiled step (kernel variant ``kernel``) on ``batch`` slots."""
 
     def __init__(self, cfg, tensors, batch: int, seed: int = 0, kernel: str = "auto") -> None:
         from engine import _core
 
         self.core = _core.SsmModel(cfg.core_dict(), tensors, batch)
         self.core.set_kernel(kernel)
-        self.x = np.random.default_rng(seed).standard_normal((batch, cfg.n_features)).astype(np.float32)
-        self.slots = np.arange(batch, dtype=np.int32)
-        self.reset = np.zeros(batch, np.uint8)
-        self.out = np.empty((batch, cfg.n_out), np.float32)
-
-    def __call__(self) -> None:
-        self.core.step(self.slots, self.x, self.reset, self.out)
+        super().__init__(self.core, batch, seed)
 
 
 def _torch_step(torch, model, batch: int, device: str = "cpu", seed: int = 0) -> Callable[[], Any]:
@@ -141,6 +151,10 @@ def suite_ssm_step(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
     out["kernel"] = kernel
     out["kernels"] = _core.SsmModel.kernels()
     print_fn(f"  kernel variant: {kernel} (this CPU runs {', '.join(out['kernels'])})")
+    from engine.model.backend import backend_names
+
+    out["backends"] = backend_names()
+    print_fn(f"  model backends: {', '.join(out['backends'])}")
     rows = []
     for b in batches:
         cpp_s = time_per_call(_CoreStep(cfg, tensors, b, seed=b), min_s=min_s)
@@ -154,6 +168,12 @@ def suite_ssm_step(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
                  + (f" | torch eager {row['torch_steps_per_s']:12,.0f} steps/s ({row['cpp_speedup_vs_torch']:.1f}x)"
                     if "torch_steps_per_s" in row else ""))
     out["batches"] = rows
+    out["onnxruntime"] = _ssm_onnxruntime(cfg, tensors, batches, min_s, n_lat_torch, print_fn)
+    if "latency_batch1_us" in out["onnxruntime"]:
+        lat["onnxruntime"] = out["onnxruntime"]["latency_batch1_us"]
+    for row, o in zip(rows, out["onnxruntime"].get("batches", [])):
+        row.update(ort_us_per_call=o["us_per_call"], ort_steps_per_s=o["steps_per_s"],
+                   cpp_speedup_vs_ort=o["us_per_call"] / row["cpp_us_per_call"])
     out["variants"] = _ssm_variants(cfg, tensors, out["kernels"], [1, 16, 1024], min_s, print_fn)
     out["cuda"] = _ssm_cuda(torch, model, batches, quick)
     for row, c in zip(rows, out["cuda"].get("batches", [])):
@@ -183,6 +203,48 @@ def _ssm_variants(cfg, tensors, kernels: list[str], batches: list[int], min_s: f
         print_fn(f"  variant {kernel:>10}: " + ", ".join(f"batch {b} {row[f'ns_per_instrument_b{b}']:,.0f} ns" for b in batches)
                  + " per instrument")
     return rows
+
+
+def _ssm_onnxruntime(cfg, tensors, batches: list[int], min_s: float, n_lat: int, print_fn: PrintFn) -> dict[str, Any]:
+    """The onnxruntime backend (engine/model/onnx_backend.py) on the same weights, one thread: the
+    model's exported ONNX step, the state pool gathered and scattered around each run."""
+    from engine.model.onnx_backend import INSTALL_HINT, OnnxRuntimeBackend, import_onnxruntime, onnxruntime_installed
+
+    if not onnxruntime_installed():
+        return {"skipped": f"onnxruntime is not installed: {INSTALL_HINT}"}
+    with tempfile.TemporaryDirectory(prefix="nextick-bench-") as folder:
+        try:
+            model = _onnx_model(cfg, tensors, Path(folder))
+        except ImportError as e:  # torch without onnx/onnxscript: the weights cannot be exported
+            return {"skipped": f"cannot export these weights to ONNX ({e}): {INSTALL_HINT}"}
+        first = OnnxRuntimeBackend(model, 1)
+        out: dict[str, Any] = {"version": import_onnxruntime().__version__, "providers": first.providers, "threads": 1}
+        out["latency_batch1_us"] = percentiles_us(call_latencies_ns(_BackendStep(first, 1), n_lat, warmup=50))
+        rows = []
+        for b in batches:
+            s = time_per_call(_BackendStep(OnnxRuntimeBackend(model, b), b, seed=b), min_s=min_s, repeats=3)
+            rows.append({"batch": b, "us_per_call": s * 1e6, "steps_per_s": b / s})
+    out["batches"] = rows
+    print_fn(f"  ONNX Runtime {out['version']} ({out['providers'][0]}): p50 {out['latency_batch1_us']['p50']:.1f} us at batch 1; "
+             + ", ".join(f"batch {r['batch']} {r['steps_per_s']:,.0f} steps/s" for r in rows))
+    return out
+
+
+def _onnx_model(cfg, tensors, folder: Path):
+    """A model file of these weights with its ONNX export beside it: the packaged model (and its
+    shipped export) when these are its weights, else a file in ``folder`` exported now (torch)."""
+    from engine.model.weights import load_model, save_model
+
+    packaged = load_model()
+    if tensors is packaged.tensors:
+        return packaged
+    from engine.model.onnx_export import export_onnx
+    from engine.model.onnx_format import sibling_path
+
+    save_model(folder / "model.safetensors", tensors, cfg, packaged.normalizer, packaged.signal)
+    model = load_model(folder / "model.safetensors")
+    export_onnx(model, sibling_path(model.path))
+    return model
 
 
 def _ssm_cuda(torch, model, batches: list[int], quick: bool, device: str = "cuda") -> dict[str, Any]:

@@ -4,6 +4,7 @@ every project target. Speed is reported, never asserted."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import xml.etree.ElementTree as ET
 
@@ -72,6 +73,12 @@ def test_suite_figures(quick_run):
     assert [b["batch"] for b in ssm["batches"]] == [1, 16, 256, 1024, 10_000]
     assert ssm["latency_batch1_us"]["cpp"]["p50"] > 0 and ssm["batches"][0]["cpp_steps_per_s"] > 0
     assert "skipped" in ssm["cuda"] or ssm["cuda"]["batches"]
+    assert "onnxruntime" in ssm["backends"]
+    ort = ssm["onnxruntime"]  # runs wherever onnxruntime is installed (the [test] extra has it)
+    assert ("skipped" in ort) == (importlib.util.find_spec("onnxruntime") is None)
+    if "skipped" not in ort:
+        assert [o["batch"] for o in ort["batches"]] == [1, 16, 256, 1024, 10_000] and "CPUExecutionProvider" in ort["providers"]
+        assert ssm["latency_batch1_us"]["onnxruntime"]["p50"] > 0 and all(b["ort_steps_per_s"] > 0 for b in ssm["batches"])
     assert {t["name"] for t in ssm["targets"]} == {t[1] for t in KNOWN_TARGETS if t[0] == "ssm_step"}
     at_1024 = next(t for t in ssm["targets"] if "1,024" in t["name"])
     assert at_1024["value"] == ssm["batches"][3]["cpp_steps_per_s"] and isinstance(at_1024["met"], bool)
