@@ -26,7 +26,7 @@ from engine.backtest import BacktestConfig, run_backtest  # noqa: E402
 from engine.cli import main  # noqa: E402
 from engine.model.backend import make_backend  # noqa: E402
 from engine.model.config import SSMConfig  # noqa: E402
-from engine.model.onnx_backend import OnnxRuntimeBackend  # noqa: E402
+from engine.model.onnx_backend import PROVIDERS_ENV, OnnxRuntimeBackend  # noqa: E402
 from engine.model.onnx_export import export_onnx  # noqa: E402
 from engine.model.onnx_format import (  # noqa: E402
     CACHE_ENV,
@@ -306,6 +306,17 @@ def test_without_onnxruntime_the_error_names_the_extra(monkeypatch, capsys):
         make_backend("onnxruntime", PACKAGED, 1)
     code = main(["backtest", "--strategy", "ssm", "--backend", "onnxruntime", "--n-sessions", "1", "--no-progress"])
     assert code == 2 and "pip install 'nextick[onnx]'" in capsys.readouterr().err
+
+
+def test_a_missing_provider_or_an_oversized_pool_is_refused_up_front(monkeypatch):
+    monkeypatch.setenv(PROVIDERS_ENV, "NoSuchExecutionProvider,CPUExecutionProvider")
+    with pytest.raises(ValueError, match=rf"has no NoSuchExecutionProvider \(it has .*CPUExecutionProvider.*{PROVIDERS_ENV}"):
+        OnnxRuntimeBackend(PACKAGED, 1)
+    monkeypatch.delenv(PROVIDERS_ENV)
+    backend = OnnxRuntimeBackend(PACKAGED, 1)
+    with pytest.raises(ValueError, match=r"default.onnx: 1,000,000,000 slots need .* bytes of state, over the"):
+        backend.grow(10**9)
+    assert backend.n_slots == 1  # refused before anything was allocated or dropped
 
 
 def test_the_runtime_runs_the_shipped_export_without_torch():
