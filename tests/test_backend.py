@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import needs_cuda_device
 from engine import _core
 from engine.backtest import BacktestConfig, run_backtest
 from engine.model import backend as backend_mod
@@ -97,7 +98,7 @@ def test_unknown_backend_names_the_available_ones(model_file):
                      BacktestConfig(strategy="ssm", backend="quantum"))
 
 
-@pytest.mark.parametrize("name", ["cpu", "recording"])
+@pytest.mark.parametrize("name", ["cpu", "recording", pytest.param("cuda", marks=needs_cuda_device)])
 def test_slot_semantics(name, model_file, recording_backend):
     rng = np.random.default_rng(0)
     b = make_backend(name, model_file, 6)
