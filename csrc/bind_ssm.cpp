@@ -52,7 +52,9 @@ float config_float(const py::dict& d, const char* key, float dflt) {
     return static_cast<float>(py::float_(v).cast<double>());
 }
 
-SsmConfig parse_config(const py::dict& d) {
+}  // namespace
+
+SsmConfig parse_ssm_config(const py::dict& d) {
     for (auto item : d) {
         if (!py::isinstance<py::str>(item.first))
             throw py::type_error("SsmModel config keys must be str, got " + type_name(item.first));
@@ -89,7 +91,23 @@ SsmConfig parse_config(const py::dict& d) {
     return c;
 }
 
-py::dict config_dict(const SsmConfig& c) {
+SsmModel::TensorMap ssm_tensor_map(const py::dict& tensors) {
+    SsmModel::TensorMap map;
+    for (auto item : tensors) {
+        if (!py::isinstance<py::str>(item.first))
+            throw py::type_error("SsmModel tensors keys must be str, got " + type_name(item.first));
+        const std::string name = item.first.cast<std::string>();
+        const std::string what = "SsmModel tensor '" + name + "'";
+        py::array a = as_array(item.second, what);
+        if (!is_dtype<float>(a)) throw py::type_error(what + " must be float32, got dtype " + py::str(a.dtype()).cast<std::string>());
+        if (!(a.flags() & py::array::c_style)) throw py::type_error(what + " must be C-contiguous");
+        std::vector<size_t> shape(a.shape(), a.shape() + a.ndim());
+        map[name] = {shape, static_cast<const float*>(a.data())};
+    }
+    return map;
+}
+
+py::dict ssm_config_dict(const SsmConfig& c) {
     py::dict d;
     d["kind"] = nextick::ssm_kind_name(c.kind);
     d["n_features"] = c.n_features;
@@ -106,6 +124,8 @@ py::dict config_dict(const SsmConfig& c) {
     d["softplus_threshold"] = static_cast<double>(c.softplus_threshold);
     return d;
 }
+
+namespace {
 
 py::array state_array(const SsmStateView& v) {
     // The capsule owns a reference to the pool buffer: the view stays valid even after the model
@@ -128,21 +148,7 @@ void bind_ssm(py::module_& m) {
         "Streaming SSM inference (mamba2 or s4d) on this CPU over a pool of per-slot states, the first "
         "ModelBackend; see csrc/ssm.hpp. Views of its state pool: conv_state, ssm_state.")
         .def(py::init([](const py::dict& config, const py::dict& tensors, int n_slots) {
-                 SsmConfig cfg = parse_config(config);
-                 SsmModel::TensorMap map;
-                 for (auto item : tensors) {
-                     if (!py::isinstance<py::str>(item.first))
-                         throw py::type_error("SsmModel tensors keys must be str, got " + type_name(item.first));
-                     const std::string name = item.first.cast<std::string>();
-                     const std::string what = "SsmModel tensor '" + name + "'";
-                     py::array a = as_array(item.second, what);
-                     if (!is_dtype<float>(a))
-                         throw py::type_error(what + " must be float32, got dtype " + py::str(a.dtype()).cast<std::string>());
-                     if (!(a.flags() & py::array::c_style)) throw py::type_error(what + " must be C-contiguous");
-                     std::vector<size_t> shape(a.shape(), a.shape() + a.ndim());
-                     map[name] = {shape, static_cast<const float*>(a.data())};
-                 }
-                 return std::make_shared<SsmModel>(cfg, map, n_slots);
+                 return std::make_shared<SsmModel>(parse_ssm_config(config), ssm_tensor_map(tensors), n_slots);
              }),
              py::arg("config"), py::arg("tensors"), py::arg("n_slots"),
              "config: dict with SsmConfig's keys (absent keys take the defaults; kind is \"mamba2\" or "
@@ -150,7 +156,7 @@ void bind_ssm(py::module_& m) {
         .def_static(
             "footprint",
             [](const py::dict& config) {
-                const nextick::SsmFootprint f = parse_config(config).footprint();
+                const nextick::SsmFootprint f = parse_ssm_config(config).footprint();
                 py::dict d;
                 d["weight_bytes"] = static_cast<long long>(f.weight_bytes);
                 d["state_bytes_per_slot"] = static_cast<long long>(f.state_bytes_per_slot);
@@ -164,7 +170,7 @@ void bind_ssm(py::module_& m) {
             "tensor_shapes",
             [](const py::dict& config) {
                 py::dict d;
-                for (const auto& t : SsmModel::tensor_shapes(parse_config(config))) {
+                for (const auto& t : SsmModel::tensor_shapes(parse_ssm_config(config))) {
                     py::tuple shape(t.second.size());
                     for (size_t i = 0; i < t.second.size(); ++i) shape[i] = t.second[i];
                     d[py::str(t.first)] = shape;
@@ -178,7 +184,7 @@ void bind_ssm(py::module_& m) {
              "Run another kernel variant (one of SsmModel.kernels(), or 'auto'); the results are the same bits.")
         .def_static("kernels", &SsmModel::kernels,
                     "The kernel variants compiled into this build that this CPU runs, best first.")
-        .def_property_readonly("config", [](const SsmModel& model) { return config_dict(model.config()); })
+        .def_property_readonly("config", [](const SsmModel& model) { return ssm_config_dict(model.config()); })
         .def(
             "conv_state", [](const SsmModel& model, int layer) { return state_array(model.conv_state(layer)); },
             py::arg("layer"),

@@ -40,6 +40,12 @@ std::string build_info() {
     std::string kernels;
     for (const auto& k : nextick::SsmModel::kernels()) kernels += (kernels.empty() ? "" : ",") + k;
     s += " ssm_kernels=" + kernels;
+    // The CUDA backend (engine._core.CudaSsmModel) is built only with NEXTICK_CUDA=ON.
+#if defined(NEXTICK_HAVE_CUDA)
+    s += " cuda=" NEXTICK_CUDA_VERSION " cuda_archs=" NEXTICK_CUDA_ARCHS;
+#else
+    s += " cuda=off";
+#endif
 #if defined(__VERSION__)
     s += " compiler=\"" __VERSION__ "\"";
 #endif
@@ -143,6 +149,9 @@ PYBIND11_MODULE(_core, m) {
 
     bind_backend(m);
     bind_ssm(m);
+#if defined(NEXTICK_HAVE_CUDA)
+    bind_cuda(m);
+#endif
     m.def("build_info", &build_info, "Compiler, version and vector extensions the core was built with.");
     m.attr("ORDER_EVENT_KINDS") = py::make_tuple("new", "replaced", "session_close", "reset", "remainder", "end");
     m.attr("RESET_REASONS") = py::make_tuple("SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL");

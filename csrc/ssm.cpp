@@ -339,7 +339,7 @@ SsmModel::SsmModel(const SsmConfig& config, const TensorMap& tensors, int n_slot
     cfg_.validate();
     plan_->cfg = cfg_;
     if (n_slots < 0) throw std::invalid_argument("SsmModel: n_slots must be >= 0, got " + std::to_string(n_slots));
-    check_pool(n_slots);  // before the weights are copied: refuse what cannot run without allocating
+    check_pool(cfg_, n_slots, "SsmModel");  // before the weights are copied: refuse what cannot run without allocating
     const char* env = std::getenv("NEXTICK_SSM_KERNEL");
     kernel_ = find_kernel(env && *env ? env : "auto");
     build_layout();
@@ -483,7 +483,7 @@ void SsmModel::load(const TensorMap& tensors) {
 
 // New zeroed pool of n_slots slots; with keep, the first min(old, new) slots are copied over.
 void SsmModel::alloc_states(int n_slots, bool keep) {
-    check_pool(n_slots);
+    check_pool(cfg_, n_slots, "SsmModel");
     // Allocate everything first so that a bad_alloc leaves the old pool in place.
     std::vector<std::shared_ptr<float>> conv(layers_.size()), ssm(layers_.size());
     const size_t kept = keep ? static_cast<size_t>(n_slots < n_slots_ ? n_slots : n_slots_) : 0;
@@ -510,13 +510,13 @@ void SsmModel::alloc_states(int n_slots, bool keep) {
     n_slots_ = n_slots;
 }
 
-void SsmModel::check_pool(int n_slots) const {
-    const double per_slot = cfg_.footprint().state_bytes_per_slot;
+void SsmModel::check_pool(const SsmConfig& cfg, int n_slots, const char* who) {
+    const double per_slot = cfg.footprint().state_bytes_per_slot;
     const double total = per_slot * n_slots;
     if (total > kMaxStateBytes)
-        throw std::invalid_argument("SsmModel: " + std::to_string(n_slots) + " instruments x " + format_bytes(per_slot) +
+        throw std::invalid_argument(std::string(who) + ": " + std::to_string(n_slots) + " instruments x " + format_bytes(per_slot) +
                                     " of state = " + format_bytes(total) + ", over the state pool's limit of " +
-                                    format_binary_bytes(kMaxStateBytes) + " (" + cfg_.sizes() +
+                                    format_binary_bytes(kMaxStateBytes) + " (" + cfg.sizes() +
                                     "); run fewer instruments per engine or a smaller model.");
 }
 
@@ -665,6 +665,12 @@ std::vector<std::string> SsmModel::kernels() {
 }
 
 const char* SsmModel::kernel() const { return kernel_->name; }
+
+const SsmPlan& SsmModel::plan() const { return *plan_; }
+
+const float* SsmModel::weight_arena() const { return weights_->p; }
+
+size_t SsmModel::weight_arena_size() const { return static_cast<size_t>(weight_arena_floats(cfg_)); }
 
 void SsmModel::set_kernel(const std::string& name) {
     const SsmKernel* k = find_kernel(name);

@@ -178,13 +178,23 @@ public:
     // The variants compiled into this build that this CPU can run, best first.
     static std::vector<std::string> kernels();
 
+    // The weight arena (every tensor in the kernel's layout, ssm_kernel.hpp: matrices transposed to
+    // [in][ld], each tensor padded to 16 floats) and the plan whose pointers point into it. A
+    // backend that runs this layout on another device (csrc/cuda) copies it from here, so that the
+    // checks on the weights and the layout have one definition.
+    const SsmPlan& plan() const;
+    const float* weight_arena() const;
+    size_t weight_arena_size() const;  // floats
+    // std::invalid_argument, from `who` ("SsmModel"), when n_slots slots of this config's state pass
+    // kMaxStateBytes: checked before a pool is allocated, by every backend.
+    static void check_pool(const SsmConfig& config, int n_slots, const char* who);
+
 private:
     struct Buffer;
 
     void build_layout();
     void load(const TensorMap& tensors);
     void alloc_states(int n_slots, bool keep);
-    void check_pool(int n_slots) const;  // std::invalid_argument past kMaxStateBytes
     void zero_slot(int slot);
 
     SsmConfig cfg_;

@@ -20,7 +20,11 @@
 #include <immintrin.h>
 #endif
 
-#if defined(__GNUC__)
+// Under nvcc (csrc/cuda) the scalar functions are device functions too: the CUDA kernel runs the
+// same IEEE operations in the same order (built with --fmad=false), so its results are these bits.
+#if defined(__CUDACC__)
+#define NEXTICK_VINLINE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
 #define NEXTICK_VINLINE inline __attribute__((always_inline))
 #else
 #define NEXTICK_VINLINE inline

@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 Records = np.ndarray  # a structured array (see above)
 
-__all__: list[str] = ['BATCH_ITEMSIZE', 'BOOK_ITEMSIZE', 'Backtester', 'Conflator', 'ModelBackend', 'N_FEATURES', 'ORDER_EVENT_KINDS', 'QUOTE_ITEMSIZE', 'RESET_REASONS', 'SSM_MAX_STATE_BYTES', 'SSM_MAX_WEIGHT_BYTES', 'STRATEGY_PARAMS', 'SsmModel', 'as_backend', 'build_info']
+__all__: list[str] = ['BATCH_ITEMSIZE', 'BOOK_ITEMSIZE', 'Backtester', 'Conflator', 'CudaSsmModel', 'ModelBackend', 'N_FEATURES', 'ORDER_EVENT_KINDS', 'QUOTE_ITEMSIZE', 'RESET_REASONS', 'SSM_MAX_STATE_BYTES', 'SSM_MAX_WEIGHT_BYTES', 'STRATEGY_PARAMS', 'SsmModel', 'as_backend', 'build_info']
 class ModelBackend:
     """
     A signal model behind the engine's seam (csrc/model_backend.hpp): a pool of per-instrument state slots stepped in batches with a reset mask. Compiled backends derive from it; any Python object with the same attributes can be handed to the engine instead (engine.model.backend).
@@ -114,6 +114,48 @@ class SsmModel(ModelBackend):
         """
         The compiled kernel variant step() runs (avx512, avx2, sse2, neon or generic).
         """
+class CudaSsmModel(ModelBackend):
+    """
+    The SSM step on an NVIDIA GPU (csrc/cuda): the same config, tensors and slot semantics as SsmModel, states resident on the device, one CUDA graph replay per step and batch bucket. fp32 computes the CPU kernel's bits; fp16 keeps the matrices in binary16 and everything else in fp32.
+
+    Only in a core built with NEXTICK_CUDA=ON (`make core-cuda`); build_info() then says cuda=<version>.
+    """
+    @staticmethod
+    def device_count() -> int:
+        """
+        CUDA devices this process can use; 0 without a driver or a device.
+        """
+    def __init__(self, config: dict, tensors: dict, n_slots: int, precision: str = 'fp32', device: int = 0, rows_per_block: int = 8) -> None:
+        """
+        As SsmModel(config, tensors, n_slots); precision "fp32" or "fp16"; device: the CUDA device index; rows_per_block: rows a kernel block takes (1..32, lowered to what shared memory holds). RuntimeError where no CUDA device can be used.
+        """
+    def __repr__(self) -> str:
+        ...
+    @property
+    def config(self) -> dict:
+        ...
+    @property
+    def device(self) -> int:
+        ...
+    @property
+    def device_name(self) -> str:
+        ...
+    @property
+    def graphs(self) -> int:
+        """
+        Batch buckets whose CUDA graph is captured (since the pool was last reallocated).
+        """
+    @property
+    def last_waves(self) -> int:
+        """
+        Graph replays the last step made (more than 1 only when a batch repeats a slot).
+        """
+    @property
+    def precision(self) -> str:
+        ...
+    @property
+    def rows_per_block(self) -> int:
+        ...
 class Conflator:
     """
     One snapshot per instrument per interval; see csrc/conflator.hpp.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
+from engine import _core
 from engine.backtest import BacktestConfig, run_backtest
 from engine.domain.instrument import Instrument, InstrumentTable
 from engine.domain.quote import QUOTE_DTYPE
@@ -14,6 +15,16 @@ from feeds.memory import ArraySource
 from strategies.base import Strategy, TickBatch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# The CUDA backend (engine._core.CudaSsmModel) exists only in a core built with it, and runs only
+# where there is a device: tests that need it skip, saying which is missing.
+CUDA_BUILD = hasattr(_core, "CudaSsmModel")
+CUDA_DEVICES = _core.CudaSsmModel.device_count() if CUDA_BUILD else 0
+needs_cuda_build = pytest.mark.skipif(not CUDA_BUILD, reason="engine._core was built without the CUDA backend (make core-cuda)")
+needs_cuda_device = pytest.mark.skipif(
+    CUDA_DEVICES == 0,
+    reason="no CUDA device here (CudaSsmModel.device_count() == 0)" if CUDA_BUILD
+    else "needs a GPU and a core built with the CUDA backend (make core-cuda)")
 S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_704_153_600 * S  # 2024-01-02 00:00:00 UTC

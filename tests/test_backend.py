@@ -9,6 +9,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+from conftest import needs_cuda_device
 from engine import _core
 from engine.backtest import BacktestConfig, run_backtest
 from engine.model import backend as backend_mod
@@ -100,10 +101,10 @@ def test_unknown_backend_names_the_available_ones(model_file):
 
 
 # Every registered backend whose dependencies are installed here (onnxruntime: the `onnx` extra,
-# part of `[test]`), and a Python one.
+# part of `[test]`; cuda: a CUDA build on a machine with a GPU), and a Python one.
 BACKENDS = ["cpu", pytest.param("onnxruntime", marks=pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed: pip install -e '.[onnx]'")),
-    "recording"]
+    "recording", pytest.param("cuda", marks=needs_cuda_device)]
 
 
 @pytest.mark.parametrize("name", BACKENDS)

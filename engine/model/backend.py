@@ -4,8 +4,9 @@ The engine's tick loop (csrc/backtester.hpp) holds a backend, not a concrete mod
 per-instrument state slots stepped in batches with a reset mask. The compiled C++ SSM kernel is the
 first backend (``"cpu"``: ``engine._core.SsmModel``, whose kernel variant for this CPU is picked at
 run time); ``"onnxruntime"`` runs the model's exported ONNX step (engine/model/onnx_backend.py, the
-``onnx`` extra); others (CUDA, TensorRT) register a factory here under their name and run behind the
-same calls, so a strategy cannot tell which one ran except by speed::
+``onnx`` extra); ``"cuda"`` and ``"cuda-fp16"`` (``engine._core.CudaSsmModel``) are there in a core
+built with the CUDA backend; others (TensorRT) register a factory here under their name and run
+behind the same calls, so a strategy cannot tell which one ran except by speed::
 
     from engine.model.backend import make_backend
     from engine.model.weights import load_model
@@ -31,6 +32,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+from engine import _core
 
 if TYPE_CHECKING:
     from engine.model.weights import ModelFile
@@ -78,6 +81,21 @@ def _onnxruntime(model: ModelFile, n_slots: int) -> ModelBackend:
 
 
 _FACTORIES: dict[str, BackendFactory] = {"cpu": _cpu, "onnxruntime": _onnxruntime}
+
+
+def _cuda(precision: str) -> BackendFactory:
+    def factory(model: ModelFile, n_slots: int) -> ModelBackend:
+        return _core.CudaSsmModel(model.config.core_dict(), model.tensors, n_slots, precision=precision)
+
+    return factory
+
+
+# Only a core built with the CUDA backend (NEXTICK_CUDA=ON, `make core-cuda`) has CudaSsmModel:
+# "cuda" computes the CPU kernel's bits on the GPU, "cuda-fp16" keeps the matrices in binary16
+# (csrc/cuda/ssm_cuda.hpp). On a machine without a GPU, make_backend("cuda", ...) says so.
+if hasattr(_core, "CudaSsmModel"):
+    _FACTORIES["cuda"] = _cuda("fp32")
+    _FACTORIES["cuda-fp16"] = _cuda("fp16")
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
