@@ -224,6 +224,7 @@ class Section:
 
 SUITE_TITLES = {
     "ssm_step": "SSM step (C++ kernel vs torch and ONNX Runtime)",
+    "ssm_precision": "SSM decisions: fp16 matrices (the CUDA fp16 backend's arithmetic) vs fp32",
     "ssm_vs_transformer": "SSM O(1) step vs Transformer O(L) window",
     "e2e_loopback": "End to end over loopback (exchange simulator -> paper trader)",
     "backtest": "Backtest loop throughput",
@@ -264,7 +265,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def build_sections(results: dict[str, Any]) -> list[Section]:
-    builders = {"ssm_step": _ssm_step, "ssm_vs_transformer": _ssm_vs_transformer, "e2e_loopback": _e2e,
+    builders = {"ssm_step": _ssm_step, "ssm_precision": _ssm_precision, "ssm_vs_transformer": _ssm_vs_transformer, "e2e_loopback": _e2e,
                 "backtest": _backtest, "peers": _peers}
     sections = []
     for name, res in results.get("suites", {}).items():
@@ -318,6 +319,14 @@ def _ssm_step(r: dict[str, Any], sec: Section) -> None:
         notes.append(f"ONNX Runtime: skipped ({ort['skipped']})")
     elif ort:
         notes.append(f"ONNX Runtime {ort.get('version')} on {', '.join(ort.get('providers', []))}, {ort.get('threads')} thread")
+    gpu = r.get("gpu_backends", {})
+    if gpu:
+        sizes = sorted({b["batch"] for g in gpu.values() for b in g.get("batches", [])})
+        sec.tables.append(Table("GPU backends (steps/s; skipped ones say why)", ["backend", "p50 at batch 1 (us)",
+                                *(f"batch {b}" for b in sizes), "note"],
+                                [[name, g.get("latency_batch1_us", {}).get("p50"),
+                                  *({x["batch"]: x["steps_per_s"] for x in g.get("batches", [])}.get(b) for b in sizes),
+                                  g.get("skipped", "")] for name, g in gpu.items()]))
     if r.get("variants"):
         keys = [k for k in r["variants"][0] if k.startswith("ns_per_instrument_b")]
         sec.tables.append(Table(f"Kernel variants on this CPU (ns per instrument; same bits; this CPU runs {r.get('kernel')})",
@@ -336,6 +345,17 @@ def _ssm_step(r: dict[str, Any], sec: Section) -> None:
         series.append(Series(ort_label, [o["batch"] for o in ort["batches"]], [o["us_per_call"] for o in ort["batches"]]))
     sec.charts.append(Chart("SSM step: time per call vs batch", "batch (instruments per call)", "us per call", series,
                             log_x=True, log_y=True))
+
+
+def _ssm_precision(r: dict[str, Any], sec: Section) -> None:
+    if "fp32" not in r:
+        return
+    sec.note = "; ".join(x for x in [sec.note, r.get("market", ""), "fp16: " + ", ".join(r.get("matrices_in_fp16", []))] if x)
+    rows = [[name, r[name]["orders"], r[name]["total_return"], r[name]["fills_sha256"][:12]] for name in ("fp32", "fp16")]
+    sec.tables.append(Table("The demo's orders by precision", ["precision", "orders", "total return", "fills SHA-256"], rows))
+    sec.tables.append(Table("Orders (decision time, instrument, side) that differ",
+                            ["in both", "only fp32", "only fp16"],
+                            [[r["orders_common"], r["orders_only_fp32"], r["orders_only_fp16"]]]))
 
 
 def _ssm_vs_transformer(r: dict[str, Any], sec: Section) -> None:

@@ -174,6 +174,7 @@ def suite_ssm_step(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
     for row, o in zip(rows, out["onnxruntime"].get("batches", [])):
         row.update(ort_us_per_call=o["us_per_call"], ort_steps_per_s=o["steps_per_s"],
                    cpp_speedup_vs_ort=o["us_per_call"] / row["cpp_us_per_call"])
+    out["gpu_backends"] = _ssm_gpu_backends(cfg, tensors, batches, min_s, n_lat_torch, print_fn)
     out["variants"] = _ssm_variants(cfg, tensors, out["kernels"], [1, 16, 1024], min_s, print_fn)
     out["cuda"] = _ssm_cuda(torch, model, batches, quick)
     for row, c in zip(rows, out["cuda"].get("batches", [])):
@@ -230,19 +231,74 @@ def _ssm_onnxruntime(cfg, tensors, batches: list[int], min_s: float, n_lat: int,
     return out
 
 
-def _onnx_model(cfg, tensors, folder: Path):
-    """A model file of these weights with its ONNX export beside it: the packaged model (and its
-    shipped export) when these are its weights, else a file in ``folder`` exported now (torch)."""
+# The GPU backends, by the name engine.model.backend registers them under when they are built or
+# installed here: CUDA (a core built with `make core-cuda`) in fp32 and fp16.
+GPU_BACKENDS = ("cuda", "cuda-fp16")
+
+
+def _ssm_gpu_backends(cfg, tensors, batches: list[int], min_s: float, n_lat: int,
+                      print_fn: PrintFn) -> dict[str, dict[str, Any]]:
+    """Each GPU backend on the same weights: batch-1 latency percentiles and time per call by batch,
+    or why it did not run (not built, no device). A step's inputs and outputs go through mapped
+    pinned host memory inside the one kernel launch, so there is no separate host<->device copy
+    to time: each figure is the whole step as the engine sees it."""
+    from engine.model.backend import backend_names, make_backend
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in GPU_BACKENDS:
+        if name not in backend_names():
+            out[name] = {"skipped": "not built: engine._core has no CUDA backend (make core-cuda)"}
+            continue
+        with tempfile.TemporaryDirectory(prefix="nextick-bench-") as folder:
+            model = _model_file(cfg, tensors, Path(folder))
+            try:
+                first = make_backend(name, model, 1)
+            except (RuntimeError, ValueError) as e:  # built, but no device to run on
+                out[name] = {"skipped": str(e)}
+                continue
+            res: dict[str, Any] = {"latency_batch1_us": percentiles_us(call_latencies_ns(_BackendStep(first, 1), n_lat, warmup=50))}
+            rows = []
+            for b in batches:
+                s_ = time_per_call(_BackendStep(make_backend(name, model, b), b, seed=b), min_s=min_s, repeats=3)
+                rows.append({"batch": b, "us_per_call": s_ * 1e6, "steps_per_s": b / s_})
+            res["batches"] = rows
+            out[name] = res
+            print_fn(f"  {name}: p50 {res['latency_batch1_us']['p50']:.1f} us at batch 1; "
+                     + ", ".join(f"batch {r['batch']} {r['steps_per_s']:,.0f} steps/s" for r in rows))
+    for name, res in out.items():
+        if "skipped" in res:
+            print_fn(f"  {name}: skipped ({res['skipped']})")
+    return out
+
+
+def _is_packaged(model, cfg, tensors) -> bool:
+    return model.config == cfg and model.tensors.keys() == tensors.keys() and all(
+        np.array_equal(model.tensors[k], tensors[k]) for k in tensors)
+
+
+def _model_file(cfg, tensors, folder: Path):
+    """A model file of these weights: the packaged model when these are its weights, else a file
+    written in ``folder``."""
     from engine.model.weights import load_model, save_model
 
     packaged = load_model()
-    if tensors is packaged.tensors:
+    if _is_packaged(packaged, cfg, tensors):
         return packaged
+    save_model(folder / "model.safetensors", tensors, cfg, packaged.normalizer, packaged.signal)
+    return load_model(folder / "model.safetensors")
+
+
+def _onnx_model(cfg, tensors, folder: Path):
+    """A model file of these weights with its ONNX export beside it: the packaged model (and its
+    shipped export) when these are its weights, else a file in ``folder`` exported now (torch)."""
+    from engine.model.weights import DEFAULT_MODEL_PATH
+
+    model = _model_file(cfg, tensors, folder)
+    if Path(model.path) == DEFAULT_MODEL_PATH:  # its export ships beside it (engine/model/default.onnx)
+        return model
     from engine.model.onnx_export import export_onnx
     from engine.model.onnx_format import sibling_path
 
-    save_model(folder / "model.safetensors", tensors, cfg, packaged.normalizer, packaged.signal)
-    model = load_model(folder / "model.safetensors")
     export_onnx(model, sibling_path(model.path))
     return model
 
@@ -266,6 +322,50 @@ def _ssm_cuda(torch, model, batches: list[int], quick: bool, device: str = "cuda
         s = time_per_call(_torch_step(torch, m, b, device, seed=b), min_s=0.05 if quick else 0.5, repeats=3, sync=sync)
         rows.append({"batch": b, "us_per_call": s * 1e6, "steps_per_s": b / s})
     out["batches"] = rows
+    return out
+
+
+# ------------------------------------------------------------------------------- 1b. ssm_precision
+
+# The matrices the CUDA backend's fp16 mode stores in binary16 (csrc/cuda/ssm_cuda.hpp).
+FP16_MATRICES = ("encoder.weight", "in_proj.weight", "out_proj.weight", "head.weight")
+
+
+def suite_ssm_precision(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
+    """The demo's decisions with the fp16 backend's arithmetic against fp32, run on the CPU: the
+    `cuda-fp16` backend computes the CPU kernel's bits on the four matrices rounded to binary16
+    (the rest in fp32), so the CPU kernel on those rounded weights makes its decisions without a
+    GPU. Counts the orders (decision time, instrument, side) that differ."""
+    import tempfile
+
+    from engine.backtest import BacktestConfig, run_backtest
+    from engine.model.weights import load_model, save_model
+    from feeds.dataset import QuoteDataset
+    from feeds.synthetic import SyntheticConfig, SyntheticMarket
+
+    model = load_model()
+    rounded = {k: v.astype(np.float16).astype(np.float32) if k.endswith(FP16_MATRICES) else v for k, v in model.tensors.items()}
+    market = SyntheticConfig(seed=7, n_instruments=3, n_sessions=1 if quick else 5, alpha_strength=3.0)
+    data = QuoteDataset.read(SyntheticMarket(market))
+    with tempfile.TemporaryDirectory(prefix="nextick-bench-") as folder:
+        path = Path(folder) / "fp16.safetensors"
+        save_model(path, rounded, model.config, model.normalizer, model.signal)
+        runs = {name: run_backtest(data.source(), BacktestConfig(strategy="ssm", model=m))
+                for name, m in (("fp32", None), ("fp16", str(path)))}
+
+    def orders(r) -> set[tuple[int, int, int]]:
+        return {(int(f["decision_ts"]), int(f["instrument"]), int(np.sign(f["sz"]))) for f in r.fills}
+
+    a, b = orders(runs["fp32"]), orders(runs["fp16"])
+    out: dict[str, Any] = {
+        "market": f"synthetic seed 7, 3 instruments, {market.n_sessions} sessions, alpha strength 3, 1 s ticks (the demo's)",
+        "matrices_in_fp16": list(FP16_MATRICES),
+        "fp32": {"orders": len(a), "fills_sha256": runs["fp32"].fill_hash(), "total_return": runs["fp32"].metrics.total_return},
+        "fp16": {"orders": len(b), "fills_sha256": runs["fp16"].fill_hash(), "total_return": runs["fp16"].metrics.total_return},
+        "orders_only_fp32": len(a - b), "orders_only_fp16": len(b - a), "orders_common": len(a & b),
+    }
+    print_fn(f"  fp16 matrices vs fp32 on the demo market: {len(a & b):,} orders in common, {len(a - b)} only in fp32, "
+             f"{len(b - a)} only in fp16; total return {out['fp32']['total_return']:+.4%} vs {out['fp16']['total_return']:+.4%}")
     return out
 
 
@@ -542,6 +642,7 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "ssm_step": suite_ssm_step,
+    "ssm_precision": suite_ssm_precision,
     "ssm_vs_transformer": suite_ssm_vs_transformer,
     "e2e_loopback": suite_e2e_loopback,
     "backtest": suite_backtest,
