@@ -131,3 +131,13 @@ def test_svg_chart_is_well_formed():
     for c in (line, bar):
         root = ET.fromstring(svg_chart(c))
         assert root.tag.endswith("svg")
+
+
+def test_the_help_lists_every_suite(capsys):
+    from engine.cli import _build_parser
+
+    with pytest.raises(SystemExit):
+        _build_parser().parse_args(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in SUITES:
+        assert name in text, f"`nextick bench --help` does not list the {name} suite"
