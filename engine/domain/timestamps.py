@@ -2,7 +2,7 @@
 
 The one home of the time constants (``SECOND_NS``, ``DAY_NS``...), of the conversions between
 ``datetime``/``date``/ISO-8601 text/durations in seconds and nanoseconds (``datetime_ns``,
-``date_ns``, ``parse_time_ns``, ``format_ns``, ``seconds_ns``), of wall-clock time in a zone to UTC
+``parse_time_ns``, ``format_ns``, ``seconds_ns``), of wall-clock time in a zone to UTC
 (``local_ns_to_utc``) and of unit detection: readers meet seconds, milliseconds, microseconds and
 nanoseconds; ``detect_unit`` decides which from the magnitude of the values (epoch times from 1973
 to 2286 are unambiguous across the four units) and says so, so the run summary can report what it saw.
@@ -54,11 +54,6 @@ def epoch_day(d: _dt.date | str) -> int:
 def day_date(day: int) -> _dt.date:
     """The date ``day`` days after 1970-01-01."""
     return EPOCH_DATE + _dt.timedelta(days=int(day))
-
-
-def date_ns(d: _dt.date | str) -> int:
-    """UTC midnight of ``d`` in ns."""
-    return epoch_day(d) * DAY_NS
 
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
