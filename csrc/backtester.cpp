@@ -64,7 +64,7 @@ uint32_t Backtester::add_instrument(const InstrumentSpec& spec) {
     reset_pending_.push_back(0);
     feat_.emplace_back();
     strat_.resize(n);
-    if (sig_.model) sig_.model->grow(static_cast<int>(n));
+    if (sig_.model) sig_.model->grow(static_cast<int>(n) * sig_.variants);
     return static_cast<uint32_t>(n - 1);
 }
 
@@ -89,18 +89,21 @@ void Backtester::set_model(const SignalModel& m) {
         if (!(m.std[k] > 0.0) || !std::isfinite(m.mean[k]))
             throw std::invalid_argument("set_model: feature normalizer " + std::to_string(k) + " is not usable (std <= 0 or NaN)");
     if (!(m.target_std > 0.0)) throw std::invalid_argument("set_model: target_std must be positive");
+    if (m.variants < 1) throw std::invalid_argument("set_model: variants must be >= 1");
     sig_ = m;
-    sig_.model->resize(static_cast<int>(std::max<size_t>(lot_.size(), 1)));
+    sig_.model->resize(static_cast<int>(std::max<size_t>(lot_.size(), 1)) * sig_.variants);
     for (auto& f : feat_) f = FeatureState{};
 }
 
-void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid) {
-    if (f_.size() < n * kNumFeatures) {
-        f_.resize(n * kNumFeatures);
-        x_.resize(n * kNumFeatures);
-        out_.resize(n);
-        slot_.resize(n);
-        reset_.resize(n);
+void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid,
+                        double* pred_std) {
+    const size_t V = static_cast<size_t>(sig_.variants);
+    if (f_.size() < n * kNumFeatures) f_.resize(n * kNumFeatures);
+    if (x_.size() < n * V * kNumFeatures) {
+        x_.resize(n * V * kNumFeatures);
+        out_.resize(n * V);
+        slot_.resize(n * V);
+        reset_.resize(n * V);
     }
     for (size_t k = 0; k < n; ++k) {
         const Quote& x = q[rows[k]];
@@ -109,22 +112,43 @@ void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset
         const SessionState& s = sess_[x.instrument];
         double* f = &f_[k * kNumFeatures];
         update_features(st, x, s.open_ns, s.close_ns, f);
-        if (sig_.model)
-            for (int j = 0; j < kNumFeatures; ++j)
-                x_[k * kNumFeatures + j] = static_cast<float>((f[j] - sig_.mean[j]) / sig_.std[j]);
-        slot_[k] = static_cast<int32_t>(x.instrument);
-        reset_[k] = reset[k];
+        float* xk = &x_[k * V * kNumFeatures];
+        if (sig_.model) {
+            for (int j = 0; j < kNumFeatures; ++j) xk[j] = static_cast<float>((f[j] - sig_.mean[j]) / sig_.std[j]);
+            for (size_t v = 1; v < V; ++v) std::copy(xk, xk + kNumFeatures, xk + v * kNumFeatures);
+        }
+        for (size_t v = 0; v < V; ++v) {
+            slot_[k * V + v] = static_cast<int32_t>(x.instrument * V + v);
+            reset_[k * V + v] = reset[k];
+        }
     }
     if (sig_.model) {
-        sig_.model->step(static_cast<int>(n), slot_.data(), x_.data(), reset_.data(), out_.data());
+        sig_.model->step(static_cast<int>(n * V), slot_.data(), x_.data(), reset_.data(), out_.data());
         for (size_t k = 0; k < n; ++k) {
-            const double ret_bps = static_cast<double>(out_[k]) * sig_.target_std + sig_.target_mean;
-            pred_mid[k] = mid_of(q[rows[k]]) * std::exp(ret_bps * 1e-4);
+            const double mid = mid_of(q[rows[k]]);
+            // Mean and sample std of the variants' predicted mids, two passes (the order is fixed:
+            // the same bits every run).
+            double sum = 0.0;
+            for (size_t v = 0; v < V; ++v) {
+                const double ret_bps = static_cast<double>(out_[k * V + v]) * sig_.target_std + sig_.target_mean;
+                sum += mid * std::exp(ret_bps * 1e-4);
+            }
+            const double mean = sum / static_cast<double>(V);
+            double ss = 0.0;
+            if (V > 1)
+                for (size_t v = 0; v < V; ++v) {
+                    const double ret_bps = static_cast<double>(out_[k * V + v]) * sig_.target_std + sig_.target_mean;
+                    const double d = mid * std::exp(ret_bps * 1e-4) - mean;
+                    ss += d * d;
+                }
+            pred_mid[k] = mean;  // sum / 1 is sum: one variant gives the plain prediction's bits
+            pred_std[k] = V > 1 ? std::sqrt(ss / static_cast<double>(V - 1)) : 0.0;
         }
     } else {
         for (size_t k = 0; k < n; ++k) {
-            out_[k] = std::numeric_limits<float>::quiet_NaN();
+            out_[k * V] = std::numeric_limits<float>::quiet_NaN();
             pred_mid[k] = kNaN;
+            pred_std[k] = kNaN;
         }
     }
     if (!tap_on_) return;
@@ -142,7 +166,8 @@ void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset
         t.log_dt_ms = f[3];
         t.session_frac = f[4];
         t.pred_mid = pred_mid[k];
-        t.out = out_[k];
+        t.pred_std = pred_std[k];
+        t.out = out_[k * V];
         t.instrument = x.instrument;
         t.reset = reset[k];
         tap_.push_back(t);
@@ -400,7 +425,7 @@ void Backtester::run_builtin(const Quote* q, size_t n) {
             continue;
         }
         const bool warming = sess_[q[r].instrument].warm_left > 0;
-        end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, kNaN, reset, warming));
+        end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, kNaN, kNaN, reset, warming));
     }
 }
 
@@ -414,6 +439,7 @@ void Backtester::run_grouped(const Quote* q, size_t n) {
     if (row_reset_.size() < cap) {
         row_reset_.resize(cap);
         pred_.resize(cap);
+        pred_std_.resize(cap);
         target_.resize(cap);
     }
     size_t r = 0;
@@ -435,12 +461,12 @@ void Backtester::run_grouped(const Quote* q, size_t n) {
         }
         for (size_t k = r; k < e; ++k) in_batch_[q[k].instrument] = 0;
         if (stamping_) stamps_.state_ns = mono_ns();
-        if (nb) signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data());
+        if (nb) signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data(), pred_std_.data());
         if (stamping_) stamps_.signal_ns = mono_ns();
         for (size_t k = 0; k < nb; ++k) {
             const Quote& x = q[batch_rows_[k]];
             const bool warming = sess_[x.instrument].warm_left > 0;
-            target_[k] = strat_.decide(x.instrument, x.bid_px, x.ask_px, pred_[k], row_reset_[k] != 0, warming);
+            target_[k] = strat_.decide(x.instrument, x.bid_px, x.ask_px, pred_[k], pred_std_[k], row_reset_[k] != 0, warming);
         }
         if (stamping_) stamps_.decision_ns = mono_ns();
         for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], target_[k]);
@@ -472,6 +498,7 @@ size_t Backtester::next_batch(const Quote* q, size_t n, size_t r, BatchRow* buf,
             b.ask_sz = x.ask_sz;
             b.mid = mid_of(x);
             b.pred_mid = kNaN;
+            b.pred_std = kNaN;
             b.position = position_units(x.instrument);
             b.target = kNaN;
             b.instrument = x.instrument;
@@ -487,10 +514,14 @@ size_t Backtester::next_batch(const Quote* q, size_t n, size_t r, BatchRow* buf,
         if (row_reset_.size() < nb) {
             row_reset_.resize(nb);
             pred_.resize(nb);
+            pred_std_.resize(nb);
         }
         for (size_t k = 0; k < nb; ++k) row_reset_[k] = buf[k].reset;
-        signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data());
-        for (size_t k = 0; k < nb; ++k) buf[k].pred_mid = pred_[k];
+        signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data(), pred_std_.data());
+        for (size_t k = 0; k < nb; ++k) {
+            buf[k].pred_mid = pred_[k];
+            buf[k].pred_std = pred_std_[k];
+        }
     }
     if (stamping_) stamps_.signal_ns = mono_ns();
     return e;

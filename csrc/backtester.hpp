@@ -50,6 +50,7 @@ struct BatchRow {
     int64_t ts;
     double bid_px, ask_px, bid_sz, ask_sz, mid;
     double pred_mid;      // the SSM's expected mid K ticks ahead; NaN without a model
+    double pred_std;      // MC dropout: std of pred_mid across the model's variants; 0 with one
     double position;      // units held now
     double target;        // out: target units; NaN = keep
     uint32_t instrument;
@@ -57,7 +58,7 @@ struct BatchRow {
     uint8_t warm;         // 1 if warm-up is over (the strategy may open positions)
     uint8_t pad[2];
 };
-static_assert(sizeof(BatchRow) == 80, "BatchRow must match BATCH_DTYPE");
+static_assert(sizeof(BatchRow) == 88, "BatchRow must match BATCH_DTYPE");
 
 // One instrument as a portfolio strategy sees it at a rebalance; layout mirrors
 // strategies.portfolio.BOOK_DTYPE. The last-tick fields are written as ticks arrive (the last
@@ -86,12 +87,13 @@ struct TapRow {
     double bid_px, ask_px, mid;
     double ret_bps, log_spread, imbalance, log_dt_ms, session_frac;  // engine.model.config.FEATURE_NAMES
     double pred_mid;      // NaN without a model
-    float out;            // raw model output (normalized target); NaN without a model
+    double pred_std;      // MC dropout: std of pred_mid across variants; 0 with one, NaN without a model
+    float out;            // raw model output (normalized target; variant 0's under MC dropout); NaN without a model
     uint32_t instrument;
     uint8_t reset;
     uint8_t pad[7];
 };
-static_assert(sizeof(TapRow) == 96, "TapRow layout");
+static_assert(sizeof(TapRow) == 104, "TapRow layout");
 
 // The model (any backend: the C++ SSM kernel, or another behind the same seam) and the statistics
 // that map features in and predictions out.
@@ -101,6 +103,10 @@ struct SignalModel {
     double std[kNumFeatures] = {1.0, 1.0, 1.0, 1.0, 1.0};
     double target_mean = 0.0;   // output * target_std + target_mean = log-return to horizon, bps
     double target_std = 1.0;
+    // MC dropout: each instrument steps as this many rows, slot = instrument * variants + v, and the
+    // backend's variant of slot s is s % variants (SsmModel::set_dropout_masks). pred_mid is the
+    // mean over the variants' predicted mids, pred_std their sample standard deviation.
+    int variants = 1;
 };
 
 // Monotonic-clock stamps (CLOCK_MONOTONIC ns, Python's time.monotonic_ns) of the stages of the last
@@ -227,8 +233,8 @@ private:
     size_t next_batch(const Quote* q, size_t n, size_t r, BatchRow* buf, size_t cap, size_t& nb);
     void one_sided_tick(const Quote& q);
     // Features of the n rows q[rows[k]] (already through begin_tick) into x_, then one batched SSM
-    // step; writes pred_mid per row (NaN without a model).
-    void signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid);
+    // step; writes pred_mid and pred_std per row (NaN without a model).
+    void signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid, double* pred_std);
     void fill(uint32_t i, const Quote& q);
     void book_fill(uint32_t i, int64_t lots, double px, double fee, int64_t ts);
     void cancel(uint32_t i, uint64_t& counter, OrderEventKind why, int64_t ts);
@@ -263,7 +269,7 @@ private:
     std::vector<float> x_, out_;
     std::vector<int32_t> slot_;
     std::vector<uint8_t> reset_;
-    std::vector<double> pred_;
+    std::vector<double> pred_, pred_std_;
     std::vector<uint8_t> row_reset_;
 
     bool order_log_on_ = false;

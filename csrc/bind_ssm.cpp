@@ -184,6 +184,21 @@ void bind_ssm(py::module_& m) {
              "Run another kernel variant (one of SsmModel.kernels(), or 'auto'); the results are the same bits.")
         .def_static("kernels", &SsmModel::kernels,
                     "The kernel variants compiled into this build that this CPU runs, best first.")
+        .def(
+            "set_dropout_masks",
+            [](SsmModel& model, py::array_t<float, py::array::c_style | py::array::forcecast> masks) {
+                const SsmConfig& c = model.config();
+                if (masks.ndim() != 3 || masks.shape(1) != c.n_layers || masks.shape(2) != c.d_model)
+                    throw py::value_error("SsmModel.set_dropout_masks: masks must be float32[n_variants, n_layers=" +
+                                          std::to_string(c.n_layers) + ", d_model=" + std::to_string(c.d_model) +
+                                          "] (engine.model.dropout.dropout_masks makes them)");
+                model.set_dropout_masks(masks.data(), static_cast<int>(masks.shape(0)));
+            },
+            py::arg("masks"),
+            "MC dropout: masks float32[n_variants, n_layers, d_model] scale each layer's residual branch; slot s "
+            "runs variant s % n_variants. An array of 0 variants clears them.")
+        .def_property_readonly("dropout_variants", &SsmModel::dropout_variants,
+                               "How many MC-dropout variants the slots cycle through (0: none).")
         .def_property_readonly("config", [](const SsmModel& model) { return ssm_config_dict(model.config()); })
         .def(
             "conv_state", [](const SsmModel& model, int layer) { return state_array(model.conv_state(layer)); },

@@ -140,12 +140,12 @@ PYBIND11_MODULE(_core, m) {
     PYBIND11_NUMPY_DTYPE(Trade, entry_ts, exit_ts, pnl, max_units, instrument, fills);
     PYBIND11_NUMPY_DTYPE(ResetEvent, ts, instrument, reason);
     PYBIND11_NUMPY_DTYPE(OrderEvent, order_id, ts, active_ts, units, decision_mid, instrument, kind);
-    PYBIND11_NUMPY_DTYPE(BatchRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, pred_mid, position, target, instrument, reset,
-                         warm);
+    PYBIND11_NUMPY_DTYPE(BatchRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, pred_mid, pred_std, position, target,
+                         instrument, reset, warm);
     PYBIND11_NUMPY_DTYPE(BookRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, position, working, instrument, in_session,
                          tradeable, warm);
     PYBIND11_NUMPY_DTYPE(TapRow, ts, bid_px, ask_px, mid, ret_bps, log_spread, imbalance, log_dt_ms, session_frac,
-                         pred_mid, out, instrument, reset);
+                         pred_mid, pred_std, out, instrument, reset);
 
     bind_backend(m);
     bind_ssm(m);
@@ -242,7 +242,7 @@ PYBIND11_MODULE(_core, m) {
              [](Backtester& b, const py::object& model,
                 py::array_t<double, py::array::c_style | py::array::forcecast> mean,
                 py::array_t<double, py::array::c_style | py::array::forcecast> std, double target_mean,
-                double target_std) {
+                double target_std, int variants) {
                  if (mean.size() != kNumFeatures || std.size() != kNumFeatures)
                      throw py::value_error("set_model: mean and std need " + std::to_string(kNumFeatures) + " values");
                  SignalModel m;
@@ -253,13 +253,16 @@ PYBIND11_MODULE(_core, m) {
                  }
                  m.target_mean = target_mean;
                  m.target_std = target_std;
+                 m.variants = variants;
                  b.set_model(m);
              },
              py::arg("model"), py::kw_only(), py::arg("mean"), py::arg("std"), py::arg("target_mean"),
-             py::arg("target_std"),
+             py::arg("target_std"), py::arg("variants") = 1,
              "Step this model backend (an engine._core.ModelBackend such as SsmModel, or any object with its "
              "methods: engine.model.backend) per in-session tick, slot = instrument, and hand predictions to "
-             "strategies.")
+             "strategies. variants > 1: MC dropout, each instrument steps as that many rows (slot = instrument * "
+             "variants + v; the backend's masks give slot s variant s % variants); strategies get the mean "
+             "predicted mid and its sample std across variants.")
         .def("set_tap", &Backtester::set_tap, py::arg("on"),
              "Record every in-session tick's features and prediction (training sets, parity tests).")
         .def("take_tap", [](Backtester& b) { return to_numpy(b.take_tap()); },

@@ -672,6 +672,28 @@ const float* SsmModel::weight_arena() const { return weights_->p; }
 
 size_t SsmModel::weight_arena_size() const { return static_cast<size_t>(weight_arena_floats(cfg_)); }
 
+void SsmModel::set_dropout_masks(const float* masks, int n_variants) {
+    if (n_variants < 0)
+        throw std::invalid_argument("SsmModel.set_dropout_masks: n_variants must be >= 0, got " + std::to_string(n_variants));
+    const size_t ld = plan_->ld_model, L = static_cast<size_t>(cfg_.n_layers), dm = static_cast<size_t>(cfg_.d_model);
+    std::vector<float> padded(static_cast<size_t>(n_variants) * L * ld, 0.0f);
+    for (size_t r = 0; r < static_cast<size_t>(n_variants) * L; ++r)
+        for (size_t j = 0; j < dm; ++j) {
+            const float m = masks[r * dm + j];
+            if (!std::isfinite(m) || m < 0.0f)
+                throw std::invalid_argument("SsmModel.set_dropout_masks: mask " + std::to_string(r / L) + ", layer " +
+                                            std::to_string(r % L) + ", channel " + std::to_string(j) +
+                                            " is negative or not finite");
+            padded[r * ld + j] = m;
+        }
+    std::lock_guard<std::mutex> lock(mu_);
+    drop_.swap(padded);
+    plan_->drop = n_variants > 0 ? drop_.data() : nullptr;
+    plan_->n_drop = n_variants;
+}
+
+int SsmModel::dropout_variants() const { return plan_->n_drop; }
+
 void SsmModel::set_kernel(const std::string& name) {
     const SsmKernel* k = find_kernel(name);
     std::lock_guard<std::mutex> lock(mu_);

@@ -178,6 +178,12 @@ public:
     // The variants compiled into this build that this CPU can run, best first.
     static std::vector<std::string> kernels();
 
+    // MC dropout (engine/model/dropout.py): masks [n_variants][n_layers][d_model] scale each layer's
+    // residual branch, h + m * branch; slot s runs variant s % n_variants from its next step on.
+    // n_variants = 0 clears them (the plain step, same bits as before).
+    void set_dropout_masks(const float* masks, int n_variants);
+    int dropout_variants() const;
+
     // The weight arena (every tensor in the kernel's layout, ssm_kernel.hpp: matrices transposed to
     // [in][ld], each tensor padded to 16 floats) and the plan whose pointers point into it. A
     // backend that runs this layout on another device (csrc/cuda) copies it from here, so that the
@@ -209,6 +215,7 @@ private:
     // pool's start and floats per slot, for prefetching a slot's states.
     std::vector<const float*> state_bases_;
     std::vector<size_t> state_slot_floats_;
+    std::vector<float> drop_;  // dropout masks, padded rows of ld_model (plan_->drop points here)
     std::unique_ptr<SsmPlan> plan_;     // what the kernel reads: layout, weights, layers, scratch
     const SsmKernel* kernel_ = nullptr;
 };

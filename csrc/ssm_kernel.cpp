@@ -513,8 +513,16 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
         if (c.kind == SsmKind::kMamba2) rmsnorm_rows(y, L.gnorm_w, y, nb, c.d_inner, c.norm_eps);
         // h + out_proj @ y2, the product summed on its own first (as the spec writes it).
         matvec(L.out_wt, P.ld_model, dm, y, c.d_inner, nullptr, t, nb, pf);
-        for (int q = 0; q < nb; ++q)
-            for (int j = 0; j < dm; ++j) h[q][j] = h[q][j] + t[q][j];
+        if (P.drop) {  // h + m * t, as engine/model/ssm.py residual() writes it
+            for (int q = 0; q < nb; ++q) {
+                const size_t variant = static_cast<size_t>(slots[rows[q]] % P.n_drop);
+                const float* m = P.drop + (variant * c.n_layers + l) * P.ld_model;
+                for (int j = 0; j < dm; ++j) h[q][j] = h[q][j] + m[j] * t[q][j];
+            }
+        } else {
+            for (int q = 0; q < nb; ++q)
+                for (int j = 0; j < dm; ++j) h[q][j] = h[q][j] + t[q][j];
+        }
     }
     rmsnorm_rows(h, P.norm_f, u, nb, dm, c.norm_eps);
     matvec(P.head_wt, P.ld_out, n_out, u, dm, P.head_b, t, nb, pf);

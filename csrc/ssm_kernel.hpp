@@ -72,6 +72,10 @@ struct SsmPlan {
     // [pad16(kMaxBlockRows*nheads)]: one vector pass for the block instead of a short one per row.
     float* dt = nullptr;
     float* da = nullptr;
+    // MC-dropout masks of the residual branches, [n_drop][n_layers][ld_model]; slot s runs variant
+    // s % n_drop. nullptr: no dropout (the plain step, unchanged bits).
+    const float* drop = nullptr;
+    int n_drop = 0;
 };
 
 // The cache lines of the states the next block of rows will update, handed out a run at a time to

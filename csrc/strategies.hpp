@@ -35,7 +35,8 @@ enum class StrategyKind : uint8_t { kBuyHold = 0, kMomentum = 1, kMeanReversion 
     X(stop_loss_bps, 0.0, "ssm_threshold: exit at this adverse mid move from entry; 0 = off")            \
     X(take_profit_bps, 0.0, "ssm_threshold: exit at this favourable mid move from entry; 0 = off")       \
     X(max_units, 0.0, "ssm_threshold: cap on |position| in units; 0 = notional / mid only")              \
-    X(hold_ticks, 0.0, "ssm_threshold: exit after this many ticks without a fresh signal; 0 = off")
+    X(hold_ticks, 0.0, "ssm_threshold: exit after this many ticks without a fresh signal; 0 = off")        \
+    X(uncertainty_k, 0.0, "ssm_threshold: MC dropout gate: the prediction less k pred_std must clear the touch")
 
 struct StrategyParams {
     StrategyKind kind = StrategyKind::kMomentum;
@@ -79,11 +80,13 @@ public:
     // `reset`: this tick starts fresh state (session open, gap, reconnect...). `warming`: still in
     // the warm-up after a reset; features update but no direction is taken, so the first position
     // after warm-up comes from a signal on warmed-up features, not one latched during warm-up.
-    // `pred_mid`: the SSM's expected mid K ticks ahead (NaN without a model).
-    inline double decide(uint32_t i, double bid, double ask, double pred_mid, bool reset, bool warming) {
+    // `pred_mid`: the SSM's expected mid K ticks ahead (NaN without a model); `pred_std`: its spread
+    // across MC-dropout variants (0 with one).
+    inline double decide(uint32_t i, double bid, double ask, double pred_mid, double pred_std, bool reset,
+                         bool warming) {
         const double mid = 0.5 * (bid + ask);
         switch (p_.kind) {
-            case StrategyKind::kSsmThreshold: return ssm_threshold(i, bid, ask, mid, pred_mid, reset, warming);
+            case StrategyKind::kSsmThreshold: return ssm_threshold(i, bid, ask, mid, pred_mid, pred_std, reset, warming);
             case StrategyKind::kMomentum: return momentum(i, mid, reset, warming);
             case StrategyKind::kMeanReversion: return mean_reversion(i, mid, reset, warming);
             case StrategyKind::kBuyHold: return warming ? kNaN : buy_hold(i, mid);
@@ -151,15 +154,20 @@ private:
     // prediction cannot buy straight back into a stopped-out trade. A reset forgets the trade (its
     // entry belongs to discarded state): the strategy answers "keep" until its next signal, so a
     // position carried through a reset is neither dumped nor managed by stale exits.
-    inline double ssm_threshold(uint32_t i, double bid, double ask, double mid, double pred, bool reset, bool warming) {
+    // With MC dropout the signal is gated by the model's own uncertainty: the prediction must clear
+    // the touch by the threshold even after moving uncertainty_k standard deviations (across the
+    // variants) towards the mid; k = 0, or one variant, is the plain rule.
+    inline double ssm_threshold(uint32_t i, double bid, double ask, double mid, double pred, double pred_std,
+                                bool reset, bool warming) {
         if (reset) {
             dir_[i] = 0;
             blocked_[i] = 0;
             target_[i] = kNaN;
         }
         int8_t signal = 0;
-        if (pred > ask * (1.0 + p_.threshold_bps * 1e-4)) signal = 1;
-        else if (pred < bid * (1.0 - p_.threshold_bps * 1e-4)) signal = -1;  // NaN: neither
+        const double margin = p_.uncertainty_k > 0 ? p_.uncertainty_k * pred_std : 0.0;
+        if (pred - margin > ask * (1.0 + p_.threshold_bps * 1e-4)) signal = 1;
+        else if (pred + margin < bid * (1.0 - p_.threshold_bps * 1e-4)) signal = -1;  // NaN: neither
         if (signal != blocked_[i]) blocked_[i] = 0;
 
         int8_t& dir = dir_[i];

@@ -102,6 +102,10 @@ class SsmModel(ModelBackend):
         """
         Run another kernel variant (one of SsmModel.kernels(), or 'auto'); the results are the same bits.
         """
+    def set_dropout_masks(self, masks: np.ndarray) -> None:
+        """
+        MC dropout: masks float32[n_variants, n_layers, d_model] scale each layer's residual branch; slot s runs variant s % n_variants. An array of 0 variants clears them.
+        """
     def ssm_state(self, layer: int) -> np.ndarray:
         """
         SSM state of a layer, float32[n_slots, nheads, headdim, d_state] (mamba2) or [n_slots, d_inner, d_state] (s4d), a writable view of the pool (no copy). Not C-contiguous: the pool stores d_state outside headdim, the strides present the spec's order.
@@ -109,6 +113,11 @@ class SsmModel(ModelBackend):
     @property
     def config(self) -> dict:
         ...
+    @property
+    def dropout_variants(self) -> int:
+        """
+        How many MC-dropout variants the slots cycle through (0: none).
+        """
     @property
     def kernel(self) -> str:
         """
@@ -239,9 +248,9 @@ class Backtester:
         """
         Run quotes through a portfolio strategy: on_rebalance(n_rows, ts_ns, cash, equity) reads the book and the batch, writes targets (one per instrument) and returns 0 (none), 1 (units) or 2 (weights).
         """
-    def set_model(self, model: Any, *, mean: ArrayLike, std: ArrayLike, target_mean: float, target_std: float) -> None:
+    def set_model(self, model: Any, *, mean: ArrayLike, std: ArrayLike, target_mean: float, target_std: float, variants: int = 1) -> None:
         """
-        Step this model backend (an engine._core.ModelBackend such as SsmModel, or any object with its methods: engine.model.backend) per in-session tick, slot = instrument, and hand predictions to strategies.
+        Step this model backend (an engine._core.ModelBackend such as SsmModel, or any object with its methods: engine.model.backend) per in-session tick, slot = instrument, and hand predictions to strategies. variants > 1: MC dropout, each instrument steps as that many rows (slot = instrument * variants + v; the backend's masks give slot s variant s % variants); strategies get the mean predicted mid and its sample std across variants.
         """
     def set_next_order_id(self, order_id: int) -> None:
         ...

@@ -59,12 +59,27 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
     model: str | None = None
     # What runs the model (engine.model.backend): "cpu" is the compiled C++ kernel.
     backend: str = "cpu"
+    # MC dropout (engine/model/dropout.py; a model trained with dropout). mc_samples = N: every
+    # instrument steps as N seeded dropout variants in the same batched kernel call, strategies see
+    # the mean pred_mid and its std across them (pred_std). mc_variant = v: the whole run uses
+    # variant v alone, one thinned network (a study backtests each variant on its own).
+    mc_samples: int = 0
+    mc_variant: int | None = None
+    mc_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.interval not in INTERVALS_NS:
             raise ValueError(f"interval must be one of {', '.join(INTERVALS_NS)}, not {self.interval!r}")
         if self.latency_ns < 0:
             raise ValueError("latency_ns must be >= 0")
+        if self.mc_samples < 0 or self.mc_samples == 1:
+            raise ValueError(f"mc_samples must be 0 (off) or >= 2 variants, got {self.mc_samples}")
+        if self.mc_variant is not None and (self.mc_variant < 0 or self.mc_samples):
+            raise ValueError("mc_variant must be >= 0 and excludes mc_samples: run one variant, or N together")
+
+    @property
+    def mc_dropout(self) -> bool:
+        return self.mc_samples > 0 or self.mc_variant is not None
 
 
 class BacktestResult(msgspec.Struct, kw_only=True):
@@ -178,14 +193,33 @@ class Engine:
                 "Use the model's interval or train one for this interval."
             )
         norm = m.normalizer
+        variants = max(self.config.mc_samples, 1)
+        backend = make_backend(self.config.backend, m, max(len(self.instruments), 1) * variants)
+        if self.config.mc_dropout:
+            self._set_dropout(backend, m)
         self.core.set_model(
-            make_backend(self.config.backend, m, max(len(self.instruments), 1)),
+            backend,
             mean=np.asarray(norm.mean),
             std=np.asarray(norm.std),
             target_mean=norm.target_mean,
             target_std=norm.target_std,
+            variants=variants,
         )
         self.model = m
+
+    def _set_dropout(self, backend, m) -> None:
+        from engine.model.dropout import dropout_masks
+
+        c = self.config
+        if not hasattr(backend, "set_dropout_masks"):
+            raise ValueError(
+                f"MC dropout (mc_samples / mc_variant) runs on the cpu backend; --backend {c.backend} has no dropout masks"
+            )
+        if c.mc_variant is not None:
+            masks = dropout_masks(m.config, 1, c.mc_seed, first=c.mc_variant)
+        else:
+            masks = dropout_masks(m.config, c.mc_samples, c.mc_seed)
+        backend.set_dropout_masks(masks)
 
     def _start(self) -> None:
         n = max(len(self.instruments), 1)

@@ -187,6 +187,12 @@ def _add_run_args(b: argparse.ArgumentParser) -> None:
                        help="SSM weights (model.safetensors from `nextick train`); default: the packaged model")
     strat.add_argument("--backend", default=d.backend, metavar="NAME",
                        help=f"what runs the model: {d.backend} (the compiled C++ kernel, default); engine.model.backend lists others")
+    strat.add_argument("--mc-samples", type=int, default=d.mc_samples, metavar="N",
+                       help="MC dropout (a model trained with --dropout): step N dropout variants per instrument; strategies "
+                            "get the mean prediction and its std (ssm: --param uncertainty_k=K gates on it)")
+    strat.add_argument("--mc-variant", type=int, default=d.mc_variant, metavar="V",
+                       help="MC dropout: run the whole backtest on dropout variant V alone (one thinned network)")
+    strat.add_argument("--mc-seed", type=int, default=d.mc_seed, help=f"seed of the dropout masks (default {d.mc_seed})")
     _add_params_arg(strat)
     strat.add_argument("--compare", metavar="STRATEGY",
                        help="also run this strategy (default parameters) on the same data and test the Sharpe difference")

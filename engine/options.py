@@ -90,6 +90,9 @@ class RunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     model: str | None = _CONFIG.model
     backend: str = _CONFIG.backend
+    mc_samples: int = _CONFIG.mc_samples
+    mc_variant: int | None = _CONFIG.mc_variant
+    mc_seed: int = _CONFIG.mc_seed
     interval: str = _CONFIG.interval
     latency_ns: int = _CONFIG.latency_ns
     fee_bps: float = _CONFIG.fee_bps
@@ -213,6 +216,9 @@ def backtest_config(options: RunOptions | Mapping[str, Any]) -> BacktestConfig:
         warmup_ticks=o.warmup_ticks,
         model=o.model,
         backend=o.backend,
+        mc_samples=o.mc_samples,
+        mc_variant=o.mc_variant,
+        mc_seed=o.mc_seed,
     )
 
 

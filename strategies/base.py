@@ -35,6 +35,7 @@ BATCH_DTYPE = np.dtype(
         ("ask_sz", "<f8"),
         ("mid", "<f8"),
         ("pred_mid", "<f8"),  # the SSM's expected mid K ticks ahead; NaN when no model is loaded
+        ("pred_std", "<f8"),  # MC dropout: std of pred_mid across the model's variants; 0 with one
         ("position", "<f8"),  # units held now
         ("target", "<f8"),  # written back: target units, NaN = keep
         ("instrument", "<u4"),
@@ -43,7 +44,7 @@ BATCH_DTYPE = np.dtype(
     ],
     align=True,
 )
-assert BATCH_DTYPE.itemsize == 80
+assert BATCH_DTYPE.itemsize == 88
 
 
 class QuoteRows:
@@ -104,6 +105,12 @@ class TickBatch(QuoteRows):
     def pred_mid(self) -> np.ndarray:
         """The model's expected mid at its horizon (``BacktestConfig.model``); NaN without a model."""
         return self.rows["pred_mid"]
+
+    @property
+    def pred_std(self) -> np.ndarray:
+        """MC dropout (``BacktestConfig.dropout_variants``): the spread of pred_mid across the model's
+        variants, the epistemic part of its uncertainty; 0 with one variant, NaN without a model."""
+        return self.rows["pred_std"]
 
     @property
     def reset(self) -> np.ndarray:

@@ -43,6 +43,10 @@ class SSMConfig(msgspec.Struct, frozen=True, kw_only=True):
     softplus_threshold: float = 20.0  # softplus(v) = v above this, as torch.nn.functional.softplus
     discretization: Literal["zoh", "bilinear"] = "zoh"  # s4d only
     chunk_size: int = 64  # parallel (SSD) form only; does not change the function computed
+    # Dropout on each layer's residual branch, one mask per sequence and channel shared across time
+    # (variational dropout, as MC-dropout inference steps it: engine/model/dropout.py). Training only;
+    # a plain step is deterministic.
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("n_features", "d_model", "n_layers", "expand", "headdim", "d_state", "d_conv", "ngroups", "n_out"):
@@ -55,6 +59,8 @@ class SSMConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"SSMConfig: nheads={self.nheads} is not a multiple of ngroups={self.ngroups}")
         if self.chunk_size < 1:
             raise ValueError("SSMConfig.chunk_size must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"SSMConfig.dropout must be in [0, 1), got {self.dropout}")
         # The kernel's memory limits, from the kernel itself (csrc/ssm.hpp): one statement of them
         # for every path (model files, training, benchmarks), checked here before tensor_shapes or
         # torch would build a model this config describes.

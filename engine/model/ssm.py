@@ -30,6 +30,17 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
+def residual(u: torch.Tensor, branch: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """u + branch, the branch scaled by a dropout mask when one is given.
+
+    mask [B, D] (step: branch [B, D]; parallel form: branch [B, L, D], one mask for the whole
+    sequence). The kernel computes h + m * t in float32 as written here (csrc/ssm_kernel.cpp).
+    """
+    if mask is None:
+        return u + branch
+    return u + (mask[:, None, :] if branch.dim() == 3 else mask) * branch
+
+
 def segsum(x: torch.Tensor) -> torch.Tensor:
     """[..., T] -> [..., T, T]: out[i, j] = sum(x[j+1 .. i]) for j <= i, -inf above the diagonal.
 
@@ -132,7 +143,7 @@ class Mamba2Layer(nn.Module):
             w.new_zeros(b, cfg.nheads, cfg.headdim, cfg.d_state),
         )
 
-    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, LayerState]:
+    def forward(self, u: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
         cfg = self.cfg
         Bsz, L, _ = u.shape
         z, xbc, dt_raw = self._split(self.in_proj(rmsnorm(u, self.norm_weight, cfg.norm_eps)))
@@ -146,9 +157,9 @@ class Mamba2Layer(nn.Module):
         Y, ssm_state = ssd_scan(xs * dt[..., None], A * dt, Bg, Cg, cfg.chunk_size)
         y = (Y + self.D[:, None] * xs).flatten(-2)  # [B, L, E]
         conv_state = padded[:, L:]  # the last K-1 raw inputs, oldest first
-        return u + self._out(y, z), (conv_state, ssm_state)
+        return residual(u, self._out(y, z), mask), (conv_state, ssm_state)
 
-    def step(self, u: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
+    def step(self, u: torch.Tensor, state: LayerState, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
         cfg = self.cfg
         conv_state, ssm_state = state
         z, xbc, dt_raw = self._split(self.in_proj(rmsnorm(u, self.norm_weight, cfg.norm_eps)))
@@ -160,7 +171,7 @@ class Mamba2Layer(nn.Module):
         dA = torch.exp(dt * -torch.exp(self.A_log))  # [B, H]
         ssm_state = dA[..., None, None] * ssm_state + (dt[..., None] * xs)[..., None] * Bh[:, :, None, :]
         y = (ssm_state * Ch[:, :, None, :]).sum(-1) + self.D[:, None] * xs  # [B, H, P]
-        return u + self._out(y.flatten(-2), z), (window[:, 1:], ssm_state)
+        return residual(u, self._out(y.flatten(-2), z), mask), (window[:, 1:], ssm_state)
 
     def export_tensors(self, prefix: str) -> dict[str, np.ndarray]:
         out = {
@@ -220,7 +231,7 @@ class S4DLayer(nn.Module):
     def empty_state(self, b: int) -> LayerState:
         return (self.C.new_zeros(b, self.cfg.d_inner, self.cfg.d_state),)
 
-    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, LayerState]:
+    def forward(self, u: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
         cfg = self.cfg
         L = u.shape[1]
         v = self.in_proj(rmsnorm(u, self.norm_weight, cfg.norm_eps))
@@ -233,16 +244,16 @@ class S4DLayer(nn.Module):
         y = y[..., :L].transpose(1, 2) + self.D * x  # [B, L, E]
         # h_L = sum_s dA^(L-1-s) dB x_s
         state = torch.einsum("en,enl,ble->ben", dB, powers.flip(-1), x)
-        return u + self.out_proj(y * F.silu(z)), (state,)
+        return residual(u, self.out_proj(y * F.silu(z)), mask), (state,)
 
-    def step(self, u: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
+    def step(self, u: torch.Tensor, state: LayerState, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
         cfg = self.cfg
         v = self.in_proj(rmsnorm(u, self.norm_weight, cfg.norm_eps))
         x, z = v[..., : cfg.d_inner], v[..., cfg.d_inner :]
         dA, dB = self.discretize()
         h = dA * state[0] + dB * x[..., None]  # [B, E, N]
         y = (self.C * h).sum(-1) + self.D * x
-        return u + self.out_proj(y * F.silu(z)), (h,)
+        return residual(u, self.out_proj(y * F.silu(z)), mask), (h,)
 
     def export_tensors(self, prefix: str) -> dict[str, np.ndarray]:
         dA, dB = self.discretize(torch.float64)  # discretize in float64, round once
@@ -274,24 +285,42 @@ class SSMModel(nn.Module):
         self.norm_f_weight = nn.Parameter(torch.ones(cfg.d_model))
         self.head = nn.Linear(cfg.d_model, cfg.n_out)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[LayerState]]:
-        """Parallel form. x [B, L, F] from zero state -> y [B, L, n_out], final state per layer."""
+    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, list[LayerState]]:
+        """Parallel form. x [B, L, F] from zero state -> y [B, L, n_out], final state per layer.
+
+        masks [B, n_layers, d_model]: dropout masks of the residual branches (engine/model/dropout.py),
+        one per sequence; in training with cfg.dropout > 0 and none given, fresh ones are drawn.
+        """
+        if masks is None and self.training and self.cfg.dropout > 0:
+            masks = self.draw_masks(x.shape[0], x.device)
         h = self.encoder(x)
         finals = []
-        for layer in self.layers:
-            h, s = layer(h)
+        for i, layer in enumerate(self.layers):
+            h, s = layer(h, None if masks is None else masks[:, i])
             finals.append(s)
         return self.head(rmsnorm(h, self.norm_f_weight, self.cfg.norm_eps)), finals
+
+    def draw_masks(self, b: int, device: torch.device | None = None) -> torch.Tensor:
+        """[b, n_layers, d_model] inverted-dropout masks: 0 with probability p, else 1 / (1 - p).
+
+        One mask per sequence shared across its ticks (variational dropout, Gal & Ghahramani 2016):
+        the recurrence sees the same thinned network at every step, as an MC-dropout variant does.
+        """
+        keep = 1.0 - self.cfg.dropout
+        m = torch.bernoulli(torch.full((b, self.cfg.n_layers, self.cfg.d_model), keep, device=device))
+        return m * torch.tensor(1.0 / keep, dtype=torch.float32)
 
     def empty_state(self, b: int) -> list[LayerState]:
         return [layer.empty_state(b) for layer in self.layers]
 
-    def step(self, x: torch.Tensor, state: list[LayerState]) -> tuple[torch.Tensor, list[LayerState]]:
-        """Recurrent form. x [B, F] -> y [B, n_out], next state."""
+    def step(
+        self, x: torch.Tensor, state: list[LayerState], masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[LayerState]]:
+        """Recurrent form. x [B, F] -> y [B, n_out], next state. masks [B, n_layers, d_model] or None."""
         h = self.encoder(x)
         new_state = []
-        for layer, s in zip(self.layers, state):
-            h, s = layer.step(h, s)
+        for i, (layer, s) in enumerate(zip(self.layers, state)):
+            h, s = layer.step(h, s, None if masks is None else masks[:, i])
             new_state.append(s)
         return self.head(rmsnorm(h, self.norm_f_weight, self.cfg.norm_eps)), new_state
 

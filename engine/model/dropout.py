@@ -1,0 +1,46 @@
+"""MC-dropout variants: seeded residual-branch masks that turn one trained model into N thinned ones.
+
+A model trained with ``SSMConfig.dropout = p`` drops each channel of each layer's residual branch
+with probability p, one mask per sequence (engine/model/ssm.py ``draw_masks``). At inference,
+variant v of a seed is the model with the fixed mask ``dropout_masks(cfg, n, seed)[v]``:
+
+    masks = dropout_masks(cfg, n_variants=8, seed=0)   # float32 [8, n_layers, d_model]
+    core.set_dropout_masks(masks)                      # slot s of the C++ kernel runs variant s % 8
+
+Stepping every instrument as N rows (slot = instrument * N + v) gives the predictive mean and the
+spread across variants each tick: the epistemic part of the model's uncertainty (Gal & Ghahramani
+2016). Variant v's mask depends on (seed, v) alone, so variant 3 of 8 is variant 3 of 100, and a
+backtest of one variant (``dropout_masks(cfg, 1, seed, first=3)``) steps the same network as row 3
+of an N-variant run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.model.config import SSMConfig
+
+
+def dropout_masks(cfg: SSMConfig, n_variants: int, seed: int = 0, *, first: int = 0, rate: float | None = None) -> np.ndarray:
+    """float32 [n_variants, n_layers, d_model]: variants first .. first + n_variants - 1 of ``seed``.
+
+    Each entry is 0 with probability ``rate`` (default: the model's trained ``cfg.dropout``) and
+    1 / (1 - rate) otherwise, in float32 as the torch reference scales its masks.
+    """
+    if n_variants < 1:
+        raise ValueError(f"dropout_masks: n_variants must be >= 1, got {n_variants}")
+    if first < 0:
+        raise ValueError(f"dropout_masks: first must be >= 0, got {first}")
+    p = cfg.dropout if rate is None else rate
+    if not 0.0 < p < 1.0:
+        raise ValueError(
+            f"dropout_masks: the dropout rate is {p}; MC dropout needs a model trained with dropout in (0, 1) "
+            "(nextick train --dropout 0.1) or an explicit rate"
+        )
+    scale = np.float32(1.0 / (1.0 - p))
+    out = np.empty((n_variants, cfg.n_layers, cfg.d_model), dtype=np.float32)
+    for k in range(n_variants):
+        rng = np.random.Generator(np.random.PCG64([seed, first + k]))
+        keep = rng.random((cfg.n_layers, cfg.d_model)) >= p
+        out[k] = np.where(keep, scale, np.float32(0.0))
+    return out
