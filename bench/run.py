@@ -232,8 +232,9 @@ def _ssm_onnxruntime(cfg, tensors, batches: list[int], min_s: float, n_lat: int,
 
 
 # The GPU backends, by the name engine.model.backend registers them under when they are built or
-# installed here: CUDA (a core built with `make core-cuda`) in fp32 and fp16.
-GPU_BACKENDS = ("cuda", "cuda-fp16")
+# installed here: CUDA (a core built with `make core-cuda`) in fp32 and fp16, TensorRT (the tensorrt
+# extra) in fp32 and fp16.
+GPU_BACKENDS = ("cuda", "cuda-fp16", "tensorrt", "tensorrt-fp16")
 
 
 def _ssm_gpu_backends(cfg, tensors, batches: list[int], min_s: float, n_lat: int,
@@ -253,7 +254,7 @@ def _ssm_gpu_backends(cfg, tensors, batches: list[int], min_s: float, n_lat: int
             model = _model_file(cfg, tensors, Path(folder))
             try:
                 first = make_backend(name, model, 1)
-            except (RuntimeError, ValueError) as e:  # built, but no device to run on
+            except (RuntimeError, ValueError) as e:  # built or listed, but no device or library to run on
                 out[name] = {"skipped": str(e)}
                 continue
             res: dict[str, Any] = {"latency_batch1_us": percentiles_us(call_latencies_ns(_BackendStep(first, 1), n_lat, warmup=50))}

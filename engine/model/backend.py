@@ -80,7 +80,23 @@ def _onnxruntime(model: ModelFile, n_slots: int) -> ModelBackend:
     return OnnxRuntimeBackend(model, n_slots)
 
 
-_FACTORIES: dict[str, BackendFactory] = {"cpu": _cpu, "onnxruntime": _onnxruntime}
+def _tensorrt(precision: str) -> BackendFactory:
+    def factory(model: ModelFile, n_slots: int) -> ModelBackend:
+        # Imported when chosen: TensorRT and CuPy are an optional extra, and need a GPU.
+        from engine.model.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(model, n_slots, precision=precision)
+
+    return factory
+
+
+_FACTORIES: dict[str, BackendFactory] = {
+    "cpu": _cpu,
+    "onnxruntime": _onnxruntime,
+    # Listed everywhere: without TensorRT, CuPy or a GPU, choosing them says which is missing.
+    "tensorrt": _tensorrt("fp32"),
+    "tensorrt-fp16": _tensorrt("fp16"),
+}
 
 
 def _cuda(precision: str) -> BackendFactory:

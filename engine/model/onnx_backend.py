@@ -309,17 +309,24 @@ def parity_vs_kernel(model: ModelFile, onnx_path: str | os.PathLike, *, steps: i
                      seed: int = 0) -> float:
     """The largest relative error (max |a - b| / max |b|, per output and per state) of the ONNX file
     against the C++ kernel over ``steps`` steps of ``batch`` slots with random features and resets."""
-    rng = np.random.default_rng(seed)
     ort_backend = OnnxRuntimeBackend(model, batch, onnx_path=onnx_path)
-    kernel = model.core_model(batch)
+    return parity_vs(ort_backend, model.core_model(batch), ort_backend.specs, steps=steps, seed=seed)
+
+
+def parity_vs(backend, kernel, specs: list[StateSpec], *, steps: int = 64, seed: int = 0) -> float:
+    """The largest relative error of ``backend`` against ``kernel`` (both with the same slots, all
+    stepped every time) over ``steps`` random steps with 5% resets: outputs, then every state of every
+    layer on its own scale (``specs``: the layout of a slot's state vector)."""
+    rng = np.random.default_rng(seed)
+    batch = kernel.n_slots
     slots = np.arange(batch, dtype=np.int32)
     worst = 0.0
     for t in range(steps):
-        x = rng.standard_normal((batch, model.config.n_features)).astype(np.float32)
+        x = rng.standard_normal((batch, kernel.n_features)).astype(np.float32)
         reset = (rng.random(batch) < 0.05).astype(np.uint8)
-        worst = max(worst, relative_error(ort_backend.step(slots, x, reset), kernel.step(slots, x, reset)))
-    states = [np.stack([b.get_state(slot) for slot in range(batch)]) for b in (ort_backend, kernel)]
-    bounds = np.cumsum([s.size for s in ort_backend.specs])[:-1]  # each state of each layer on its own scale
+        worst = max(worst, relative_error(backend.step(slots, x, reset), kernel.step(slots, x, reset)))
+    states = [np.stack([b.get_state(slot) for slot in range(batch)]) for b in (backend, kernel)]
+    bounds = np.cumsum([s.size for s in specs])[:-1]  # each state of each layer on its own scale
     for a, b in zip(*(np.split(s, bounds, axis=1) for s in states)):
         worst = max(worst, relative_error(a, b))
     return worst
