@@ -12,9 +12,13 @@
 #include "bind_ssm.hpp"
 #include "bind_util.hpp"
 #include "model_backend.hpp"
+#include "tape_backend.hpp"
 
 namespace py = pybind11;
 using nextick::ModelBackend;
+using nextick::PredictionTape;
+using nextick::RecordingBackend;
+using nextick::ReplayBackend;
 using namespace nextick::bind;
 
 namespace {
@@ -141,6 +145,84 @@ py::array step_arrays(ModelBackend& model, const py::object& slots_obj, const py
     return out;
 }
 
+template <typename T>
+py::array_t<T> copy_array(const std::vector<T>& v, py::ssize_t rows, py::ssize_t cols = 0) {
+    py::array_t<T> a = cols ? py::array_t<T>({rows, cols}) : py::array_t<T>(rows);
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+}
+
+std::shared_ptr<const PredictionTape> tape_from_arrays(int n_features, py::array_t<int64_t, py::array::c_style> counts,
+                                                       py::array_t<int32_t, py::array::c_style> slots,
+                                                       py::array_t<float, py::array::c_style> out) {
+    if (out.ndim() != 2 || slots.ndim() != 1 || counts.ndim() != 1 || out.shape(0) != slots.shape(0))
+        throw py::value_error("PredictionTape: counts int64[calls], slots int32[rows] and out float32[rows, n_outputs]");
+    auto t = std::make_shared<PredictionTape>();
+    t->n_features = n_features;
+    t->n_outputs = static_cast<int>(out.shape(1));
+    t->counts.assign(counts.data(), counts.data() + counts.size());
+    int64_t at = 0;
+    for (int64_t c : t->counts) {
+        if (c < 0) throw py::value_error("PredictionTape: a call has a negative row count");
+        t->offsets.push_back(at);
+        at += c;
+    }
+    if (at != slots.shape(0)) throw py::value_error("PredictionTape: counts add up to " + std::to_string(at) +
+                                                    " rows, slots has " + std::to_string(slots.shape(0)));
+    t->slots.assign(slots.data(), slots.data() + slots.size());
+    t->out.assign(out.data(), out.data() + out.size());
+    return t;
+}
+
+void bind_tape(py::module_& m) {
+    py::class_<PredictionTape, std::shared_ptr<PredictionTape>>(
+        m, "PredictionTape",
+        "Every call a RecordingBackend saw in one run: rows per call, their slots and the model's outputs "
+        "(csrc/tape_backend.hpp). Pickles as its arrays.")
+        .def(py::init([](int n_features, py::array_t<int64_t, py::array::c_style> counts,
+                         py::array_t<int32_t, py::array::c_style> slots, py::array_t<float, py::array::c_style> out) {
+                 return std::const_pointer_cast<PredictionTape>(tape_from_arrays(n_features, counts, slots, out));
+             }),
+             py::arg("n_features"), py::arg("counts"), py::arg("slots"), py::arg("out"))
+        .def_readonly("n_features", &PredictionTape::n_features)
+        .def_readonly("n_outputs", &PredictionTape::n_outputs)
+        .def_property_readonly("n_calls", [](const PredictionTape& t) { return t.counts.size(); })
+        .def_property_readonly("counts", [](const PredictionTape& t) { return copy_array(t.counts, t.counts.size()); })
+        .def_property_readonly("slots", [](const PredictionTape& t) { return copy_array(t.slots, t.slots.size()); })
+        .def_property_readonly("out", [](const PredictionTape& t) {
+            return copy_array(t.out, static_cast<py::ssize_t>(t.slots.size()), t.n_outputs);
+        })
+        .def(py::pickle(
+            [](const PredictionTape& t) {
+                return py::make_tuple(t.n_features, copy_array(t.counts, t.counts.size()), copy_array(t.slots, t.slots.size()),
+                                      copy_array(t.out, static_cast<py::ssize_t>(t.slots.size()), t.n_outputs));
+            },
+            [](const py::tuple& s) {
+                auto t = tape_from_arrays(s[0].cast<int>(), s[1].cast<py::array_t<int64_t, py::array::c_style>>(),
+                                          s[2].cast<py::array_t<int32_t, py::array::c_style>>(),
+                                          s[3].cast<py::array_t<float, py::array::c_style>>());
+                return std::const_pointer_cast<PredictionTape>(t);
+            }));
+    py::class_<RecordingBackend, ModelBackend, std::shared_ptr<RecordingBackend>>(
+        m, "RecordingBackend",
+        "Wraps a backend for one run and records every step call (slots and outputs) into a PredictionTape.")
+        .def(py::init([](const py::object& inner) { return std::make_shared<RecordingBackend>(as_backend(inner)); }),
+             py::arg("inner"))
+        .def("tape", [](const RecordingBackend& r) { return std::const_pointer_cast<PredictionTape>(r.tape()); },
+             "The tape of the run so far (a fresh run, i.e. resize, starts a new one).");
+    py::class_<ReplayBackend, ModelBackend, std::shared_ptr<ReplayBackend>>(
+        m, "ReplayBackend",
+        "Hands a PredictionTape's outputs back call by call; RuntimeError on the first call that differs from "
+        "the recording. variants: rows per instrument in the recording (MC dropout); variant: the one to "
+        "replay (the run steps one row per instrument), or -1 for every row as recorded.")
+        .def(py::init([](const std::shared_ptr<PredictionTape>& tape, int variants, int variant) {
+                 return std::make_shared<ReplayBackend>(tape, variants, variant);
+             }),
+             py::arg("tape"), py::arg("variants") = 1, py::arg("variant") = -1)
+        .def_property_readonly("calls_replayed", &ReplayBackend::calls_replayed)
+        .def_property_readonly("calls_recorded", &ReplayBackend::calls_recorded);
+}
+
 }  // namespace
 
 std::shared_ptr<ModelBackend> as_backend(const py::object& obj) {
@@ -188,6 +270,7 @@ void bind_backend(py::module_& m) {
                 b.set_state(slot, static_cast<const float*>(a.data()));
             },
             py::arg("slot"), py::arg("state"), "Overwrite one slot's whole state (float32[state_size]).");
+    bind_tape(m);
     m.def(
         "as_backend", [](const py::object& obj) { return as_backend(obj); }, py::arg("model"),
         "The ModelBackend the engine steps for `model`: itself when compiled, else an adapter that calls "

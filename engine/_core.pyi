@@ -165,6 +165,52 @@ class CudaSsmModel(ModelBackend):
     @property
     def rows_per_block(self) -> int:
         ...
+class PredictionTape:
+    """
+    Every call a RecordingBackend saw in one run: rows per call, their slots and the model's outputs (csrc/tape_backend.hpp). Pickles as its arrays.
+    """
+    def __init__(self, n_features: int, counts: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
+        ...
+    @property
+    def n_features(self) -> int:
+        ...
+    @property
+    def n_outputs(self) -> int:
+        ...
+    @property
+    def n_calls(self) -> int:
+        ...
+    @property
+    def counts(self) -> np.ndarray:
+        ...
+    @property
+    def slots(self) -> np.ndarray:
+        ...
+    @property
+    def out(self) -> np.ndarray:
+        ...
+class RecordingBackend(ModelBackend):
+    """
+    Wraps a backend for one run and records every step call (slots and outputs) into a PredictionTape.
+    """
+    def __init__(self, inner: Any) -> None:
+        ...
+    def tape(self) -> PredictionTape:
+        """
+        The tape of the run so far (a fresh run, i.e. resize, starts a new one).
+        """
+class ReplayBackend(ModelBackend):
+    """
+    Hands a PredictionTape's outputs back call by call; RuntimeError on the first call that differs from the recording. variants: rows per instrument in the recording (MC dropout); variant: the one to replay (the run steps one row per instrument), or -1 for every row as recorded.
+    """
+    def __init__(self, tape: PredictionTape, variants: int = 1, variant: int = -1) -> None:
+        ...
+    @property
+    def calls_replayed(self) -> int:
+        ...
+    @property
+    def calls_recorded(self) -> int:
+        ...
 class Conflator:
     """
     One snapshot per instrument per interval; see csrc/conflator.hpp.

@@ -150,8 +150,15 @@ class Engine:
     loop alone, without the source and conflator.
     """
 
-    def __init__(self, config: BacktestConfig, instruments: InstrumentTable, strategy: AnyStrategy | None) -> None:
+    def __init__(self, config: BacktestConfig, instruments: InstrumentTable, strategy: AnyStrategy | None, *,
+                 model_backend: Any = None, record: bool = False) -> None:
+        """``model_backend``: a backend object to step instead of building ``config.backend`` (a
+        ReplayBackend of a recorded run, say); the model file still gives the normalizer. ``record``:
+        load the model even if the strategy needs none and record every step call (``recording``)."""
         c = config
+        self.model_backend = model_backend
+        self.record = record
+        self.recording: Any = None  # the RecordingBackend of a run with record=True
         self.config = c
         self.instruments = instruments
         self.core = _core.Backtester(
@@ -194,9 +201,14 @@ class Engine:
             )
         norm = m.normalizer
         variants = max(self.config.mc_samples, 1)
-        backend = make_backend(self.config.backend, m, max(len(self.instruments), 1) * variants)
-        if self.config.mc_dropout:
-            self._set_dropout(backend, m)
+        if self.model_backend is not None:
+            backend = self.model_backend
+        else:
+            backend = make_backend(self.config.backend, m, max(len(self.instruments), 1) * variants)
+            if self.config.mc_dropout:
+                self._set_dropout(backend, m)
+        if self.record:
+            backend = self.recording = _core.RecordingBackend(backend)
         self.core.set_model(
             backend,
             mean=np.asarray(norm.mean),
@@ -224,7 +236,7 @@ class Engine:
     def _start(self) -> None:
         n = max(len(self.instruments), 1)
         spec = None if self.strategy is not None else builtin_spec(self.config.strategy, self.config.strategy_params)
-        self._load_model(needed=spec is not None and spec.needs_model)
+        self._load_model(needed=self.record or self.model_backend is not None or (spec is not None and spec.needs_model))
         if self.strategy is not None:
             self.core.set_python_strategy()
             if isinstance(self.host, PortfolioHost):
@@ -332,20 +344,37 @@ def whole_batches(stream: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[in
     yield 0, held
 
 
+def record_predictions(source: QuoteSource, config: BacktestConfig) -> _core.PredictionTape:
+    """Every model step of a run over ``source`` under ``config`` (its model, backend, interval,
+    resets and MC-dropout settings; its strategy does not matter: the model sees the same ticks
+    whatever the orders): the tape that ``run_backtest(..., model_backend=ReplayBackend(tape))``
+    replays into any number of strategy configurations without stepping the model again."""
+    config = msgspec.structs.replace(config, strategy="none", strategy_params={})
+    engine = Engine(config, source.instruments, None, record=True)
+    for _, ticks in stream_ticks(source, config.interval):
+        engine.run(ticks)
+    engine.core.finish()
+    if engine.recording is None:  # no tick ever started the engine
+        raise ValueError("record_predictions: the source had no ticks; nothing to record")
+    return engine.recording.tape()
+
+
 def run_backtest(
     source: QuoteSource,
     config: BacktestConfig | None = None,
     *,
     strategy: AnyStrategy | None = None,
     on_progress: Callable[[int], None] | None = None,
+    model_backend: Any = None,
 ) -> BacktestResult:
     """Replay ``source`` through the engine. ``strategy`` (a Python Strategy or PortfolioStrategy)
-    overrides ``config.strategy``; otherwise a name that is not a built-in is imported as module:Class."""
+    overrides ``config.strategy``; otherwise a name that is not a built-in is imported as module:Class.
+    ``model_backend`` steps instead of ``config.backend`` (see ``Engine``)."""
     config = config or BacktestConfig()
     if strategy is None and not is_builtin(config.strategy):
         strategy = load_strategy(config.strategy, config.strategy_params)
     strategy_name = strategy.name if strategy is not None else config.strategy
-    engine = Engine(config, source.instruments, strategy)
+    engine = Engine(config, source.instruments, strategy, model_backend=model_backend)
 
     t0 = time.perf_counter()
     quotes_in = ticks = 0

@@ -16,7 +16,8 @@ from engine import _core
 
 STUB = Path(__file__).resolve().parents[1] / "engine" / "_core.pyi"
 # pybind11's own plumbing, not the API.
-IGNORED = {"_pybind11_conduit_v1_", "__init__", "__repr__", "__doc__", "__module__", "__dict__", "__weakref__"}
+IGNORED = {"_pybind11_conduit_v1_", "__init__", "__repr__", "__doc__", "__module__", "__dict__", "__weakref__",
+           "__getstate__", "__setstate__"}  # the last two: pickle support (py::pickle), not API
 # Names only some builds export, and the build that does: the stub names them always, and where the
 # module has them they are held to the stub like every other name.
 BUILD_DEPENDENT = {"CudaSsmModel": "NEXTICK_CUDA=ON (make core-cuda)"}
