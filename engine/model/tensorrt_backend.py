@@ -201,6 +201,10 @@ class TensorRTBackend:
         self._alloc(n_slots, keep=False)
         self._cap = 0
         self._bound = -1
+        # Stream-ordered time of the host<->device copies and of the rest of each step (gather, engine,
+        # scatter), summed while ``profile`` is on: the bench's host<->device share.
+        self.profile = False
+        self.copy_ms = self.compute_ms = 0.0
 
     n_features = property(lambda self: self.config.n_features)
     n_outputs = property(lambda self: self.config.n_out)
@@ -234,13 +238,18 @@ class TensorRTBackend:
         cp = self._cp
         m = len(slots)
         self._grow(m)
+        events = [cp.cuda.Event() for _ in range(4)] if self.profile else None
         with self._stream:
+            if events:
+                events[0].record(self._stream)
             self._h_x[:m] = x
             self._h_reset[:m] = reset
             self._h_slots[:m] = slots
             self._d_x[:m].set(self._h_x[:m], stream=self._stream)
             self._d_reset[:m].set(self._h_reset[:m], stream=self._stream)
             self._d_slots[:m].set(self._h_slots[:m], stream=self._stream)
+            if events:
+                events[1].record(self._stream)
             idx = self._d_slots[:m]
             for pool, s_in in zip(self._pool, self._d_in):
                 cp.take(pool, idx, axis=0, out=s_in[:m])
@@ -250,8 +259,16 @@ class TensorRTBackend:
                 raise RuntimeError("TensorRT failed to run the step")
             for pool, s_out in zip(self._pool, self._d_out):
                 pool[idx] = s_out[:m]
+            if events:
+                events[2].record(self._stream)
             self._d_y[:m].get(stream=self._stream, out=self._h_y[:m])
+            if events:
+                events[3].record(self._stream)
         self._stream.synchronize()
+        if events:
+            t = cp.cuda.get_elapsed_time
+            self.copy_ms += t(events[0], events[1]) + t(events[2], events[3])
+            self.compute_ms += t(events[1], events[2])
         return self._h_y[:m]
 
     def _bind(self, m: int) -> None:
