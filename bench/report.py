@@ -224,7 +224,7 @@ class Section:
 
 SUITE_TITLES = {
     "ssm_step": "SSM step (C++ kernel vs torch and ONNX Runtime)",
-    "ssm_precision": "SSM decisions: fp16 matrices (the CUDA fp16 backend's arithmetic) vs fp32",
+    "ssm_precision": "SSM decisions: fp16 matrices (the CUDA fp16 backend's arithmetic) and bf16 weights vs fp32",
     "ssm_vs_transformer": "SSM O(1) step vs Transformer O(L) window",
     "e2e_loopback": "End to end over loopback (exchange simulator -> paper trader)",
     "backtest": "Backtest loop throughput",
@@ -350,12 +350,14 @@ def _ssm_step(r: dict[str, Any], sec: Section) -> None:
 def _ssm_precision(r: dict[str, Any], sec: Section) -> None:
     if "fp32" not in r:
         return
-    sec.note = "; ".join(x for x in [sec.note, r.get("market", ""), "fp16: " + ", ".join(r.get("matrices_in_fp16", []))] if x)
-    rows = [[name, r[name]["orders"], r[name]["total_return"], r[name]["fills_sha256"][:12]] for name in ("fp32", "fp16")]
-    sec.tables.append(Table("The demo's orders by precision", ["precision", "orders", "total return", "fills SHA-256"], rows))
-    sec.tables.append(Table("Orders (decision time, instrument, side) that differ",
-                            ["in both", "only fp32", "only fp16"],
-                            [[r["orders_common"], r["orders_only_fp32"], r["orders_only_fp16"]]]))
+    names = [k for k, v in r.items() if isinstance(v, dict) and "orders_common" in v]
+    sec.note = "; ".join(x for x in [sec.note, r.get("market", ""), "rounded: " + ", ".join(r.get("matrices", []))] if x)
+    rows = [["fp32", r["fp32"]["orders"], r["fp32"]["total_return"], r["fp32"]["fills_sha256"][:12], "", "", "", ""]]
+    rows += [[n, r[n]["orders"], r[n]["total_return"], r[n]["fills_sha256"][:12], r[n]["orders_common"],
+              r[n]["orders_only_fp32"], r[n]["orders_only_here"], r[n]["output_rel_err"]] for n in names]
+    sec.tables.append(Table("The demo's orders by precision (orders as decision time, instrument, side)",
+                            ["precision", "orders", "total return", "fills SHA-256", "in both", "only fp32",
+                             "only this precision", "output rel. error"], rows))
 
 
 def _ssm_vs_transformer(r: dict[str, Any], sec: Section) -> None:

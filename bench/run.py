@@ -339,41 +339,65 @@ def _ssm_cuda(torch, model, batches: list[int], quick: bool, device: str = "cuda
 FP16_MATRICES = ("encoder.weight", "in_proj.weight", "out_proj.weight", "head.weight")
 
 
+def bf16_round(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest, ties to even) and back: what a bf16 matvec reads."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+# How each reduced precision rounds the four matrices. fp16 is exactly the `cuda-fp16` backend's
+# arithmetic; bf16 rounds only the weights, a lower bound on what a bf16 CPU matvec (vdpbf16ps,
+# which also rounds the activations) would move (bench/cpp/matvec_bf16.cpp times that product).
+PRECISIONS = {"fp16": lambda v: v.astype(np.float16).astype(np.float32), "bf16 (weights only)": bf16_round}
+
+
 def suite_ssm_precision(*, quick: bool, print_fn: PrintFn) -> dict[str, Any]:
-    """The demo's decisions with the fp16 backend's arithmetic against fp32, run on the CPU: the
+    """The demo's decisions with reduced-precision matrices against fp32, run on the CPU: the
     `cuda-fp16` backend computes the CPU kernel's bits on the four matrices rounded to binary16
     (the rest in fp32), so the CPU kernel on those rounded weights makes its decisions without a
-    GPU. Counts the orders (decision time, instrument, side) that differ."""
+    GPU; bf16 is measured the same way for its weights. Counts the orders (decision time,
+    instrument, side) that differ, and the largest relative error of the outputs."""
     import tempfile
 
     from engine.backtest import BacktestConfig, run_backtest
+    from engine.model.onnx_backend import relative_error
     from engine.model.weights import load_model, save_model
     from feeds.dataset import QuoteDataset
     from feeds.synthetic import SyntheticConfig, SyntheticMarket
 
     model = load_model()
-    rounded = {k: v.astype(np.float16).astype(np.float32) if k.endswith(FP16_MATRICES) else v for k, v in model.tensors.items()}
     market = SyntheticConfig(seed=7, n_instruments=3, n_sessions=1 if quick else 5, alpha_strength=3.0)
     data = QuoteDataset.read(SyntheticMarket(market))
-    with tempfile.TemporaryDirectory(prefix="nextick-bench-") as folder:
-        path = Path(folder) / "fp16.safetensors"
-        save_model(path, rounded, model.config, model.normalizer, model.signal)
-        runs = {name: run_backtest(data.source(), BacktestConfig(strategy="ssm", model=m))
-                for name, m in (("fp32", None), ("fp16", str(path)))}
+    base = run_backtest(data.source(), BacktestConfig(strategy="ssm"))
 
     def orders(r) -> set[tuple[int, int, int]]:
         return {(int(f["decision_ts"]), int(f["instrument"]), int(np.sign(f["sz"]))) for f in r.fills}
 
-    a, b = orders(runs["fp32"]), orders(runs["fp16"])
+    a = orders(base)
     out: dict[str, Any] = {
         "market": f"synthetic seed 7, 3 instruments, {market.n_sessions} sessions, alpha strength 3, 1 s ticks (the demo's)",
-        "matrices_in_fp16": list(FP16_MATRICES),
-        "fp32": {"orders": len(a), "fills_sha256": runs["fp32"].fill_hash(), "total_return": runs["fp32"].metrics.total_return},
-        "fp16": {"orders": len(b), "fills_sha256": runs["fp16"].fill_hash(), "total_return": runs["fp16"].metrics.total_return},
-        "orders_only_fp32": len(a - b), "orders_only_fp16": len(b - a), "orders_common": len(a & b),
+        "matrices": list(FP16_MATRICES),
+        "fp32": {"orders": len(a), "fills_sha256": base.fill_hash(), "total_return": base.metrics.total_return},
     }
-    print_fn(f"  fp16 matrices vs fp32 on the demo market: {len(a & b):,} orders in common, {len(a - b)} only in fp32, "
-             f"{len(b - a)} only in fp16; total return {out['fp32']['total_return']:+.4%} vs {out['fp16']['total_return']:+.4%}")
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((8, model.config.n_features)).astype(np.float32) for _ in range(64 if quick else 256)]
+    for name, rounding in PRECISIONS.items():
+        rounded = {k: rounding(v) if k.endswith(FP16_MATRICES) else v for k, v in model.tensors.items()}
+        with tempfile.TemporaryDirectory(prefix="nextick-bench-") as folder:
+            path = Path(folder) / "rounded.safetensors"
+            save_model(path, rounded, model.config, model.normalizer, model.signal)
+            run = run_backtest(data.source(), BacktestConfig(strategy="ssm", model=str(path)))
+            low, full = load_model(path).core_model(8), model.core_model(8)
+        slots, no_reset = np.arange(8, dtype=np.int32), np.zeros(8, np.uint8)
+        err = max(relative_error(low.step(slots, x, no_reset), full.step(slots, x, no_reset)) for x in xs)
+        b = orders(run)
+        out[name] = {"orders": len(b), "fills_sha256": run.fill_hash(), "total_return": run.metrics.total_return,
+                     "orders_only_fp32": len(a - b), "orders_only_here": len(b - a), "orders_common": len(a & b),
+                     "output_rel_err": err}
+        print_fn(f"  {name} matrices vs fp32 on the demo market: {len(a & b):,} orders in common, {len(a - b)} only in "
+                 f"fp32, {len(b - a)} only in {name}; total return {base.metrics.total_return:+.4%} vs "
+                 f"{run.metrics.total_return:+.4%}; outputs within {err:.1e} (relative)")
     return out
 
 

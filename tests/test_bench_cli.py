@@ -22,7 +22,7 @@ from bench.report import (
 from bench.run import PEERS_HINT, SUITES
 
 # what each suite's results hold when it ran
-RESULT_KEYS = {"ssm_step": "batches", "ssm_precision": "orders_common", "ssm_vs_transformer": "rows", "e2e_loopback": "runs", "backtest": "rows", "peers": "engines"}
+RESULT_KEYS = {"ssm_step": "batches", "ssm_precision": "fp32", "ssm_vs_transformer": "rows", "e2e_loopback": "runs", "backtest": "rows", "peers": "engines"}
 
 
 @pytest.fixture(scope="module")
