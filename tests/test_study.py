@@ -7,11 +7,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine.domain.timestamps import SECOND_NS
-from engine.study._inputs import StudyInputError
+from engine.study._inputs import StudyInputError, rf_daily
+from engine.study.pml import fit_free_line, fit_pml, rolling_pml
 from engine.study.risk import decompose
 
 
@@ -116,3 +117,124 @@ def test_drop_days_leaves_the_day_out_for_every_variant_of_that_configuration():
 def test_decompose_rejects_bad_input_naming_the_argument(returns, kwargs, match):
     with pytest.raises(ValueError, match=match):
         decompose(returns, **kwargs)
+
+
+# --- PML ----------------------------------------------------------------------------------------
+
+
+def test_fit_pml_matches_a_hand_computation():
+    # x = priced std, y = excess mean: x = 1, 2, 3, 4 and y = 1, 3, 2, 5 (rf added back below).
+    # slope = sum(xy) / sum(x^2) = (1 + 6 + 6 + 20) / 30 = 1.1
+    # residuals = y - 1.1 x = -0.1, 0.8, -1.3, 0.6; SSE = 0.01 + 0.64 + 1.69 + 0.36 = 2.70
+    # s2 = 2.70 / (4 - 1) = 0.9; se = sqrt(0.9 / 30) = sqrt(0.03)
+    # mean y = 2.75; SST = 1.75^2 + 0.25^2 + 0.75^2 + 2.25^2 = 8.75; R^2 = 1 - 2.70 / 8.75
+    y = np.array([1.0, 3.0, 2.0, 5.0])
+    fit = fit_pml(y + RF_DAILY, [1.0, 2.0, 3.0, 4.0], rf_annual=0.05, days_per_year=252)
+    assert fit.slope == pytest.approx(1.1, rel=1e-12)
+    assert fit.slope_se == pytest.approx(math.sqrt(0.03), rel=1e-12)
+    assert fit.t_stat == pytest.approx(1.1 / math.sqrt(0.03), rel=1e-12)
+    assert fit.r2 == pytest.approx(1 - 2.70 / 8.75, rel=1e-12)
+    assert fit.intercept_daily == pytest.approx(RF_DAILY, rel=1e-15)
+    assert fit.n == 4
+    assert fit.residuals == pytest.approx((-0.1, 0.8, -1.3, 0.6), abs=1e-12)
+
+
+def test_fit_pml_agrees_with_statsmodels_through_the_origin(sm):
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.002, 0.03, 25)
+    y = RF_DAILY + 0.1 * x + rng.normal(0, 0.001, 25)
+    fit = fit_pml(y, x)
+    ref = sm.OLS(y - RF_DAILY, x[:, None]).fit()
+    assert fit.slope == pytest.approx(ref.params[0], rel=1e-10)
+    assert fit.slope_se == pytest.approx(ref.bse[0], rel=1e-10)
+
+
+def test_r2_of_the_line_through_rf_can_be_negative():
+    # Excess means 5, 5, 6 at x = 1, 2, 3: a line through the origin misses them badly, a flat line
+    # at their mean does not.
+    fit = fit_pml(np.array([5.0, 5.0, 6.0]) + RF_DAILY, [1.0, 2.0, 3.0])
+    assert fit.r2 < 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(1e-4, 0.1), min_size=2, max_size=30),
+    st.floats(0.01, 5.0) | st.floats(-5.0, -0.01),
+    st.floats(0.0, 0.2),
+)
+def test_points_on_a_line_through_rf_give_its_slope_and_r2_one(x, slope, rf_annual):
+    x = np.array(x)
+    assume(np.ptp(x) > 1e-3)
+    y = rf_daily(rf_annual, 252) + slope * x
+    fit = fit_pml(y, x, rf_annual=rf_annual)
+    assert fit.slope == pytest.approx(slope, rel=1e-9)
+    assert fit.r2 == pytest.approx(1.0, abs=1e-9)
+    assert fit.slope_se == pytest.approx(0.0, abs=1e-9 * abs(slope))
+
+
+def test_fit_free_line_agrees_with_statsmodels(sm):
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0.002, 0.03, 20)
+    y = 0.0005 + 0.1 * x + rng.normal(0, 0.001, 20)
+    line = fit_free_line(y, x)
+    ref = sm.OLS(y, sm.add_constant(x)).fit()
+    assert (line.intercept_daily, line.slope) == pytest.approx(tuple(ref.params), rel=1e-10)
+    assert (line.intercept_se, line.slope_se) == pytest.approx(tuple(ref.bse), rel=1e-10)
+    assert line.r2 == pytest.approx(ref.rsquared, rel=1e-10)
+    assert line.n == 20
+
+
+def test_degenerate_fits_are_nan_not_errors():
+    riskless = fit_pml([0.001, 0.002], [0.0, 0.0])
+    assert math.isnan(riskless.slope) and math.isnan(riskless.r2)
+    one = fit_pml([0.01], [0.02])
+    assert one.slope == pytest.approx((0.01 - RF_DAILY) / 0.02)
+    assert math.isnan(one.slope_se) and math.isnan(one.t_stat)
+    flat = fit_free_line([0.001, 0.002, 0.003], [0.01, 0.01, 0.01])
+    assert math.isnan(flat.slope)
+
+
+@pytest.mark.parametrize(
+    "mean, std, kwargs, match",
+    [
+        ([0.1, 0.2], [0.1], {}, r"mean_daily has shape \(2,\) but priced_std has \(1,\)"),
+        ([], [], {}, r"mean_daily is empty"),
+        ([0.1], [-0.1], {}, r"priced_std must be finite and >= 0: priced_std\[0\]"),
+        ([np.nan], [0.1], {}, r"mean_daily must be finite"),
+        ([[0.1]], [0.1], {}, r"mean_daily must be 1-D"),
+        ([0.1], [0.1], {"rf_annual": -2.0}, r"rf_annual must be"),
+        ([0.1], [0.1], {"days_per_year": 0}, r"days_per_year must be"),
+    ],
+)
+def test_fit_pml_rejects_bad_input_naming_the_argument(mean, std, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_pml(mean, std, **kwargs)
+
+
+def test_rolling_pml_refits_each_whole_window():
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.005, 0.02, 6)
+    r = 0.1 * p[:, None, None] + p[:, None, None] * rng.standard_normal((6, 3, 11))
+    labels = [f"2024-01-{d:02d}" for d in range(1, 12)]
+    windows = rolling_pml(r, labels, window_days=4, step_days=3)
+    # starts 0, 3, 6; a window starting at 9 would need days 9..12 and is left out
+    assert [(w.start_day, w.end_day) for w in windows] == [
+        ("2024-01-01", "2024-01-04"), ("2024-01-04", "2024-01-07"), ("2024-01-07", "2024-01-10")]
+    for w, start in zip(windows, (0, 3, 6)):
+        d = decompose(r[:, :, start : start + 4])
+        fit = fit_pml(d.mean_daily_return, d.priced_std)
+        assert (w.slope, w.slope_se, w.r2) == (fit.slope, fit.slope_se, fit.r2)
+
+
+@pytest.mark.parametrize(
+    "labels, window, step, match",
+    [
+        (range(4), 2, 1, r"day_labels has 4 labels but returns_by_config_variant_day has 5 days"),
+        (range(5), 6, 1, r"window_days = 6 is longer than the 5 days"),
+        (range(5), 0, 1, r"window_days must be a positive integer"),
+        (range(5), 2, 1.5, r"step_days must be a positive integer"),
+    ],
+)
+def test_rolling_pml_rejects_bad_windows(labels, window, step, match):
+    with pytest.raises(ValueError, match=match):
+        rolling_pml(np.zeros((2, 2, 5)), labels, window, step)
