@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from engine.domain.timestamps import SECOND_NS
 from engine.study._inputs import StudyInputError, rf_daily
+from engine.study.capm import capm, market_proxy_daily, newey_west_lags
 from engine.study.pml import fit_free_line, fit_pml, rolling_pml
 from engine.study.risk import decompose
 
@@ -238,3 +239,98 @@ def test_rolling_pml_refits_each_whole_window():
 def test_rolling_pml_rejects_bad_windows(labels, window, step, match):
     with pytest.raises(ValueError, match=match):
         rolling_pml(np.zeros((2, 2, 5)), labels, window, step)
+
+
+# --- CAPM ---------------------------------------------------------------------------------------
+
+
+def _series(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    market = rng.normal(0.0004, 0.01, n)
+    noise = np.convolve(rng.normal(0, 0.004, n + 2), [1.0, 0.6, 0.3])[2 : n + 2]  # autocorrelated errors
+    return 0.0003 + 0.7 * market + noise, market
+
+
+def test_capm_alpha_and_beta_equal_least_squares_on_excess_returns(sm):
+    strategy, market = _series(120, 6)
+    out = capm(strategy, market)
+    design = np.column_stack([np.ones(120), market - RF_DAILY])
+    (alpha, beta), *_ = np.linalg.lstsq(design, strategy - RF_DAILY, rcond=None)
+    assert out.alpha_daily == pytest.approx(alpha, rel=1e-9)
+    assert out.beta == pytest.approx(beta, rel=1e-9)
+    assert out.n == 120 and out.lags == newey_west_lags(120) == 4
+
+
+def test_capm_standard_errors_equal_a_hand_written_newey_west(sm):
+    strategy, market = _series(30, 7)
+    lags = 3
+    out = capm(strategy, market, maxlags=lags, rf_annual=0.0)
+    # Newey-West by hand: S = sum_t u_t^2 x_t x_t' + sum_l w_l sum_t u_t u_{t-l} (x_t x_{t-l}' + x_{t-l} x_t'),
+    # w_l = 1 - l / (L + 1) (Bartlett); V = (X'X)^-1 S (X'X)^-1 * T / (T - 2) (small-sample factor).
+    t_n = 30
+    xs = [np.array([1.0, m]) for m in market]
+    xtx = sum(np.outer(x, x) for x in xs)
+    coef = np.linalg.solve(xtx, sum(x * y for x, y in zip(xs, strategy)))
+    u = [y - float(x @ coef) for x, y in zip(xs, strategy)]
+    s = sum(u[t] ** 2 * np.outer(xs[t], xs[t]) for t in range(t_n))
+    for lag in range(1, lags + 1):
+        w = 1.0 - lag / (lags + 1)
+        for t in range(lag, t_n):
+            g = u[t] * u[t - lag] * np.outer(xs[t], xs[t - lag])
+            s = s + w * (g + g.T)
+    inv = np.linalg.inv(xtx)
+    cov = inv @ s @ inv * t_n / (t_n - 2)
+    alpha_se, beta_se = math.sqrt(cov[0, 0]), math.sqrt(cov[1, 1])
+    assert out.alpha_se == pytest.approx(alpha_se, rel=1e-9)
+    assert out.beta_se == pytest.approx(beta_se, rel=1e-9)
+    assert out.alpha_t == pytest.approx(coef[0] / alpha_se, rel=1e-9)
+    assert out.beta_t == pytest.approx(coef[1] / beta_se, rel=1e-9)
+    assert out.lags == 3
+
+
+def test_newey_west_lag_rule():
+    # floor(4 (T / 100)^(2/9)): 4 (0.3)^0.222 = 3.07 -> 3; 4 (2.52)^0.222 = 4.91 -> 4; T = 100 -> 4
+    assert [newey_west_lags(n) for n in (30, 252, 100)] == [3, 4, 4]
+
+
+def test_capm_on_a_flat_market_is_nan(sm):
+    out = capm([0.01, 0.02, 0.0, 0.01], [0.001] * 4)
+    assert math.isnan(out.beta) and math.isnan(out.alpha_t) and out.n == 4
+
+
+@pytest.mark.parametrize(
+    "strategy, market, kwargs, match",
+    [
+        ([0.1] * 4, [0.1] * 3, {}, r"strategy_daily has shape \(4,\) but market_daily has \(3,\)"),
+        ([0.1, 0.2], [0.1, 0.3], {}, r"strategy_daily has 2 days; the CAPM needs at least 3"),
+        ([0.1, 0.2, 0.3], [0.1, np.nan, 0.2], {}, r"market_daily must be finite: market_daily\[1\]"),
+        ([0.1, 0.2, 0.3], [0.1, 0.0, 0.2], {"maxlags": 3}, r"maxlags must be an integer in \[0, 2\]"),
+        ([0.1, 0.2, 0.3], [0.1, 0.0, 0.2], {"maxlags": 1.0}, r"maxlags must be an integer"),
+    ],
+)
+def test_capm_rejects_bad_input_naming_the_argument(strategy, market, kwargs, match, sm):
+    with pytest.raises(ValueError, match=match):
+        capm(strategy, market, **kwargs)
+
+
+def test_market_proxy_is_the_equal_weighted_simple_return():
+    # Instrument A: 100 -> 110 -> 99 (+10%, -10%); B: 50 -> 50 -> 55 (0%, +10%).
+    mids = [[100.0, 110.0, 99.0], [50.0, 50.0, 55.0]]
+    assert market_proxy_daily(mids) == pytest.approx([0.05, 0.0], abs=1e-15)
+    # B has no close on day 1: both of its returns drop out, A's stand alone.
+    mids = [[100.0, 110.0, 99.0], [50.0, np.nan, 55.0]]
+    assert market_proxy_daily(mids) == pytest.approx([0.1, -0.1], abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    "mids, match",
+    [
+        ([100.0, 101.0], r"mids_by_instrument_day must be 2-D"),
+        ([[100.0]], r"pass at least one instrument and two days"),
+        ([[100.0, 101.0], [100.0, -1.0]], r"must be finite and > 0: mids_by_instrument_day\[1, 1\] = -1.0"),
+        ([[100.0, np.nan, 101.0]], r"no instrument has closes on both day 0 and day 1"),
+    ],
+)
+def test_market_proxy_rejects_bad_mids(mids, match):
+    with pytest.raises(ValueError, match=match):
+        market_proxy_daily(mids)
