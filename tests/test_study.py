@@ -10,9 +10,15 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from engine.domain.timestamps import SECOND_NS
+from engine.domain.timestamps import MINUTE_NS, MS_NS, SECOND_NS
 from engine.study._inputs import StudyInputError, rf_daily
 from engine.study.capm import capm, market_proxy_daily, newey_west_lags
+from engine.study.decay import (
+    RESOLUTIONS_NS,
+    lag_profile,
+    resample_bars,
+    resolution_label,
+)
 from engine.study.pml import fit_free_line, fit_pml, rolling_pml
 from engine.study.risk import decompose
 
@@ -334,3 +340,143 @@ def test_market_proxy_is_the_equal_weighted_simple_return():
 def test_market_proxy_rejects_bad_mids(mids, match):
     with pytest.raises(ValueError, match=match):
         market_proxy_daily(mids)
+
+
+# --- decay --------------------------------------------------------------------------------------
+
+
+def _planted_signal(n_instruments: int = 3, n_bars: int = 1500, res: int = SECOND_NS, seed: int = 8):
+    """One tick per bar, two segments per instrument; pred_mid is the mid moved by the next bar's
+    return, so the surprise at t is r_{t+1} exactly (independent noise on each segment's last bar)."""
+    rng = np.random.default_rng(seed)
+    cols = {k: [] for k in ("ts", "inst", "mid", "pred", "seg")}
+    for i in range(n_instruments):
+        for s in range(2):
+            start = T0 + (i * 7 + s * (n_bars + 50)) * res  # a gap between the segments
+            ret = rng.normal(0, 1e-4, n_bars)
+            mid = 100.0 * (1 + s) * np.exp(np.cumsum(ret))
+            nxt = np.append(ret[1:], rng.normal(0, 1e-4))
+            cols["ts"].append(start + np.arange(n_bars) * res + res // 3)
+            cols["inst"].append(np.full(n_bars, i))
+            cols["mid"].append(mid)
+            cols["pred"].append(mid * np.exp(nxt))
+            cols["seg"].append(np.full(n_bars, 10 * i + s))
+    arrs = {k: np.concatenate(v) for k, v in cols.items()}
+    order = np.argsort(arrs["ts"], kind="stable")  # instruments interleave in time, as a stream does
+    return tuple(arrs[k][order] for k in ("ts", "inst", "mid", "pred", "seg"))
+
+
+def test_a_signal_built_from_the_next_return_peaks_at_lag_plus_one():
+    ts, inst, mid, pred, seg = _planted_signal()
+    prof = lag_profile(ts, inst, mid, pred, seg, RESOLUTIONS_NS["1s"])
+    corr = dict(zip(prof.lags, prof.corr))
+    assert prof.lags == tuple(range(-5, 6))
+    assert corr[1] == pytest.approx(1.0, abs=1e-3)
+    assert max(corr, key=corr.get) == 1
+    assert all(abs(corr[k]) < 0.06 for k in range(-5, 1))  # ~ 1 / sqrt(9000) noise
+    assert prof.n_instruments == 3 and prof.n_skipped == 0
+    # pairs per lag: 2 segments x (1500 - 1) returns, less |k| at segment edges (k >= 1: k - 1)
+    n = dict(zip(prof.lags, prof.n_bars))
+    assert n[1] == 3 * 2 * 1499 and n[-2] == 3 * 2 * (1499 - 2) and n[3] == 3 * 2 * (1499 - 2)
+
+
+def test_the_signal_peak_shows_at_a_coarser_resolution_as_lag_one_only_in_part():
+    # At 5 s bars the next 1 s return is one fifth of the next bar: still the peak at +1, weaker.
+    ts, inst, mid, pred, seg = _planted_signal()
+    prof = lag_profile(ts, inst, mid, pred, seg, 5 * SECOND_NS)
+    corr = dict(zip(prof.lags, prof.corr))
+    assert max(corr, key=corr.get) == 1 and 0.2 < corr[1] < 0.8
+
+
+def test_an_instrument_with_too_few_bars_is_skipped_and_counted():
+    ts, inst, mid, pred, seg = _planted_signal(n_instruments=2)
+    keep = ~((inst == 1) & (seg == 11))
+    short = (inst == 1) & (seg == 10)
+    keep &= ~short | (np.cumsum(short) <= 20)  # instrument 1 keeps 20 bars
+    prof = lag_profile(ts[keep], inst[keep], mid[keep], pred[keep], seg[keep], SECOND_NS)
+    assert (prof.n_instruments, prof.n_skipped) == (1, 1)
+    only0 = inst == 0
+    alone = lag_profile(ts[only0], inst[only0], mid[only0], pred[only0], seg[only0], SECOND_NS)
+    assert prof.corr == alone.corr and prof.n_bars == alone.n_bars
+
+
+def test_bars_take_the_last_tick_carry_empty_bars_and_split_at_a_segment_change():
+    s = SECOND_NS
+    ts = np.array([T0 + 100 * MS_NS, T0 + 900 * MS_NS, T0 + 3 * s + 1, T0 + 3 * s + 5, T0 + 3 * s + 9])
+    mid = np.array([100.0, 101.0, 102.0, 50.0, 51.0])
+    pred = mid * 1.001
+    seg = np.array([1, 1, 1, 2, 2])
+    bars = resample_bars(ts, mid, pred, seg, s)
+    # segment 1: bars 0, 1, 2, 3 (1 and 2 carried); segment 2: bar 3 alone
+    assert bars.bar_start_ns.tolist() == [T0, T0 + s, T0 + 2 * s, T0 + 3 * s, T0 + 3 * s]
+    assert bars.segment_id.tolist() == [1, 1, 1, 1, 2]
+    assert bars.mid.tolist() == [101.0, 101.0, 101.0, 102.0, 51.0]
+    assert bars.carried.tolist() == [False, True, True, False, False]
+    np.testing.assert_allclose(bars.log_return, [np.nan, 0.0, 0.0, math.log(102 / 101), np.nan])
+    np.testing.assert_allclose(bars.surprise, math.log(1.001))
+
+
+tick_streams = st.lists(
+    st.tuples(st.integers(0, 3 * SECOND_NS), st.booleans(), st.floats(-0.005, 0.005)), min_size=1, max_size=60
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tick_streams, st.sampled_from([100 * MS_NS, SECOND_NS]))
+def test_bars_never_span_a_segment_boundary(steps, res):
+    # Each segment trades at its own price level, e^(10 k): a return across a boundary would be
+    # ~10 in log terms, one inside a segment is below 0.005 a tick.
+    ts, seg, mid = [], [], []
+    t, k, level = T0, 0, 0.0
+    for gap, reset, move in steps:
+        t += gap
+        if reset and ts:
+            k += 1
+            level = 10.0 * k
+        level += move
+        ts.append(t)
+        seg.append(k)
+        mid.append(math.exp(level))
+    ts, seg, mid = np.array(ts), np.array(seg), np.array(mid)
+    bars = resample_bars(ts, mid, mid, seg, res)
+    finite = np.isfinite(bars.log_return)
+    assert (np.abs(bars.log_return[finite]) < 0.005 * len(steps) + 1e-9).all()
+    # a return exists exactly where the previous bar is of the same segment, one width earlier
+    same = np.concatenate(([False], bars.segment_id[1:] == bars.segment_id[:-1]))
+    np.testing.assert_array_equal(finite, same)
+    assert (np.diff(bars.bar_start_ns)[same[1:]] == res).all()
+    # every bar shows the last tick of its segment at or before the bar's end
+    for b0, g, m in zip(bars.bar_start_ns, bars.segment_id, bars.mid):
+        mine = (seg == g) & (ts < b0 + res)
+        assert m == mid[np.flatnonzero(mine)[-1]]
+    # each segment's bars run from its first tick's bar to its last's
+    for g in np.unique(seg):
+        assert bars.bar_start_ns[bars.segment_id == g][0] == ts[seg == g][0] // res * res
+        assert bars.bar_start_ns[bars.segment_id == g][-1] == ts[seg == g][-1] // res * res
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"mid": np.ones((4, 1))}, r"mid must be 1-D"),
+        ({"pred_mid": np.ones(3)}, r"pred_mid has 3 entries but ts_ns has 4"),
+        ({"ts_ns": np.arange(4.0)}, r"ts_ns must be integers"),
+        ({"ts_ns": np.array([0, 2, 1, 3])}, r"ts_ns goes back in time of instrument 0: ts_ns\[2\] = 1 < ts_ns\[1\] = 2"),
+        ({"segment_id": np.array([0, 1, 0, 1])}, r"segment_id 0 of instrument 0 comes back"),
+        ({"mid": np.array([1.0, 0.0, 1.0, 1.0])}, r"mid must be finite and > 0: mid\[1\] = 0.0"),
+        ({"resolution_ns": 0}, r"resolution_ns must be a positive integer"),
+        ({"lags": [1, 1]}, r"lags must be distinct"),
+    ],
+)
+def test_lag_profile_rejects_bad_input_naming_the_argument(change, match):
+    args = {"ts_ns": np.arange(4), "instrument": np.zeros(4, np.int64), "mid": np.ones(4), "pred_mid": np.ones(4),
+            "segment_id": np.zeros(4, np.int64), "resolution_ns": 1}
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        lag_profile(**args)
+
+
+def test_resolution_labels():
+    assert [resolution_label(RESOLUTIONS_NS[k]) for k in ("100ms", "1s", "1min", "5min")] == ["100ms", "1s", "1min", "5min"]
+    assert RESOLUTIONS_NS["5min"] == 5 * MINUTE_NS
+    assert resolution_label(250 * MS_NS) == "250000000ns"
