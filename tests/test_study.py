@@ -3,14 +3,17 @@ decay and the study file. Hand computations are worked in the tests with plain a
 
 from __future__ import annotations
 
+import json
 import math
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine.domain.timestamps import MINUTE_NS, MS_NS, SECOND_NS
+from engine.study import io
 from engine.study._inputs import StudyInputError, rf_daily
 from engine.study.capm import capm, market_proxy_daily, newey_west_lags
 from engine.study.decay import (
@@ -480,3 +483,99 @@ def test_resolution_labels():
     assert [resolution_label(RESOLUTIONS_NS[k]) for k in ("100ms", "1s", "1min", "5min")] == ["100ms", "1s", "1min", "5min"]
     assert RESOLUTIONS_NS["5min"] == 5 * MINUTE_NS
     assert resolution_label(250 * MS_NS) == "250000000ns"
+
+
+# --- the study file -----------------------------------------------------------------------------
+
+
+def _model_study(seed: int) -> io.ModelStudy:
+    rng = np.random.default_rng(seed)
+    r = rng.normal(0.001, 0.01, (3, 2, 30))
+    d = decompose(r)
+    fit = fit_pml(d.mean_daily_return, d.priced_std)
+    strategy, market = _series(30, seed)
+    prof = lag_profile(*_planted_signal(n_instruments=1, n_bars=100), SECOND_NS)
+    return io.ModelStudy(
+        pml=io.pml_section(fit, d, ["a", "b", "c"]),
+        rolling_pml=rolling_pml(r, [f"d{k}" for k in range(30)], 10, 10),
+        capm=[io.capm_row("a", capm(strategy, market)), io.capm_row("b", capm(strategy, [0.0] * 30))],
+        decay=[io.decay_row(prof)],
+    )
+
+
+def test_the_study_file_round_trips_with_nan_as_null(tmp_path, sm):
+    models = {"ssm": _model_study(9), "ssm-small": _model_study(10)}
+    path = io.write_study_json(tmp_path / "study.json", models)
+    back = io.read_study_json(path)
+    assert (back.format, back.version, back.rf_annual) == ("nextick.study", 1, 0.05)
+    assert list(back.models) == ["ssm", "ssm-small"]
+    assert math.isnan(back.models["ssm"].capm[1].beta)  # a flat market: written null, read nan
+    enc = msgspec.json.encode  # nan -> null on both sides, so equal documents encode equal
+    assert enc(back.models) == enc(models)
+
+
+def test_the_study_file_has_the_published_schema(tmp_path, sm):
+    path = io.write_study_json(tmp_path / "study.json", {"ssm": _model_study(11)})
+    doc = json.loads(path.read_text())
+    assert list(doc) == ["format", "version", "rf_annual", "models"]
+    model = doc["models"]["ssm"]
+    assert list(model) == ["pml", "rolling_pml", "capm", "decay"]
+    assert list(model["pml"]) == ["slope", "slope_se", "t_stat", "intercept_daily", "r2", "n", "points"]
+    assert list(model["pml"]["points"][0]) == ["config_id", "mean_daily_return", "total_std", "priced_std", "epistemic_std"]
+    assert list(model["rolling_pml"][0]) == ["start_day", "end_day", "slope", "slope_se", "r2"]
+    assert [w["start_day"] for w in model["rolling_pml"]] == ["d0", "d10", "d20"]
+    assert list(model["capm"][0]) == ["config_id", "alpha_daily", "alpha_t", "beta", "beta_t", "n", "lags"]
+    assert model["capm"][1]["beta"] is None  # NaN is written as null
+    assert list(model["decay"][0]) == ["resolution", "lags", "corr"]
+    assert model["decay"][0]["resolution"] == "1s" and model["decay"][0]["lags"] == list(range(-5, 6))
+
+
+def test_reading_another_format_or_version_says_what_it_is(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"format": "nextick.summary", "version": 1}))
+    with pytest.raises(StudyInputError, match=r"not a study file: format is 'nextick.summary'"):
+        io.read_study_json(path)
+    path.write_text(json.dumps({"format": "nextick.study", "version": 2, "rf_annual": 0.05, "models": {}}))
+    with pytest.raises(StudyInputError, match=r"version 2; this nextick reads version 1"):
+        io.read_study_json(path)
+    path.write_text(json.dumps({"format": "nextick.study", "version": 1, "rf_annual": 0.05, "models": {"m": {}}}))
+    with pytest.raises(StudyInputError, match=r"pml"):
+        io.read_study_json(path)
+
+
+def test_pml_section_needs_one_id_per_configuration():
+    d = decompose(np.zeros((2, 1, 3)) + [[[0.0, 0.01, 0.02]]])
+    with pytest.raises(StudyInputError, match=r"config_ids has 1 ids but the decomposition has 2"):
+        io.pml_section(fit_pml(d.mean_daily_return, d.priced_std), d, ["only"])
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_the_pml_of_a_planted_market_recovers_its_sharpe_ratio(tmp_path):
+    # Configuration c earns rf + S * p_c on average, with a market shock of sd p_c shared by its
+    # variants and model noise of sd q_c that differs between variants (q independent of p).
+    rng = np.random.default_rng(0)
+    n_configs, n_variants, n_days, sharpe = 40, 8, 500, 0.15
+    p = rng.uniform(0.005, 0.02, n_configs)
+    q = rng.uniform(0.0, 0.03, n_configs)
+    r = (RF_DAILY + sharpe * p[:, None, None] + p[:, None, None] * rng.standard_normal((n_configs, 1, n_days))
+         + q[:, None, None] * rng.standard_normal((n_configs, n_variants, n_days)))
+    d = decompose(r)
+    fit = fit_pml(d.mean_daily_return, d.priced_std)
+    assert abs(fit.slope - sharpe) < 2 * fit.slope_se
+    assert fit.t_stat > 10
+    # Regressing on the total risk instead prices the model's noise as if the market paid for it:
+    # the slope is biased far below S.
+    naive = fit_pml(d.mean_daily_return, d.total_std)
+    assert sharpe - naive.slope > 5 * naive.slope_se
+    # The free line's intercept agrees with rf within its error: the line through rf describes it.
+    free = fit_free_line(d.mean_daily_return, d.priced_std)
+    assert abs(free.intercept_daily - RF_DAILY) < 3 * free.intercept_se
+    # The edge is steady through time: every half-year window finds S within a few errors.
+    windows = rolling_pml(r, range(n_days), window_days=125, step_days=125)
+    assert len(windows) == 4
+    assert all(abs(w.slope - sharpe) < 4 * w.slope_se for w in windows)
+    path = io.write_study_json(tmp_path / "study.json", {"planted": io.ModelStudy(io.pml_section(fit, d, [f"c{k}" for k in range(n_configs)]), windows)})
+    back = io.read_study_json(path).models["planted"]
+    assert back.pml.slope == fit.slope and back.pml.points[3].priced_std == d.priced_std[3]
