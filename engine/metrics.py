@@ -145,13 +145,22 @@ class JobsonKorkie(msgspec.Struct):
 
 
 def _float_array(x: ArrayLike, name: str, *, positive: bool = False, nonneg: bool = False) -> np.ndarray:
+    return float_array(x, name, positive=positive, nonneg=nonneg)
+
+
+def float_array(x: ArrayLike, name: str, *, ndim: int = 1, allow_nan: bool = False, positive: bool = False,
+                nonneg: bool = False, axes: str = "", error: type[ValueError] = MetricsInputError) -> np.ndarray:
+    """``x`` as a float64 array of ``ndim`` dimensions whose values are finite (NaN allowed where
+    ``allow_nan``), and > 0 or >= 0 where asked; else ``error`` naming ``name``, the first bad
+    index and value. ``axes`` says what the dimensions are, for the message (engine.study shares
+    this check with its own error class)."""
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise MetricsInputError(f"{name} must be a 1-D array of numbers: {exc}") from None
-    if arr.ndim != 1:
-        raise MetricsInputError(f"{name} must be 1-D, got shape {arr.shape}")
-    bad = ~np.isfinite(arr)
+        raise error(f"{name} must be a {ndim}-D array of numbers: {exc}") from None
+    if arr.ndim != ndim:
+        raise error(f"{name} must be {ndim}-D{f' ({axes})' if axes else ''}, got shape {arr.shape}")
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
     if positive:
         bad |= arr <= 0
         what = "finite and > 0"
@@ -161,8 +170,9 @@ def _float_array(x: ArrayLike, name: str, *, positive: bool = False, nonneg: boo
     else:
         what = "finite"
     if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise MetricsInputError(f"{name} must be {what}: {name}[{i}] = {arr[i]!r}")
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        at = ", ".join(str(k) for k in i)
+        raise error(f"{name} must be {what}: {name}[{at}] = {float(arr[i])!r}")
     return arr
 
 

@@ -4,7 +4,8 @@
     4  bench                            measures everything below
     3  engine.training, paper, ...      services that run the engine loop
     2  engine.backtest, engine.options  the engine loop; options -> its configuration
-    1  feeds, strategies, engine.model  the parts the loop is made of
+    1  feeds, strategies, engine.model  the parts the loop is made of; engine.metrics and
+                                        engine.study, the maths on what it produces
     0  engine.domain, engine._core      the vocabulary: quote, instrument, calendar, time, ...
 
 Every import counts, including those inside functions (a lazy import is still a dependency). A
@@ -30,6 +31,7 @@ FLOORS: dict[str, int] = {
     "engine.model": 1,
     "engine.metrics": 1,
     "engine.progress": 1,
+    "engine.study": 1,  # array maths on backtest results: numpy, statsmodels, engine.domain/metrics only
     "engine.backtest": 2,
     "engine.options": 2,
     "engine.journal": 3,
