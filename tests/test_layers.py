@@ -30,6 +30,7 @@ FLOORS: dict[str, int] = {
     "engine.model": 1,
     "engine.metrics": 1,
     "engine.progress": 1,
+    "engine.overfit": 1,
     "engine.backtest": 2,
     "engine.options": 2,
     "engine.journal": 3,
@@ -39,6 +40,7 @@ FLOORS: dict[str, int] = {
     "engine.record": 3,
     "engine.ingest": 3,
     "engine.training": 3,
+    "engine.sweep": 3,
     "bench": 4,
     "engine.cli": 5,
 }
