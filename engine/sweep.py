@@ -688,8 +688,8 @@ def format_summary(outcome: SweepOutcome, top: int = 10) -> str:
         lines.append("deflated Sharpe ratio  n/a: the chosen configuration has no daily Sharpe ratio on validation")
     o = outcome.overfitting
     if o is not None:
-        lines.append(f"PBO                    {o.probability:.3f}: share of {o.n_splits} CSCV splits ({o.n_blocks} blocks of "
-                     f"{o.n_periods} validation days) where the in-sample best was at or below the median out of sample")
+        lines.append(f"PBO                    {o.probability:.3f}: share of {o.n_splits} CSCV splits ({o.n_periods} validation days "
+                     f"in {o.n_blocks} blocks) where the in-sample best was at or below the median out of sample")
     else:
         lines.append(f"PBO                    {outcome.overfitting_note}")
     return "\n".join(lines)
