@@ -30,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import datetime
 import difflib
 import itertools
 import json
@@ -323,7 +324,6 @@ class RunSummary(msgspec.Struct, kw_only=True):
     fill_hash: str
     days: list[str]
     daily_returns: list[float]
-    wall_s: float
 
 
 def summarize(result: BacktestResult, calendars: list[SessionCalendar]) -> RunSummary:
@@ -350,7 +350,7 @@ def summarize(result: BacktestResult, calendars: list[SessionCalendar]) -> RunSu
         "time_in_market": m.time_in_market,
     }
     return RunSummary(metrics=metrics, fill_hash=result.fill_hash(), days=labels,
-                      daily_returns=[float(r) for r in returns], wall_s=result.wall_s)
+                      daily_returns=[float(r) for r in returns])
 
 
 # One data set per worker process, opened on its first task (pages shared through the file).
@@ -503,6 +503,11 @@ def run_sweep(
         raise SweepError(f"--workers {workers}: must be at least 1")
     if not 0 < spec.split <= 1 and spec.test_from is None:
         raise SweepError(f"--split {spec.split}: must be in (0, 1], the share of trading days that validate (1: no test period)")
+    if spec.test_from is not None:
+        try:
+            datetime.date.fromisoformat(spec.test_from)
+        except ValueError:
+            raise SweepError(f"--test-from {spec.test_from}: write the first test day as YYYY-MM-DD") from None
     try:
         sources = source_options(spec.source)
     except (ValueError, TypeError) as e:
@@ -647,8 +652,9 @@ def format_summary(outcome: SweepOutcome, top: int = 10) -> str:
     grid = " x ".join(str(len(v)) for v in s.grid.values())
     shape = ", ".join(filter(None, [f"grid {grid}" if s.grid else "", f"{s.n} random draws (seed {s.random_seed})" if s.random else ""]))
     val, tst = p.validation_days, p.test_days
+    strategy = "several strategies" if "strategy" in outcome.axes else run_options(s.base).strategy
     lines = [
-        f"nextick sweep: {n} configurations ({shape or 'the base options alone'}) of {s.base.get('strategy', 'momentum')}",
+        f"nextick sweep: {n} configurations ({shape or 'the base options alone'}) of {strategy}",
         f"data         {outcome.n_quotes:,} quotes of {len(outcome.instruments)} instruments, {outcome.source}; read once in {outcome.read_s:.2f} s",
         f"days         {len(p.days)} ({p.basis})",
         f"validation   {val[0]} .. {val[-1]} ({len(val)} days): every configuration, ranked by {s.rank_by}",

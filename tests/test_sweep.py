@@ -88,6 +88,8 @@ def test_random_draws_are_a_function_of_the_seed(seed, other, n):
         (SweepSpec(grid={"params.fast": [3]}), r"unknown parameter 'fast' for strategy 'momentum'"),
         (SweepSpec(rank_by="sortino"), r"--rank-by sortino: not a metric"),
         (SweepSpec(random={"fee_bps": "uniform:1:2"}, n=0), r"--n 0"),
+        (SweepSpec(test_from="Jan 5"), r"--test-from Jan 5: write the first test day as YYYY-MM-DD"),
+        (SweepSpec(split=0.0), r"--split 0.0: must be in \(0, 1\]"),
     ],
 )
 def test_bad_sweeps_name_the_option_before_anything_runs(tmp_path, spec, message):
@@ -187,6 +189,13 @@ def test_test_days_cannot_change_the_choice(tmp_path):
     assert a.chosen == c.chosen
     assert a.test.fill_hash != c.test.fill_hash
     assert not math.isclose(a.test.metrics["total_return"], c.test.metrics["total_return"])
+    # The change matters to a ranking that sees those days: over the whole period (--split 1) every
+    # configuration's figures move.
+    whole = SweepSpec(**{**_fields(SPEC), "split": 1.0})
+    run_sweep(whole, tmp_path / "wa", dataset=dataset, workers=2)
+    run_sweep(whole, tmp_path / "wc", dataset=changed, workers=2)
+    sharpe_a, sharpe_c = (table(tmp_path / w).column("daily_sharpe").to_pylist() for w in ("wa", "wc"))
+    assert all(x != y for x, y in zip(sharpe_a, sharpe_c))
 
 
 def test_cli_end_to_end(tmp_path, capsys):
