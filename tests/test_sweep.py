@@ -12,9 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cli import main
+from engine.cli import _build_parser, _options, main
 from engine.domain.timestamps import DAY_NS
-from engine.options import quote_source
+from engine.options import (
+    RUN_OPTIONS,
+    SOURCE_OPTIONS,
+    RunOptions,
+    SourceOptions,
+    quote_source,
+    run_options,
+    source_options,
+)
 from engine.sweep import (
     METRIC_COLUMNS,
     SweepError,
@@ -222,3 +230,19 @@ def test_cli_end_to_end(tmp_path, capsys):
 def test_cli_bad_axis_is_one_line(tmp_path, capsys):
     assert main(["sweep", "--grid", "fee_bsp=1,2", "--out", str(tmp_path / "x")]) == 2
     assert "nextick: error: --grid fee_bsp: unknown option; did you mean fee_bps?" in capsys.readouterr().err
+
+
+def test_sweep_flags_are_the_options_by_name_with_their_defaults():
+    ns = _build_parser().parse_args(["sweep"])
+    assert run_options(_options(ns, RUN_OPTIONS)) == RunOptions()
+    assert source_options(_options(ns, SOURCE_OPTIONS)) == SourceOptions()
+    for name in ("n", "random_seed", "split", "test_from", "rank_by", "pbo_blocks"):
+        assert getattr(ns, name) == getattr(SweepSpec(), name), name
+
+
+def test_cli_spec_runs_a_written_sweep_again(processes, tmp_path, capsys):
+    spec = processes[1] / "sweep.json"
+    assert main(["sweep", "--spec", str(spec), "--workers", "1", "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+    assert table(tmp_path / "again").equals(table(processes[1]))
+    assert main(["sweep", "--spec", str(spec), "--grid", "fee_bps=1", "--out", str(tmp_path / "x")]) == 2
+    assert "--spec: the file gives the axes" in capsys.readouterr().err
