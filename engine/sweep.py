@@ -397,16 +397,31 @@ def run_configs(
         _run_ray(folder, configs, period, results, done, workers, ray_address)
     elif workers <= 1 or len(configs) <= 1:
         for i, options in enumerate(configs):
-            results[i] = run_config(folder, options, *period)
+            with _failing(i):
+                results[i] = run_config(folder, options, *period)
             done(1)
     else:
         n = min(workers, len(configs))
         with concurrent.futures.ProcessPoolExecutor(n, mp_context=_process_context()) as pool:
             futures = {pool.submit(run_config, folder, options, *period): i for i, options in enumerate(configs)}
-            for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
-                done(1)
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    with _failing(futures[future]):
+                        results[futures[future]] = future.result()
+                    done(1)
+            except BaseException:
+                # One configuration failed (or Ctrl-C): the queued ones would only delay the error.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     return results  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _failing(index: int):
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as e:
+        raise SweepError(f"configuration {index} failed: {e}") from e
 
 
 def _run_ray(folder, configs, period, results, done, workers: int, address: str) -> None:
@@ -428,7 +443,10 @@ def _run_ray(folder, configs, period, results, done, workers: int, address: str)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
-                results[refs[ref]] = ray.get(ref)
+                try:
+                    results[refs[ref]] = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    raise SweepError(f"configuration {refs[ref]} failed: {e.cause!r}") from e
                 done(1)
     finally:
         if started:

@@ -246,3 +246,11 @@ def test_cli_spec_runs_a_written_sweep_again(processes, tmp_path, capsys):
     assert table(tmp_path / "again").equals(table(processes[1]))
     assert main(["sweep", "--spec", str(spec), "--grid", "fee_bps=1", "--out", str(tmp_path / "x")]) == 2
     assert "--spec: the file gives the axes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_configuration_failing_as_it_runs_is_named(tmp_path, workers):
+    # A missing model file passes every check before the run (only loading it tells) and fails in the worker.
+    spec = SweepSpec(source=SOURCE, grid={"model": [None, str(tmp_path / "missing.safetensors")]})
+    with pytest.raises(SweepError, match=r"configuration 1 failed: .*missing\.safetensors"):
+        run_sweep(spec, tmp_path / "out", workers=workers)
