@@ -526,6 +526,8 @@ def run_sweep(
         raise SweepError(f"--workers {workers}: must be at least 1")
     if not 0 < spec.split <= 1 and spec.test_from is None:
         raise SweepError(f"--split {spec.split}: must be in (0, 1], the share of trading days that validate (1: no test period)")
+    if spec.pbo_blocks < 2 or spec.pbo_blocks % 2:
+        raise SweepError(f"--pbo-blocks {spec.pbo_blocks}: CSCV takes half the blocks in sample; give an even number >= 2")
     if spec.test_from is not None:
         try:
             datetime.date.fromisoformat(spec.test_from)

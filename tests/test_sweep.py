@@ -98,6 +98,7 @@ def test_random_draws_are_a_function_of_the_seed(seed, other, n):
         (SweepSpec(random={"fee_bps": "uniform:1:2"}, n=0), r"--n 0"),
         (SweepSpec(test_from="Jan 5"), r"--test-from Jan 5: write the first test day as YYYY-MM-DD"),
         (SweepSpec(split=0.0), r"--split 0.0: must be in \(0, 1\]"),
+        (SweepSpec(pbo_blocks=5), r"--pbo-blocks 5: .* even number"),
     ],
 )
 def test_bad_sweeps_name_the_option_before_anything_runs(tmp_path, spec, message):
