@@ -255,3 +255,9 @@ def test_a_configuration_failing_as_it_runs_is_named(tmp_path, workers):
     spec = SweepSpec(source=SOURCE, grid={"model": [None, str(tmp_path / "missing.safetensors")]})
     with pytest.raises(SweepError, match=r"configuration 1 failed: .*missing\.safetensors"):
         run_sweep(spec, tmp_path / "out", workers=workers)
+
+
+def test_progress_counts_configurations(tmp_path, capsys):
+    run_sweep(SweepSpec(source=SOURCE, grid={"fee_bps": [0.5, 1, 2]}), tmp_path / "out", workers=1, show_progress=True)
+    err = capsys.readouterr().err
+    assert "sweep [" in err and "3/3 configs" in err
