@@ -24,7 +24,12 @@ def pytest_terminal_summary(terminalreporter):
         ref_name, ref = next(iter(rates.items()))
         for name, rate in rates.items():
             if name != ref_name:
-                tr.write_line(f"{group}: {ref_name} / {name} = {ref / rate:,.1f}x  ({ref:,.0f} vs {rate:,.0f} {_UNITS[group]})")
+                tr.write_line(f"{group}: {ref_name} / {name} = {ref / rate:,.1f}x  ({_rate(ref)} vs {_rate(rate)} {_UNITS[group]})")
+
+
+def _rate(x: float) -> str:
+    # Configurations per second are single digits: whole numbers would print "3 vs 1".
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

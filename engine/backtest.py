@@ -24,7 +24,7 @@ from engine.domain.calendar import SessionCalendar
 from engine.domain.instrument import InstrumentTable
 from engine.domain.quote import QUOTE_DTYPE
 from engine.domain.source import QuoteSource, SourceStats
-from engine.domain.timestamps import DAY_NS, SECOND_NS
+from engine.domain.timestamps import DAY_NS, SECOND_NS, local_date
 from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie_memmel
 from strategies.base import BatchHost, Strategy
 from strategies.builtin import BUILTINS, builtin_spec, is_builtin
@@ -446,12 +446,24 @@ def trading_day_starts(calendars: list[SessionCalendar], ts_ns: np.ndarray) -> t
     the next open (a CME or FX day starts at its 17:00 open, not at midnight UTC; a 24x7 day is the
     UTC date). Calendars that differ: UTC dates, since one market's session is no day of another.
     """
-    specs = {cal.spec for cal in calendars}
-    if len(specs) == 1 and len(ts_ns):
-        opens, _ = calendars[0].sessions_between(int(ts_ns[0]), int(ts_ns[-1]))
+    if not len(ts_ns):
+        return None, "UTC dates"
+    starts, _, basis = trading_days(calendars, int(ts_ns[0]), int(ts_ns[-1]))
+    return starts, basis
+
+
+def trading_days(calendars: list[SessionCalendar], lo_ns: int, hi_ns: int) -> tuple[np.ndarray | None, list[str], str]:
+    """The days of ``[lo_ns, hi_ns]`` as ``trading_day_starts`` cuts them: (their starts, a date naming
+    each, what a day is). A session is named by the local date on which it closes (a CME or FX day
+    that opens at 17:00 is the next day's, as the exchange calls it). None and no names for UTC dates:
+    ``engine.metrics.daily_return_days`` numbers those days since the epoch."""
+    if len({cal.spec for cal in calendars}) == 1:
+        cal = calendars[0]
+        opens, closes = cal.sessions_between(lo_ns, hi_ns)
         if len(opens):
-            return opens, f"{calendars[0].spec} sessions, open to next open"
-    return None, "UTC dates"
+            names = [local_date(int(c) - 1, cal.tz).isoformat() for c in closes]
+            return opens, names, f"{cal.spec} sessions, open to next open"
+    return None, [], "UTC dates"
 
 
 def compare(a: BacktestResult, b: BacktestResult) -> JobsonKorkie:

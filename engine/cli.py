@@ -25,6 +25,7 @@ from engine.options import (
     RunOptions,
     SourceOptions,
 )
+from engine.sweep import RANKABLE, SweepSpec
 
 DESCRIPTION = """\
 nextick: a low-latency streaming trading engine. Quotes stream through a conflator into per-instrument
@@ -50,6 +51,21 @@ strategies.portfolio.PortfolioStrategy (every instrument at once, at each batch 
 clock); --param values go to its constructor.
 Fills happen at the first tick of the same instrument strictly after decision time + --latency-ns:
 buys at the ask, sells at the bid.
+"""
+
+
+SWEEP_EPILOG = """\
+examples:
+  nextick sweep --grid fee_bps=0.5,1,2 --grid params.fast_span=10,20,40 --out runs/sweep
+  nextick sweep --strategy mean_reversion --random params.entry_z=uniform:1:3 --random params.span=int:20:200 \\
+      --n 50 --random-seed 1 --workers 2
+  nextick sweep --catalog cat --instruments BTCUSDT --grid latency_ns=0,1000000 --test-from 2024-01-20
+  nextick sweep --spec runs/sweep/sweep.json --out runs/again --ray local      the same sweep, on Ray
+
+An axis names a strategy or execution option as --help lists it, without the dashes, or a strategy
+parameter as params.KEY. The data options (--seed, --data, --catalog, ...) are not axes: the data is
+read once. results.parquet's metrics are the validation period's; sweep.json has the chosen
+configuration's test figures.
 """
 
 
@@ -176,9 +192,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                      help=f"memory budget of a --catalog replay, MiB (default {d.memory_mb:g}): peak use stays within it")
 
 
-def _add_run_args(b: argparse.ArgumentParser) -> None:
-    """Strategy, execution and output options of a replay (backtest, replay-raw). Names and defaults
-    of the first two groups are engine.options.RunOptions'."""
+def _add_run_args(b: argparse.ArgumentParser, *, single: bool = True) -> None:
+    """Strategy, execution and output options of a replay (backtest, replay-raw; a sweep, not
+    ``single``, takes the first two groups only). Names and defaults of those are engine.options.RunOptions'."""
     d = RunOptions()
     strat = b.add_argument_group("strategy")
     strat.add_argument("--strategy", default=d.strategy,
@@ -194,10 +210,11 @@ def _add_run_args(b: argparse.ArgumentParser) -> None:
                        help="MC dropout: run the whole backtest on dropout variant V alone (one thinned network)")
     strat.add_argument("--mc-seed", type=int, default=d.mc_seed, help=f"seed of the dropout masks (default {d.mc_seed})")
     _add_params_arg(strat)
-    strat.add_argument("--compare", metavar="STRATEGY",
-                       help="also run this strategy (default parameters) on the same data and test the Sharpe difference")
-    strat.add_argument("--oracle", action="store_true",
-                       help="synthetic market only: also run the threshold rule on the true expected return, the ceiling")
+    if single:
+        strat.add_argument("--compare", metavar="STRATEGY",
+                           help="also run this strategy (default parameters) on the same data and test the Sharpe difference")
+        strat.add_argument("--oracle", action="store_true",
+                           help="synthetic market only: also run the threshold rule on the true expected return, the ceiling")
     ex = b.add_argument_group("execution")
     ex.add_argument("--interval", default=d.interval, choices=list(INTERVALS_NS), help=f"conflation interval (default {d.interval})")
     ex.add_argument("--latency-ns", type=int, default=d.latency_ns,
@@ -218,10 +235,15 @@ def _add_run_args(b: argparse.ArgumentParser) -> None:
                     help=f"equity sampling period for metrics, seconds (default {d.bar_s:g})")
     ex.add_argument("--risk-free-rate", type=float, default=d.risk_free_rate,
                     help=f"annual risk-free rate for Sharpe/Sortino (default {d.risk_free_rate:g})")
+    if not single:
+        return
     out = b.add_argument_group("output")
     out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity (Parquet) and summary.json here")
     out.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+_SWEEP = SweepSpec()  # the sweep options' defaults
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -243,6 +265,51 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_source_args(b)
     _add_run_args(b)
     b.set_defaults(func=cmd_backtest)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="backtest many configurations on data read once: grid and seeded random axes, ranked on a validation period",
+        description="Run every configuration of a grid (--grid) and seeded random draws (--random) on one data set, "
+        "read once and memory-mapped by parallel workers (local processes, or Ray). The trading days are split into "
+        "a validation period, on which every configuration runs and is ranked, and a later test period, on which "
+        "the chosen configuration runs after the choice. Prints the top configurations, the chosen one on both "
+        "periods, its deflated Sharpe ratio and the probability of backtest overfitting (PBO); writes "
+        "OUT/results.parquet (one row per configuration) and OUT/sweep.json (the spec, to run it again).",
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(sw)
+    _add_run_args(sw, single=False)
+    ax = sw.add_argument_group("sweep (axes over the strategy and execution options above)")
+    ax.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                    help="a grid axis (repeatable): fee_bps=0.5,1,2 or params.fast_span=10,20,40")
+    ax.add_argument("--random", action="append", default=[], metavar="NAME=DIST",
+                    help="a random axis (repeatable): uniform:LO:HI, loguniform:LO:HI, int:LO:HI or choice:a,b,c")
+    ax.add_argument("--n", type=int, default=_SWEEP.n, metavar="N",
+                    help=f"random draws, crossed with the grid (default {_SWEEP.n})")
+    ax.add_argument("--random-seed", type=int, default=_SWEEP.random_seed, metavar="S",
+                    help=f"seed of the random draws (default {_SWEEP.random_seed}; --seed is the synthetic market's)")
+    ax.add_argument("--split", type=float, default=_SWEEP.split, metavar="FRACTION",
+                    help=f"share of the trading days in the validation period (default {_SWEEP.split:g}; 1: no test period)")
+    ax.add_argument("--test-from", metavar="DATE", help="first day of the test period, YYYY-MM-DD (instead of --split)")
+    ax.add_argument("--rank-by", default=_SWEEP.rank_by, choices=list(RANKABLE),
+                    help=f"validation metric that ranks the configurations (default {_SWEEP.rank_by})")
+    ax.add_argument("--pbo-blocks", type=int, default=_SWEEP.pbo_blocks, metavar="S",
+                    help=f"most CSCV blocks of validation days for the PBO, even (default {_SWEEP.pbo_blocks})")
+    ax.add_argument("--spec", type=Path, metavar="FILE",
+                    help="run the sweep a sweep.json describes (its data, base options and axes; not with --grid/--random)")
+    ru = sw.add_argument_group("workers and output")
+    ru.add_argument("--workers", type=int, default=None, help="local worker processes (default: the CPU count)")
+    ru.add_argument("--ray", metavar="ADDRESS",
+                    help="run the configurations as Ray tasks: a cluster's address, auto (a running cluster), or local "
+                    "(start one here with --workers CPUs); needs pip install 'nextick[ray]'")
+    ru.add_argument("--out", type=Path, default=Path("runs/sweep"), metavar="DIR",
+                    help="write results.parquet and sweep.json here (default runs/sweep)")
+    ru.add_argument("--dataset-dir", type=Path, metavar="DIR",
+                    help="keep the data set (quotes.npy, dataset.json) here (default: a temporary folder in --out)")
+    ru.add_argument("--top", type=int, default=10, help="configurations in the printed table (default 10)")
+    ru.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
 
     t = sub.add_parser(
         "train",
@@ -524,6 +591,45 @@ def _oracle_run(sources, first, source):
     market = synthetic_market(sources, horizon_s=model.signal.horizon_ticks * tick_s)
     config = backtest_config(msgspec.structs.replace(first, strategy="oracle", params={}))
     return run_backtest(source, config, strategy=OracleThreshold(market, threshold_bps=threshold))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from engine.sweep import (
+        SweepError,
+        SweepSpec,
+        format_summary,
+        parse_grid,
+        parse_random,
+        run_sweep,
+    )
+
+    if args.spec is not None:
+        if args.grid or args.random:
+            raise SweepError("--spec: the file gives the axes; drop --grid and --random (or drop --spec)")
+        spec = SweepSpec.load(args.spec)
+    else:
+        grid: dict[str, list[Any]] = {}
+        for text in args.grid:
+            name, values = parse_grid(text)
+            if name in grid:
+                raise SweepError(f"--grid {name}: given twice; list every value in one --grid {name}=v1,v2,...")
+            grid[name] = values
+        random: dict[str, str] = {}
+        for text in args.random:
+            name, dist = parse_random(text)
+            if name in random:
+                raise SweepError(f"--random {name}: given twice; give one distribution per axis")
+            random[name] = dist
+        spec = SweepSpec(
+            source=_options(args, SOURCE_OPTIONS), base=_options(args, RUN_OPTIONS), grid=grid, random=random,
+            n=args.n, random_seed=args.random_seed, split=args.split, test_from=args.test_from,
+            rank_by=args.rank_by, pbo_blocks=args.pbo_blocks,
+        )
+    outcome = run_sweep(spec, args.out, workers=args.workers, ray_address=args.ray, dataset_dir=args.dataset_dir,
+                        show_progress=False if args.no_progress else None)
+    print(format_summary(outcome, top=args.top))
+    print(f"wrote {args.out / 'results.parquet'} and {args.out / 'sweep.json'}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

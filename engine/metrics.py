@@ -336,9 +336,26 @@ def daily_returns(ts_ns: ArrayLike, equity: ArrayLike, day_starts_ns: ArrayLike 
     return _daily_returns(ts, e, starts)
 
 
+def daily_return_days(
+    ts_ns: ArrayLike, equity: ArrayLike, day_starts_ns: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``daily_returns`` and the day of each: its index into ``day_starts_ns``, or without them its UTC
+    day number (days since the epoch). Runs over different stretches of one calendar name a day alike
+    only through ``day_starts_ns`` taken from the same list of session opens."""
+    ts = _ts_array(ts_ns)
+    e = _float_array(equity, "equity", positive=True)
+    _same_length(ts, "ts_ns", e, "equity", "pass one equity value per sample time")
+    starts = None if day_starts_ns is None else _ts_array(day_starts_ns, "day_starts_ns")
+    return _daily_return_days(ts, e, starts)
+
+
 def _daily_returns(ts: np.ndarray, e: np.ndarray, starts: np.ndarray | None) -> np.ndarray:
+    return _daily_return_days(ts, e, starts)[0]
+
+
+def _daily_return_days(ts: np.ndarray, e: np.ndarray, starts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     if e.size < 2:
-        return np.empty(0)
+        return np.empty(0), np.empty(0, np.int64)
     if starts is None or starts.size == 0:
         day = ts // DAY_NS
     else:
@@ -347,7 +364,7 @@ def _daily_returns(ts: np.ndarray, e: np.ndarray, starts: np.ndarray | None) -> 
     if closes[0] == 0:  # the first day holds only the opening mark: no time, no return
         closes = closes[1:]
     base = np.concatenate(([0], closes[:-1]))
-    return e[closes] / e[base] - 1.0
+    return e[closes] / e[base] - 1.0, day[closes].astype(np.int64)
 
 
 def _annualized(total: float, years: float) -> float:

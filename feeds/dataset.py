@@ -157,9 +157,12 @@ class QuoteDataset:
 
     # -- using one -------------------------------------------------------------------------------
 
-    def source(self) -> "DatasetSource":
-        """A fresh ``QuoteSource`` over this data set; each run needs its own."""
-        return DatasetSource(self)
+    def source(self, start_ns: int | None = None, end_ns: int | None = None) -> "DatasetSource":
+        """A fresh ``QuoteSource`` over this data set; each run needs its own. ``start_ns``/``end_ns``
+        replay only the quotes with ``start_ns <= ts_recv < end_ns`` (a sweep's validation and test
+        periods), in the same chunks, each cut to the period, with the same growth of the instrument
+        table."""
+        return DatasetSource(self, start_ns, end_ns)
 
     def __len__(self) -> int:
         return len(self.quotes)
@@ -179,20 +182,33 @@ class QuoteDataset:
 class DatasetSource:
     """One replay of a ``QuoteDataset`` (implements ``engine.domain.source.QuoteSource``)."""
 
-    def __init__(self, dataset: QuoteDataset) -> None:
+    def __init__(self, dataset: QuoteDataset, start_ns: int | None = None, end_ns: int | None = None) -> None:
         layout = dataset.layout
         self._dataset = dataset
         self.instruments = InstrumentTable(layout.instruments[: layout.first_instruments])
         # The read's counts, the same for every replay: a run's summary reports what its data had.
         self.stats = copy.deepcopy(dataset.stats)
-        self.expected_rows = len(dataset)
+        self._period = None if start_ns is None and end_ns is None else (start_ns, end_ns)
+        self.expected_rows = len(dataset) if self._period is None else int(np.count_nonzero(self._in_period(dataset.quotes)))
+
+    def _in_period(self, quotes: np.ndarray) -> np.ndarray:
+        ts = quotes["ts_recv"]
+        lo, hi = self._period
+        keep = np.ones(len(ts), dtype=bool)
+        if lo is not None:
+            keep &= ts >= lo
+        if hi is not None:
+            keep &= ts < hi
+        return keep
 
     def chunks(self) -> Iterator[np.ndarray]:
         layout, quotes = self._dataset.layout, self._dataset.quotes
         lo = 0
         for hi, known in zip(layout.chunk_ends, layout.chunk_instruments):
             self._reveal(known)
-            yield quotes[lo:hi]
+            # A mask, not a search: a source's receive times need not be sorted across instruments'
+            # files, and a quote outside the period must go wherever it sits.
+            yield quotes[lo:hi] if self._period is None else quotes[lo:hi][self._in_period(quotes[lo:hi])]
             lo = hi
         self._reveal(len(layout.instruments))
 

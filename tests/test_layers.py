@@ -32,6 +32,7 @@ FLOORS: dict[str, int] = {
     "engine.metrics": 1,
     "engine.progress": 1,
     "engine.study": 1,  # array maths on backtest results: numpy, statsmodels, engine.domain/metrics only
+    "engine.overfit": 1,
     "engine.backtest": 2,
     "engine.options": 2,
     "engine.journal": 3,
@@ -41,6 +42,7 @@ FLOORS: dict[str, int] = {
     "engine.record": 3,
     "engine.ingest": 3,
     "engine.training": 3,
+    "engine.sweep": 3,
     "bench": 4,
     "engine.cli": 5,
 }

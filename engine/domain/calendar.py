@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from engine.domain.timestamps import datetime_ns
+from engine.domain.timestamps import datetime_ns, local_date
 
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ALIASES = {
@@ -45,7 +45,6 @@ _SPEC = re.compile(
     r"^(?:(?P<name>\w[\w.-]*)\s+)?(?P<open>\d{1,2}:\d{2})-(?P<close>\d{1,2}:\d{2})"
     r"\s+(?P<tz>\S+)(?:\s+(?P<days>[A-Za-z,-]+))?(?:\s+holidays=(?P<hol>\w+))?$"
 )
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class CalendarError(ValueError):
@@ -199,8 +198,7 @@ class SessionCalendar:
 
     def sessions_between(self, lo_ns: int, hi_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Sessions ``[open, close)`` overlapping ``[lo_ns, hi_ns]``, sorted: (opens_ns, closes_ns)."""
-        lo_day = (_EPOCH + dt.timedelta(microseconds=lo_ns // 1000)).astimezone(self.tz).date()
-        hi_day = (_EPOCH + dt.timedelta(microseconds=hi_ns // 1000)).astimezone(self.tz).date()
+        lo_day, hi_day = local_date(lo_ns, self.tz), local_date(hi_ns, self.tz)
         opens, closes = [], []
         day = lo_day - dt.timedelta(days=1)  # an overnight session opened the day before lo
         while day <= hi_day:

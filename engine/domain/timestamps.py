@@ -39,6 +39,11 @@ def datetime_ns(t: _dt.datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * SECOND_NS + delta.microseconds * US_NS
 
 
+def local_date(ns: int, tz: _dt.tzinfo) -> _dt.date:
+    """The date in zone ``tz`` at the UTC time ``ns``."""
+    return (_EPOCH + _dt.timedelta(microseconds=ns // US_NS)).astimezone(tz).date()
+
+
 def seconds_ns(seconds: float) -> int:
     """A duration given in seconds (an option such as ``gap_s``) as int ns, truncated toward zero."""
     return int(seconds * SECOND_NS)
