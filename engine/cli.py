@@ -213,7 +213,7 @@ def _add_run_args(b: argparse.ArgumentParser) -> None:
     ex.add_argument("--risk-free-rate", type=float, default=d.risk_free_rate,
                     help=f"annual risk-free rate for Sharpe/Sortino (default {d.risk_free_rate:g})")
     out = b.add_argument_group("output")
-    out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity (Parquet) and summary.json here")
+    out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity, decimated mids (Parquet) and summary.json here")
     out.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -455,12 +455,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             run_source = replay()
             progress = Progress(f"backtest {options.strategy}", enabled=show, total=getattr(run_source, "expected_rows", None))
             try:
-                results.append(run_backtest(run_source, backtest_config(options), on_progress=progress.update))
+                # The mids only where they are written: recording them costs the loop's time again.
+                results.append(run_backtest(run_source, backtest_config(options), on_progress=progress.update,
+                                            record_mids=args.out is not None))
             finally:
                 progress.close()
         jk = compare(results[0], results[1]) if len(results) == 2 else None
         if args.oracle:
-            results.append(_oracle_run(sources, runs[0], replay()))
+            results.append(_oracle_run(sources, runs[0], replay(), record_mids=args.out is not None))
     if args.json:
         print(json.dumps(finite_json([summary_dict(r, jk) for r in results]), indent=2))
     else:
@@ -498,7 +500,7 @@ def _replays(source, sources, n_runs: int, show: bool | None):
         yield dataset.source, note
 
 
-def _oracle_run(sources, first, source):
+def _oracle_run(sources, first, source, record_mids: bool = False):
     """The ssm_threshold rule fed the synthetic market's true expected return: what a perfect signal
     would have made under the same fills and fees. ``source`` replays the market's quotes; the truth
     comes from the market generated again (it is not part of the quotes)."""
@@ -517,7 +519,7 @@ def _oracle_run(sources, first, source):
     threshold = builtin_spec("ssm_threshold", params).threshold_bps
     market = synthetic_market(sources, horizon_s=model.signal.horizon_ticks * tick_s)
     config = backtest_config(msgspec.structs.replace(first, strategy="oracle", params={}))
-    return run_backtest(source, config, strategy=OracleThreshold(market, threshold_bps=threshold))
+    return run_backtest(source, config, strategy=OracleThreshold(market, threshold_bps=threshold), record_mids=record_mids)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
