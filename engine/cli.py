@@ -96,6 +96,14 @@ examples:
 """
 
 
+REPORT_EPILOG = """\
+examples:
+  nextick backtest --strategy ssm --compare momentum --out runs/demo
+  nextick report runs/demo                              writes runs/demo/report.html
+  nextick report runs/demo --out demo.html --open
+"""
+
+
 def _param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -404,6 +412,21 @@ def _build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--suite", action="append", metavar="NAME",
                     help="run only this suite (repeatable): ssm_step, ssm_precision, ssm_vs_transformer, e2e_loopback, backtest, peers")
     bn.set_defaults(func=cmd_bench)
+
+    rp = sub.add_parser(
+        "report",
+        help="draw a run's figures into one self-contained HTML file (RUN_DIR/report.html)",
+        description="Write RUN_DIR/report.html: per strategy of a `nextick backtest --out` folder its equity, "
+        "drawdown, fills over the mid per instrument, resets, PnL per instrument and key metrics; the study's "
+        "figures where RUN_DIR/study.json exists; a sweep's where RUN_DIR/results.parquet does. One file, "
+        "plotly.js inlined: it opens offline. Needs plotly: pip install 'nextick[report]'.",
+        epilog=REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rp.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a `nextick backtest --out` folder (or one holding study.json / results.parquet)")
+    rp.add_argument("--out", type=Path, metavar="FILE", help="write here instead of RUN_DIR/report.html")
+    rp.add_argument("--open", action="store_true", help="open the file in the default browser once written")
+    rp.set_defaults(func=cmd_report)
 
     rec = sub.add_parser(
         "record",
@@ -752,6 +775,21 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     else:
         print(report.format())
     return 0 if report.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from engine.html_report import write_report
+
+    try:
+        path, figures = write_report(args.run_dir, args.out)
+    except ImportError as e:  # plotly is an extra: say how to get it, not a traceback
+        raise SystemExit(f"nextick: error: {e}") from None
+    print(f"wrote {path} ({len(figures)} figure{'s' if len(figures) != 1 else ''}, {path.stat().st_size:,} bytes)")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+    return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
