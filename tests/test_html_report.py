@@ -125,20 +125,23 @@ def test_cli_prints_the_path(run_dir, tmp_path, capsys):
 
 
 def test_same_run_dir_same_bytes(tmp_path):
-    """Two backtests of the same configuration in two places (their summaries differ in wall time
-    and speed) give byte-identical reports, and so does writing one report twice."""
+    """Two backtests of the same configuration in two places (their summaries differ in wall time,
+    speed and machine, none of which the page shows) give byte-identical reports, and so does
+    writing one report twice."""
     pages = []
     for side in ("a", "b"):
         d = tmp_path / side / "run"
         _backtest(d)
+        if side == "b":  # whatever the two runs' timings were, make them differ for certain
+            path = d / "momentum" / "summary.json"
+            summary = json.loads(path.read_text())
+            path.write_text(json.dumps({**summary, "wall_s": 1e6, "quotes_per_s": 1.0, "machine": {"python": "elsewhere"}}))
         (d / "study.json").write_text(json.dumps(STUDY))
         pq.write_table(_sweep_table(), d / "results.parquet")
         assert main(["report", str(d)]) == 0
         pages.append((d / "report.html").read_bytes())
         assert main(["report", str(d), "--out", str(d / "again.html")]) == 0
         assert (d / "again.html").read_bytes() == pages[-1]
-    summaries = [json.loads((tmp_path / s / "run" / "momentum" / "summary.json").read_text()) for s in ("a", "b")]
-    assert summaries[0]["wall_s"] != summaries[1]["wall_s"] or summaries[0]["quotes_per_s"] != summaries[1]["quotes_per_s"]
     assert pages[0] == pages[1]
 
 
@@ -149,6 +152,22 @@ def test_no_study_json_no_study_section(tmp_path):
     text = (d / "report.html").read_text()
     assert 'id="bt-momentum-equity"' in text
     assert 'id="study' not in text and "study-" not in text and 'id="sweep' not in text
+
+
+def test_folder_from_before_the_report_still_draws(tmp_path):
+    """A backtest folder written before mids.parquet and pnl_by_instrument existed: the fills are
+    drawn without the mid, the PnL chart is left out, and the page says why for each."""
+    d = tmp_path / "run"
+    _backtest(d)
+    for s in STRATEGIES:
+        (d / s / "mids.parquet").unlink()
+        path = d / s / "summary.json"
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "pnl_by_instrument"}))
+    assert main(["report", str(d)]) == 0
+    text = (d / "report.html").read_text()
+    assert 'id="bt-momentum-fills-0"' in text and 'id="bt-momentum-pnl"' not in text
+    assert text.count("mids.parquet is missing") == len(STRATEGIES)
+    assert text.count("summary.json has no pnl_by_instrument") == len(STRATEGIES)
 
 
 def test_sweep_with_missing_columns_is_skipped_not_an_error(tmp_path):
