@@ -155,9 +155,6 @@ class _Page:
         self.nav.append((sid, title))
         self.parts.append(f'<section id="{sid}"><h2>{html.escape(title)}</h2>')
 
-    def heading(self, text: str) -> None:
-        self.parts.append(f"<h3>{html.escape(text)}</h3>")
-
     def note(self, text: str) -> None:
         self.parts.append(f'<p class="note">{html.escape(text)}</p>')
 
