@@ -192,6 +192,8 @@ public:
     double equity() const;
     double gross_exposure() const;
     double position_units(uint32_t i) const { return pos_lots_[i] * lot_[i]; }
+    // The mid i is marked at (its last two-sided tick in session; a restored fill's price), 0 before any.
+    double mark(uint32_t i) const { return mark_[i]; }
     double cash() const { return cash_; }
     size_t n_instruments() const { return lot_.size(); }
     const std::vector<Fill>& fills() const { return fills_; }

@@ -349,6 +349,13 @@ PYBIND11_MODULE(_core, m) {
                  for (size_t i = 0; i < p.size(); ++i) p[i] = b.position_units(static_cast<uint32_t>(i));
                  return to_numpy(p);
              })
+        .def("marks",
+             [](const Backtester& b) {
+                 std::vector<double> m(b.n_instruments());
+                 for (size_t i = 0; i < m.size(); ++i) m[i] = b.mark(static_cast<uint32_t>(i));
+                 return to_numpy(m);
+             },
+             "Each instrument's mark (the mid its position is valued at; 0 before its first two-sided tick).")
         .def("outside_session_by_instrument", [](const Backtester& b) { return to_numpy(b.outside_by_instrument()); })
         .def_property_readonly("cash", &Backtester::cash)
         .def_property_readonly("equity", &Backtester::equity)

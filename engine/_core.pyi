@@ -262,6 +262,10 @@ class Backtester:
         """
     def finish(self) -> None:
         ...
+    def marks(self) -> NDArray[np.float64]:
+        """
+        Each instrument's mark (the mid its position is valued at; 0 before its first two-sided tick).
+        """
     def outside_session_by_instrument(self) -> NDArray[np.uint64]:
         ...
     def positions(self) -> NDArray[np.float64]:

@@ -26,6 +26,7 @@ from engine.domain.quote import QUOTE_DTYPE
 from engine.domain.source import QuoteSource, SourceStats
 from engine.domain.timestamps import DAY_NS, SECOND_NS, local_date
 from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie_memmel
+from engine.mid_trace import MidTrace
 from strategies.base import BatchHost, Strategy
 from strategies.builtin import BUILTINS, builtin_spec, is_builtin
 from strategies.portfolio import PortfolioHost, PortfolioStrategy
@@ -104,6 +105,13 @@ class BacktestResult(msgspec.Struct, kw_only=True):
     ruined_at_ns: int | None = None  # first equity sample <= 0; metrics stop before it
     model: str | None = None  # the model file that fed the signal, if any
     day_basis: str = "UTC dates"  # what a day of the daily metrics is (trading_day_starts)
+    # With run_backtest(record_mids=True): each instrument's mid, decimated (engine.mid_trace,
+    # MID_DTYPE): every stride-th tick, the fill ticks and the last one; mid_ticks and mid_stride
+    # per instrument say how. For the report's charts. None when not recorded.
+    mids: np.ndarray | None = None
+    mid_ticks: np.ndarray | None = None
+    mid_stride: np.ndarray | None = None
+    final_marks: np.ndarray = msgspec.field(default_factory=lambda: np.empty(0))  # the mid each position is valued at
 
     @property
     def quotes_per_s(self) -> float:
@@ -366,10 +374,14 @@ def run_backtest(
     strategy: AnyStrategy | None = None,
     on_progress: Callable[[int], None] | None = None,
     model_backend: Any = None,
+    record_mids: bool = False,
 ) -> BacktestResult:
     """Replay ``source`` through the engine. ``strategy`` (a Python Strategy or PortfolioStrategy)
     overrides ``config.strategy``; otherwise a name that is not a built-in is imported as module:Class.
-    ``model_backend`` steps instead of ``config.backend`` (see ``Engine``)."""
+    ``model_backend`` steps instead of ``config.backend`` (see ``Engine``). ``record_mids`` keeps a
+    decimated trace of each instrument's mid (``result.mids``) for the report; it is off by default
+    because it passes over every tick in numpy, which costs about as much again as the compiled
+    loop itself."""
     config = config or BacktestConfig()
     if strategy is None and not is_builtin(config.strategy):
         strategy = load_strategy(config.strategy, config.strategy_params)
@@ -381,10 +393,16 @@ def run_backtest(
     stream = stream_ticks(source, config.interval)
     if isinstance(strategy, PortfolioStrategy):
         stream = whole_batches(stream)
+    trace = MidTrace() if record_mids else None
     for n_quotes, out in stream:
         quotes_in += n_quotes
         ticks += len(out)
-        engine.run(out)
+        if trace is None:
+            engine.run(out)
+        else:
+            n_fills = engine.core.n_fills
+            engine.run(out)
+            trace.push(out, engine.core.fills_since(n_fills))
         if on_progress is not None and n_quotes:
             on_progress(n_quotes)
     core = engine.core
@@ -436,6 +454,10 @@ def run_backtest(
         ruined_at_ns=ruined_at_ns,
         model=engine.model.path if engine.model is not None else None,
         day_basis=day_basis,
+        mids=trace.mids() if trace is not None else None,
+        mid_ticks=trace.ticks if trace is not None else None,
+        mid_stride=trace.stride if trace is not None else None,
+        final_marks=core.marks(),
     )
 
 

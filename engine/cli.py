@@ -112,6 +112,14 @@ examples:
 """
 
 
+REPORT_EPILOG = """\
+examples:
+  nextick backtest --strategy ssm --compare momentum --out runs/demo
+  nextick report runs/demo                              writes runs/demo/report.html
+  nextick report runs/demo --out demo.html --open
+"""
+
+
 def _param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -238,7 +246,7 @@ def _add_run_args(b: argparse.ArgumentParser, *, single: bool = True) -> None:
     if not single:
         return
     out = b.add_argument_group("output")
-    out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity (Parquet) and summary.json here")
+    out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity, decimated mids (Parquet) and summary.json here")
     out.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -478,6 +486,21 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="run only this suite (repeatable): ssm_step, ssm_precision, ssm_vs_transformer, e2e_loopback, backtest, peers")
     bn.set_defaults(func=cmd_bench)
 
+    rp = sub.add_parser(
+        "report",
+        help="draw a run's figures into one self-contained HTML file (RUN_DIR/report.html)",
+        description="Write RUN_DIR/report.html: per strategy of a `nextick backtest --out` folder its equity, "
+        "drawdown, fills over the mid per instrument, resets, PnL per instrument and key metrics; the study's "
+        "figures where RUN_DIR/study.json exists; a sweep's where RUN_DIR/results.parquet does. One file, "
+        "plotly.js inlined: it opens offline. Needs plotly: pip install 'nextick[report]'.",
+        epilog=REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rp.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a `nextick backtest --out` folder (or one holding study.json / results.parquet)")
+    rp.add_argument("--out", type=Path, metavar="FILE", help="write here instead of RUN_DIR/report.html")
+    rp.add_argument("--open", action="store_true", help="open the file in the default browser once written")
+    rp.set_defaults(func=cmd_report)
+
     rec = sub.add_parser(
         "record",
         help="record raw frames (gzip, `<recv_ns> <frame>`) and normalized quotes (Parquet) from venue streams",
@@ -528,12 +551,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             run_source = replay()
             progress = Progress(f"backtest {options.strategy}", enabled=show, total=getattr(run_source, "expected_rows", None))
             try:
-                results.append(run_backtest(run_source, backtest_config(options), on_progress=progress.update))
+                # The mids only where they are written: recording them costs the loop's time again.
+                results.append(run_backtest(run_source, backtest_config(options), on_progress=progress.update,
+                                            record_mids=args.out is not None))
             finally:
                 progress.close()
         jk = compare(results[0], results[1]) if len(results) == 2 else None
         if args.oracle:
-            results.append(_oracle_run(sources, runs[0], replay()))
+            results.append(_oracle_run(sources, runs[0], replay(), record_mids=args.out is not None))
     if args.json:
         print(json.dumps(finite_json([summary_dict(r, jk) for r in results]), indent=2))
     else:
@@ -571,7 +596,7 @@ def _replays(source, sources, n_runs: int, show: bool | None):
         yield dataset.source, note
 
 
-def _oracle_run(sources, first, source):
+def _oracle_run(sources, first, source, record_mids: bool = False):
     """The ssm_threshold rule fed the synthetic market's true expected return: what a perfect signal
     would have made under the same fills and fees. ``source`` replays the market's quotes; the truth
     comes from the market generated again (it is not part of the quotes)."""
@@ -590,7 +615,7 @@ def _oracle_run(sources, first, source):
     threshold = builtin_spec("ssm_threshold", params).threshold_bps
     market = synthetic_market(sources, horizon_s=model.signal.horizon_ticks * tick_s)
     config = backtest_config(msgspec.structs.replace(first, strategy="oracle", params={}))
-    return run_backtest(source, config, strategy=OracleThreshold(market, threshold_bps=threshold))
+    return run_backtest(source, config, strategy=OracleThreshold(market, threshold_bps=threshold), record_mids=record_mids)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -862,6 +887,21 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     else:
         print(report.format())
     return 0 if report.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from engine.html_report import write_report
+
+    try:
+        path, figures = write_report(args.run_dir, args.out)
+    except ImportError as e:  # plotly is an extra: say how to get it, not a traceback
+        raise SystemExit(f"nextick: error: {e}") from None
+    print(f"wrote {path} ({len(figures)} figure{'s' if len(figures) != 1 else ''}, {path.stat().st_size:,} bytes)")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+    return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:

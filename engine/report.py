@@ -27,6 +27,8 @@ _BIG_PCT = 1e5
 _BIG_NUM = 1e6
 # Enough of the fills' SHA-256 to tell runs apart by eye; summary.json holds all of it.
 FILL_HASH_CHARS = 12
+# The key of mids.parquet's schema metadata that holds mids_table's decimation record.
+MIDS_METADATA_KEY = "nextick.mids"
 
 
 def _pct(x: float, sign: str = "+") -> str:
@@ -195,6 +197,42 @@ def _structured_table(arr: np.ndarray, symbols: list[str], extra: dict[str, Any]
     return pa.table({k: pa.array(v) for k, v in cols.items()})
 
 
+def pnl_by_instrument(r: BacktestResult) -> dict[str, dict[str, float]]:
+    """Per instrument: cash from its fills (fees included) plus its final position at its final
+    mark. Instruments interact only through cash, so these add up to the run's final equity less
+    the initial capital."""
+    n = len(r.instruments)
+    inst = r.fills["instrument"].astype(np.int64)
+    flow = np.bincount(inst, weights=-(r.fills["px"] * r.fills["sz"]) - r.fills["fee"], minlength=n)[:n]
+    fees = np.bincount(inst, weights=r.fills["fee"], minlength=n)[:n]
+    count = np.bincount(inst, minlength=n)[:n]
+    pos = np.zeros(n)
+    pos[: len(r.final_positions)] = r.final_positions[:n]
+    mark = np.zeros(n)
+    mark[: len(r.final_marks)] = r.final_marks[:n]
+    # A flat instrument's PnL is its cash alone, even where it never had a mark.
+    held = np.where(pos != 0, pos * mark, 0.0)
+    return {
+        sym: {"pnl": float(flow[i] + held[i]), "fees": float(fees[i]), "fills": int(count[i]),
+              "final_position": float(pos[i]), "final_mark": float(mark[i])}
+        for i, sym in enumerate(r.instruments)
+    }
+
+
+def mids_table(r: BacktestResult) -> pa.Table:
+    """The decimated mids (engine.mid_trace) with, in the Parquet metadata, how they were decimated:
+    per symbol the ticks seen and the stride kept, so a chart can say what it shows."""
+    assert r.mids is not None and r.mid_ticks is not None and r.mid_stride is not None
+    n = len(r.instruments)
+    ticks, stride = np.zeros(n, np.int64), np.ones(n, np.int64)
+    ticks[: len(r.mid_ticks)], stride[: len(r.mid_stride)] = r.mid_ticks[:n], r.mid_stride[:n]
+    meta = {"ticks": dict(zip(r.instruments, ticks.tolist())), "stride": dict(zip(r.instruments, stride.tolist())),
+            "rule": "every stride-th tick of each instrument, every tick with a fill, and its last tick"}
+    t = _structured_table(r.mids, r.instruments)
+    return t.replace_schema_metadata({MIDS_METADATA_KEY: json.dumps(meta)})
+
+
+
 def summary_dict(r: BacktestResult, jk: JobsonKorkie | None = None) -> dict[str, Any]:
     d = {
         "strategy": r.strategy,
@@ -215,6 +253,7 @@ def summary_dict(r: BacktestResult, jk: JobsonKorkie | None = None) -> dict[str,
         "day_basis": r.day_basis,
         "annualize_min_days": MIN_ANNUALIZE_DAYS,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "core": _core.build_info()},
+        "pnl_by_instrument": pnl_by_instrument(r),
     }
     if jk is not None:
         d["jobson_korkie"] = msgspec.to_builtins(jk)
@@ -233,8 +272,8 @@ def finite_json(x: Any) -> Any:
 
 
 def write_outputs(out_dir: Path, results: list[BacktestResult], jk: JobsonKorkie | None = None) -> list[Path]:
-    """fills, trades, resets and equity as Parquet, the summary as JSON; one subfolder per strategy
-    when several ran."""
+    """fills, trades, resets, equity and, where the run recorded them, the decimated mids as
+    Parquet, the summary as JSON; one subfolder per strategy when several ran."""
     out_dir = Path(out_dir)
     written: list[Path] = []
     summaries = []
@@ -250,6 +289,8 @@ def write_outputs(out_dir: Path, results: list[BacktestResult], jk: JobsonKorkie
             ),
             "equity": pa.table({"ts_ns": r.equity_ts_ns, "equity": r.equity, "gross_exposure": r.gross_exposure}),
         }
+        if r.mids is not None:  # recorded on request (run_backtest(record_mids=True), as --out does)
+            tables["mids"] = mids_table(r)
         for name, t in tables.items():
             pq.write_table(t, d / f"{name}.parquet")
             written.append(d / f"{name}.parquet")

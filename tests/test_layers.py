@@ -33,10 +33,12 @@ FLOORS: dict[str, int] = {
     "engine.progress": 1,
     "engine.study": 1,  # array maths on backtest results: numpy, statsmodels, engine.domain/metrics only
     "engine.overfit": 1,
+    "engine.mid_trace": 1,
     "engine.backtest": 2,
     "engine.options": 2,
     "engine.journal": 3,
     "engine.report": 3,
+    "engine.html_report": 3,
     "engine.paper": 3,
     "engine.reconcile": 3,
     "engine.record": 3,
