@@ -249,11 +249,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train the SSM signal on replayed ticks and export model.safetensors",
+        help="train a signal model (the SSM, or the zoo: LSTM, GRU, MLP, Transformer) on replayed ticks",
         description="Replay quotes (synthetic by default, or any file `backtest` reads) through the engine, cut "
-        "them into sessions at every reset, split by time into train/validation/test, train the SSM "
-        "from zero state per session with early stopping on validation, and write model.safetensors "
-        "plus training_report.json/.md (loss curves, information coefficient).",
+        "them into sessions at every reset, split by time into train/validation/test, train the model "
+        "from zero state per session with early stopping on validation, and write model.safetensors (SSM) or "
+        "model.onnx (zoo) plus training_report.json/.md (loss curves, information coefficient). With "
+        "--walk-forward: refit on a rolling window of days and score each fit on the days after it.",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -781,6 +782,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise SystemExit(f"nextick export needs torch, onnx and onnxscript: pip install 'nextick[train,onnx]' ({e})") from None
     model = load_model(args.model)
+    if not hasattr(model, "tensors"):  # a zoo model: its file is already its ONNX step graph
+        raise ValueError(f"{model.path} is a {model.config.kind} model's ONNX file already: run it with "
+                         "--backend onnxruntime; `nextick export` writes the step graph of an SSM's .safetensors")
     path = export_onnx(model, args.out or sibling_path(model.path))
     print(f"wrote {path} ({path.stat().st_size:,} bytes): {model.config.kind}, one step, dynamic batch; onnx.checker passed")
     from engine.model.onnx_backend import INSTALL_HINT, onnxruntime_installed, parity_vs_kernel

@@ -12,16 +12,14 @@ config, the normalizer, the signal and the training run, so the .onnx alone runs
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from torch import nn
 
-from engine.model.onnx_export import _quiet_exporter
-from engine.model.onnx_format import BATCH_AXIS, INPUT_RESET, INPUT_X, OPSET, OUTPUT, model_metadata, state_specs
+from engine.model.onnx_export import export_step
+from engine.model.onnx_format import OPSET, model_metadata, state_specs
 from engine.model.weights import Normalizer, SignalSpec
 from engine.model.zoo_config import ZooConfig
 
@@ -63,38 +61,5 @@ def export_zoo_onnx(model: nn.Module, normalizer: Normalizer, signal: SignalSpec
     """Write ``model``'s step graph with its metadata to ``out_path`` (checked by onnx.checker) and
     return the path. The file appears whole or not at all."""
     cfg: ZooConfig = model.cfg
-    specs = state_specs(cfg)
-    step = ZooStep(model).eval()
-    batch = torch.export.Dim(BATCH_AXIS)
-    with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            step,
-            example_inputs(cfg, 3),
-            input_names=[INPUT_X, INPUT_RESET, *(s.name for s in specs)],
-            output_names=[OUTPUT, *(s.output for s in specs)],
-            opset_version=opset,
-            dynamic_shapes=({0: batch}, {0: batch}, tuple({0: batch} for _ in specs)),  # *states is one argument
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    proto = program.model_proto
-    for node in proto.graph.node:  # the exporter's notes: source lines and paths of this checkout
-        del node.metadata_props[:]
-        node.doc_string = ""
-    exporter = f"torch.onnx (dynamo) {torch.__version__}, onnx {onnx.__version__}"
-    del proto.metadata_props[:]
-    for key, value in model_metadata(cfg, normalizer, signal, opset, exporter, training).items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(proto, full_check=True)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return export_step(ZooStep(model).eval(), example_inputs(cfg, 3), state_specs(cfg), out_path, opset=opset,
+                       meta=lambda exporter: model_metadata(cfg, normalizer, signal, opset, exporter, training))
