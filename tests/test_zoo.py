@@ -128,6 +128,32 @@ def test_the_onnx_step_through_the_backend_is_the_torch_sequence_form(trained):
     assert tail.tobytes() == got[97:, 1:2].tobytes()
 
 
+def test_padding_repeats_and_state_moves_keep_the_seams_rules(trained):
+    """The backend's batch rules hold for a zoo graph as for the SSM's: a padding row is NaN and
+    touches nothing, a repeated slot sees the earlier row's update, and a slot's state set into
+    another slot continues as the original."""
+    kind, _, path = trained
+    model = load_model(path)
+    batched, by_row = make_backend("onnxruntime", model, 3), make_backend("onnxruntime", model, 3)
+    rng = np.random.default_rng(2)
+    for t in range(40):
+        slots = rng.integers(-1, 3, size=5).astype(np.int32)
+        x = rng.standard_normal((5, 5)).astype(np.float32)
+        reset = (rng.random(5) < 0.1).astype(np.uint8) | (t == 0)
+        got = batched.step(slots, x, reset)
+        one_by_one = np.concatenate([by_row.step(slots[i : i + 1], x[i : i + 1], reset[i : i + 1]) for i in range(5)])
+        assert got.tobytes() == one_by_one.tobytes()
+        assert np.array_equal(np.isnan(got[:, 0]), slots < 0)
+    state = batched.get_state(1)
+    assert state.shape == (batched.state_size,) == (sum(s.size for s in state_specs(CONFIGS[kind])),)
+    batched.set_state(2, state)
+    x = rng.standard_normal((10, 1, 5)).astype(np.float32)
+    no = np.zeros(1, np.uint8)
+    a = [batched.step(np.array([1], np.int32), xt, no) for xt in x]
+    b = [batched.step(np.array([2], np.int32), xt, no) for xt in x]
+    assert np.concatenate(a).tobytes() == np.concatenate(b).tobytes()
+
+
 class Predictions(Strategy):
     """Records the model's expected return (bps) of every tick it sees; never trades."""
 
