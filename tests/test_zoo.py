@@ -84,6 +84,7 @@ def test_every_kind_trains_and_scores_each_split(trained):
     for split in ("train", "val", "test"):
         s = result.scores[split]
         assert s.n > 0 and np.isfinite(s.loss) and -1 <= s.ic <= 1, (kind, split, s)
+    assert sum(p.numel() for p in result.model.parameters()) == CONFIGS[kind].parameter_count()  # the size limit's count
     m = load_model(path)  # the .onnx is the model file: config, normalizer and signal in its metadata
     assert m.config == CONFIGS[kind] and m.normalizer == result.normalizer
     assert m.signal.horizon_ticks == TRAIN[kind].horizon and m.specs == state_specs(CONFIGS[kind])
