@@ -95,7 +95,8 @@ class TrainResult(msgspec.Struct, kw_only=True):
     split: dict[str, Any]
 
 
-def _tensors(segs: list[Segment], norm: Normalizer, horizon: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def segment_tensors(segs: list[Segment], norm: Normalizer, horizon: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per segment: normalized features [n, F], standardized K-tick target [n] and its validity [n]."""
     out = []
     for s in segs:
         y, valid = horizon_target(s.mid, horizon)
@@ -175,7 +176,7 @@ def _train(split: Split, model_config: ModelConfig, config: TrainConfig,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     norm = fit_normalizer(split.train, config.horizon)
-    data = {name: _tensors(segs, norm, config.horizon) for name, segs in (("train", split.train), ("val", split.val), ("test", split.test))}
+    data = {name: segment_tensors(segs, norm, config.horizon) for name, segs in (("train", split.train), ("val", split.val), ("test", split.test))}
     if not data["val"]:
         raise ValueError("the validation period holds no segments; add data or change --val-frac")
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.domain.timestamps import DAY_NS
 from engine.training.dataset import Segment, Split
-from engine.training.train import ModelConfig, Scores, TrainConfig, TrainResult, _tensors, evaluate, train
+from engine.training.train import ModelConfig, Scores, TrainConfig, TrainResult, evaluate, segment_tensors, train
 
 
 class Fold(msgspec.Struct, kw_only=True):
@@ -140,7 +140,7 @@ def walk_forward(
         result = train(split, model_config, config, on_step=on_step)
         daily = []
         for d in range(e0, e1):
-            data = _tensors(pick(d, d + 1), result.normalizer, config.horizon)
+            data = segment_tensors(pick(d, d + 1), result.normalizer, config.horizon)
             daily.append(evaluate(result.model, data, config.batch_size, config.huber_delta))
         folds.append(Fold(index=k, fit_days=(f0, f1), eval_days=(e0, e1), result=result, daily=daily))
     return WalkForward(days=[int(d) for d in days], folds=folds)
