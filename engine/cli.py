@@ -14,6 +14,7 @@ from typing import Any
 from engine.backtest import INTERVALS_NS
 from engine.domain.instrument import Instrument
 from engine.domain.timestamps import SECOND_NS, UNITS
+from engine.model.zoo_config import ZOO_HEADS, ZOO_KINDS, ZOO_WINDOW
 from engine.options import (
     FILE_CALENDAR,
     FILE_VENUE,
@@ -74,6 +75,14 @@ examples:
   nextick train --out runs/ssm                         synthetic market, 1 s ticks, horizon 10
   nextick train --data quotes.parquet --calendar XNYS --horizon 30 --out runs/spy
   nextick backtest --strategy ssm --model runs/ssm/model.safetensors --compare momentum
+  nextick train --kind lstm --dropout 0.1 --out runs/lstm                writes runs/lstm/model.onnx
+  nextick backtest --strategy ssm --model runs/lstm/model.onnx --backend onnxruntime
+  nextick train --kind gru --walk-forward --train-days 5 --refit-days 2 --n-sessions 20 --out runs/wf
+
+Kinds: mamba2 and s4d (the SSM: model.safetensors, any backend), lstm, gru, mlp (over the last --window
+ticks) and transformer (causal, over the last --window ticks): model.onnx, the step graph with its
+weights, normalizer and config, run with --backend onnxruntime. Every kind trains on the same features,
+splits and target, and writes the same report.
 
 The packaged default model is made by the command in README.md ("Default model").
 """
@@ -321,11 +330,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train the SSM signal on replayed ticks and export model.safetensors",
+        help="train a signal model (the SSM, or the zoo: LSTM, GRU, MLP, Transformer) on replayed ticks",
         description="Replay quotes (synthetic by default, or any file `backtest` reads) through the engine, cut "
-        "them into sessions at every reset, split by time into train/validation/test, train the SSM "
-        "from zero state per session with early stopping on validation, and write model.safetensors "
-        "plus training_report.json/.md (loss curves, information coefficient).",
+        "them into sessions at every reset, split by time into train/validation/test, train the model "
+        "from zero state per session with early stopping on validation, and write model.safetensors (SSM) or "
+        "model.onnx (zoo) plus training_report.json/.md (loss curves, information coefficient). With "
+        "--walk-forward: refit on a rolling window of days and score each fit on the days after it.",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -342,12 +352,24 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--test-frac", type=float, default=0.2, help="share of days for test, the latest (default 0.2)")
     tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     mo = t.add_argument_group("model")
-    mo.add_argument("--kind", default="mamba2", choices=["mamba2", "s4d"], help="Mamba-2 selective SSM or the S4D LTI baseline")
+    mo.add_argument("--kind", default="mamba2", choices=["mamba2", "s4d", *ZOO_KINDS],
+                    help="mamba2 (selective SSM, default), s4d (LTI baseline), or a zoo model: lstm, gru, mlp, transformer")
     mo.add_argument("--discretization", default="zoh", choices=["zoh", "bilinear"], help="s4d only (default zoh)")
     mo.add_argument("--d-model", type=int, default=64, help="width of the residual stream (default 64)")
     mo.add_argument("--n-layers", type=int, default=2, help="SSM blocks (default 2)")
     mo.add_argument("--d-state", type=int, default=16, help="state size per channel (default 16)")
     mo.add_argument("--headdim", type=int, default=32, help="mamba2 head width; d_inner = 2 * d_model (default 32)")
+    mo.add_argument("--window", type=int, default=None,
+                    help=f"mlp, transformer: the last W ticks the model sees (default {ZOO_WINDOW})")
+    mo.add_argument("--n-heads", type=int, default=None,
+                    help=f"transformer: attention heads (default {ZOO_HEADS})")
+    mo.add_argument("--dropout", type=float, default=0.0, help="dropout rate in training (default 0: none)")
+    wf = t.add_argument_group("walk-forward retraining")
+    wf.add_argument("--walk-forward", action="store_true",
+                    help="refit every --refit-days trading days on the --train-days before, score each fold on the days "
+                    "after it; the report has per-fold scores and IC by days since the fit; the model file is the last fold's")
+    wf.add_argument("--train-days", type=int, metavar="N", help="walk-forward: trading days each fold fits on")
+    wf.add_argument("--refit-days", type=int, metavar="M", help="walk-forward: trading days each fold is scored on, and its step")
     t.add_argument("--out", type=Path, default=Path("runs/train"), metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -657,8 +679,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_model_config(args: argparse.Namespace, config):
+    """The model's config from the train command's options; an option the kind does not use is refused."""
+    from engine.model.zoo_config import ZooConfig
+    from engine.training.train import ssm_config
+
+    if args.kind in ZOO_KINDS:
+        zoo = {"window": args.window, "n_heads": args.n_heads}
+        unused = {"--window": args.kind not in ("mlp", "transformer"), "--n-heads": args.kind != "transformer"}
+        for flag, name in (("--window", "window"), ("--n-heads", "n_heads")):
+            if zoo[name] is not None and unused[flag]:
+                raise ValueError(f"{flag} means nothing to --kind {args.kind}; leave it out")
+        return ZooConfig(kind=args.kind, d_model=args.d_model, n_layers=args.n_layers,
+                         **{k: v for k, v in zoo.items() if v is not None})
+    for flag, value in (("--window", args.window), ("--n-heads", args.n_heads)):
+        if value is not None:
+            raise ValueError(f"{flag} is for the zoo's window models (--kind mlp, transformer), not --kind {args.kind}")
+    return ssm_config(config, kind=args.kind, discretization=args.discretization, d_model=args.d_model,
+                      n_layers=args.n_layers, d_state=args.d_state, headdim=args.headdim)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.model.config import SSMConfig
     from engine.options import quote_source
     from engine.progress import Progress
     from engine.training.dataset import collect_segments, split_by_time
@@ -668,18 +709,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
     except ImportError:
         raise SystemExit("nextick train needs torch: pip install 'nextick[train]' (or torch==2.13.0)") from None
-    from engine.training.train import TrainConfig, export, train, write_report
+    from engine.training.train import TrainConfig, export, model_file_name, train, write_report
 
+    if not args.walk_forward and (args.train_days is not None or args.refit_days is not None):
+        raise ValueError("--train-days and --refit-days are walk-forward options: add --walk-forward")
+    if args.walk_forward and (args.train_days is None or args.refit_days is None):
+        raise ValueError("--walk-forward needs --train-days N (days each fold fits on) and --refit-days M (days it is "
+                         "scored on, and its step)")
+    if args.kind in ZOO_KINDS:  # the zoo's file is its ONNX graph: fail now, not after training
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"nextick train --kind {args.kind} writes ONNX and needs onnx and onnxscript: "
+                             f"pip install 'nextick[train,onnx]' ({e})") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
         horizon=args.horizon, interval=args.interval, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         patience=args.patience, seed=args.train_seed, val_frac=args.val_frac, test_frac=args.test_frac,
+        dropout=args.dropout,
     )
-    model_config = SSMConfig(
-        kind=args.kind, discretization=args.discretization, d_model=args.d_model, n_layers=args.n_layers,
-        d_state=args.d_state, headdim=args.headdim,
-    )
+    model_config = _train_model_config(args, config)
     source = quote_source(_options(args, SOURCE_OPTIONS))
     show = False if args.no_progress else None
     progress = Progress("replay", enabled=show, total=getattr(source, "expected_rows", None))
@@ -687,27 +738,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         segments = collect_segments(source, interval=args.interval, warmup_ticks=args.warmup_ticks, on_progress=progress.update)
     finally:
         progress.close()
-    split = split_by_time(segments, args.val_frac, args.test_frac)
-    progress = Progress("train", enabled=show, unit="steps",
-                        total=args.epochs * -(-len(split.train) // args.batch_size))
-    try:
-        result = train(split, model_config, config, on_step=lambda n, note: (setattr(progress, "note", note), progress.update(n)))
-    finally:
-        progress.close()
+    extra, extra_md = None, None
+    if args.walk_forward:
+        from engine.training.walk_forward import walk_forward
+
+        progress = Progress("walk-forward", enabled=show, unit="steps")
+        try:
+            wf = walk_forward(segments, model_config, config, train_days=args.train_days, refit_days=args.refit_days,
+                              on_fold=lambda k, n: setattr(progress, "note", f"fold {k + 1}/{n}"),
+                              on_step=lambda n, note: progress.update(n))
+        finally:
+            progress.close()
+        result = wf.folds[-1].result  # the latest fit: the model to run next
+        extra = {"walk_forward": {"train_days": args.train_days, "refit_days": args.refit_days, **wf.to_report()}}
+        extra_md = wf.markdown()
+    else:
+        split = split_by_time(segments, args.val_frac, args.test_frac)
+        progress = Progress("train", enabled=show, unit="steps",
+                            total=args.epochs * -(-len(split.train) // args.batch_size))
+        try:
+            result = train(split, model_config, config, on_step=lambda n, note: (setattr(progress, "note", note), progress.update(n)))
+        finally:
+            progress.close()
     data_desc = (
         {"source": "synthetic", "seed": args.seed, "n_instruments": args.n_instruments, "n_sessions": args.n_sessions,
          "start": args.start or SYNTHETIC_START, "alpha_strength": args.alpha_strength, "calendar": args.calendar or SYNTHETIC_CALENDAR}
         if isinstance(source, SyntheticMarket) else {"source": source.stats.source}
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    model_path = args.out / "model.safetensors"
+    model_path = args.out / model_file_name(model_config)
     export(result, model_path, config, data_desc)
-    paths = [model_path, *write_report(result, args.out, config, model_config, data_desc)]
+    paths = [model_path, *write_report(result, args.out, config, model_config, data_desc, extra, extra_md)]
     s = result.scores
     print(f"trained {model_config.kind}: best epoch {result.best_epoch}/{len(result.history)}; "
           f"IC val {s['val'].ic:.4f} test {s['test'].ic:.4f}; rank IC val {s['val'].rank_ic:.4f} test {s['test'].rank_ic:.4f}")
+    if args.walk_forward:
+        decay = ", ".join(f"{d['days_since_fit']}: {d['ic_mean']:.4f}" for d in extra["walk_forward"]["decay"])
+        print(f"walk-forward: {len(wf.folds)} folds; mean eval IC by days since the fit: {decay}")
     for path in paths:
         print(f"wrote {path}")
+    if args.kind in ZOO_KINDS:
+        print(f"run it: nextick backtest --strategy ssm --model {model_path} --backend onnxruntime")
     return 0
 
 
@@ -848,6 +919,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise SystemExit(f"nextick export needs torch, onnx and onnxscript: pip install 'nextick[train,onnx]' ({e})") from None
     model = load_model(args.model)
+    if not hasattr(model, "tensors"):  # a zoo model: its file is already its ONNX step graph
+        raise ValueError(f"{model.path} is a {model.config.kind} model's ONNX file already: run it with "
+                         "--backend onnxruntime; `nextick export` writes the step graph of an SSM's .safetensors")
     path = export_onnx(model, args.out or sibling_path(model.path))
     print(f"wrote {path} ({path.stat().st_size:,} bytes): {model.config.kind}, one step, dynamic batch; onnx.checker passed")
     from engine.model.onnx_backend import INSTALL_HINT, onnxruntime_installed, parity_vs_kernel

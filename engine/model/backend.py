@@ -130,6 +130,9 @@ def make_backend(name: str, model: ModelFile, n_slots: int) -> ModelBackend:
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ValueError(f"unknown model backend {name!r}; available here: {', '.join(_FACTORIES)}")
+    runs_on = getattr(model, "backends", None)  # a model only some backends run (a zoo model's .onnx)
+    if runs_on is not None and name not in runs_on:
+        raise ValueError(model.wrong_backend(name))
     backend = factory(model, n_slots)
     if backend.n_features != model.config.n_features or backend.n_outputs != model.config.n_out:
         raise ValueError(

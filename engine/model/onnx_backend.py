@@ -45,8 +45,10 @@ from engine.model.onnx_format import (
     cache_path,
     check_metadata,
     file_sha256,
+    read_model_metadata,
     sibling_path,
 )
+from engine.model.onnx_model import OnnxModelFile
 from engine.model.weights import ModelFile
 
 INSTALL_HINT = "pip install 'nextick[onnx]' (CPU) or 'nextick[onnx-gpu]' (CUDA)"
@@ -107,26 +109,37 @@ def _locked(method):
 class OnnxRuntimeBackend:
     """A ModelBackend (engine/model/backend.py) running ``model``'s ONNX step graph in ONNX Runtime.
 
+    ``model``: an SSM's ModelFile, or a zoo model's OnnxModelFile (whose .onnx is the graph). Every
+    kind runs through the same code: a state is read only by its spec (name, output, shape).
     ``onnx_path``: the graph (default: ``onnx_path_for(model)``); it must be the export of ``model``.
     ``providers``: ONNX Runtime execution providers (default ``default_providers()``).
     ``threads``: ONNX Runtime's intra-op threads; 1, as the C++ kernel (the engine's loop is one thread).
 
-    A slot's state vector (get_state/set_state) is the C++ kernel's: layer by layer, the conv window
-    then the SSM state, each in the kernel's layout (onnx_format.state_specs), so a state moves
-    between backends.
+    A slot's state vector (get_state/set_state) is the graph's states in order (onnx_format.state_specs):
+    for the SSM the C++ kernel's, layer by layer, the conv window then the SSM state, each in the
+    kernel's layout, so a state moves between backends.
     """
 
     backend_name = "onnxruntime"
 
-    def __init__(self, model: ModelFile, n_slots: int, *, onnx_path: str | os.PathLike | None = None,
+    def __init__(self, model: ModelFile | OnnxModelFile, n_slots: int, *, onnx_path: str | os.PathLike | None = None,
                  providers: list[str] | None = None, threads: int = 1) -> None:
         ort = import_onnxruntime()
         self.config = model.config
-        sha = file_sha256(model.path)
-        self.onnx_path = Path(onnx_path) if onnx_path is not None else onnx_path_for(model, sha)
-        self._session = _open_session(ort, self.onnx_path, providers or default_providers(), threads)
-        meta = self._session.get_modelmeta().custom_metadata_map
-        self.specs = check_metadata(str(self.onnx_path), meta, model.config, model.path, sha)
+        if isinstance(model, OnnxModelFile):  # a zoo model: its .onnx is the model file
+            self.onnx_path = Path(onnx_path) if onnx_path is not None else Path(model.path)
+            self._session = _open_session(ort, self.onnx_path, providers or default_providers(), threads)
+            info = read_model_metadata(str(self.onnx_path), self._session.get_modelmeta().custom_metadata_map)
+            if info.config != model.config:
+                raise OnnxFileError(f"{self.onnx_path}: holds a model of config {info.config}, not {model.path}'s "
+                                    f"{model.config}; load the model from the file you mean to run")
+            self.specs = info.specs
+        else:
+            sha = file_sha256(model.path)
+            self.onnx_path = Path(onnx_path) if onnx_path is not None else onnx_path_for(model, sha)
+            self._session = _open_session(ort, self.onnx_path, providers or default_providers(), threads)
+            meta = self._session.get_modelmeta().custom_metadata_map
+            self.specs = check_metadata(str(self.onnx_path), meta, model.config, model.path, sha)
         _check_graph(str(self.onnx_path), self._session, self.config.n_features, self.config.n_out, self.specs)
         self._io = self._session.io_binding()
         # The pool and the bound buffers are shared by every call; ONNX Runtime lets go of the GIL

@@ -20,6 +20,7 @@ import operator
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from engine.model.onnx_format import (
     INPUT_X,
     OPSET,
     OUTPUT,
+    StateSpec,
     file_sha256,
     metadata,
     state_specs,
@@ -180,14 +182,23 @@ def export_onnx(model: ModelFile, out_path: str | os.PathLike, *, opset: int = O
     """Write ``model``'s step graph to ``out_path`` (checked by onnx.checker, metadata as
     onnx_format.metadata) and return the path. The file appears whole or not at all."""
     cfg = model.config
-    specs = state_specs(cfg)
     step = KernelStep(cfg, model.tensors).eval()
+    sha = file_sha256(model.path)
+    return export_step(step, example_inputs(cfg, 3), state_specs(cfg), out_path, opset=opset,
+                       meta=lambda exporter: metadata(cfg, model.path, sha, opset, exporter))
+
+
+def export_step(step: nn.Module, example: tuple[torch.Tensor, ...], specs: list[StateSpec], out_path: str | os.PathLike,
+                *, opset: int, meta: Callable[[str], dict[str, str]]) -> Path:
+    """Export ``step`` ((x, reset, *states) -> (out, *next states), the states ``specs``) as the ONNX
+    contract's graph with a dynamic batch axis, set its metadata to ``meta(exporter description)``,
+    check it with onnx's checker and write it to ``out_path``, whole or not at all."""
     batch = torch.export.Dim(BATCH_AXIS)
     # The torch.export-based exporter: the TorchScript one (dynamo=False) is deprecated, to be removed.
     with _quiet_exporter():
         program = torch.onnx.export(
             step,
-            example_inputs(cfg, 3),
+            example,
             input_names=[INPUT_X, INPUT_RESET, *(s.name for s in specs)],
             output_names=[OUTPUT, *(s.output for s in specs)],
             opset_version=opset,
@@ -201,9 +212,8 @@ def export_onnx(model: ModelFile, out_path: str | os.PathLike, *, opset: int = O
         del node.metadata_props[:]
         node.doc_string = ""
     exporter = f"torch.onnx (dynamo) {torch.__version__}, onnx {onnx.__version__}"
-    meta = metadata(cfg, model.path, file_sha256(model.path), opset, exporter)
     del proto.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in meta(exporter).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto, full_check=True)
     out = Path(out_path)

@@ -19,6 +19,15 @@ metadata does not match the model file it is asked to run: ``format``, ``format_
 ``source_file`` (its name, for messages), ``opset``, ``states`` (JSON of the state specs) and
 ``exporter``.
 
+The model zoo's kinds (engine/model/zoo_config.py: lstm, gru, mlp, transformer) have no .safetensors:
+their .onnx is the model file itself (format ``nextick-model-onnx``), a step graph of the same
+contract, with the weights inside and in its metadata what the engine needs to run it: ``format``,
+``format_version``, ``kind``, ``config`` (JSON of ZooConfig), ``normalizer``, ``signal``, ``states``,
+``opset``, ``exporter`` and ``training``. Their states, in ``state_specs``: lstm ``h_state_{i}`` and
+``c_state_{i}`` [d_model], gru ``h_state_{i}`` [d_model], mlp and transformer ``window``
+[window, n_features] and ``count`` [1]. The backend reads a state only by its spec (name, output,
+shape), so it runs every kind with the same code.
+
 No torch and no onnxruntime here: the export (torch) and the backend (onnxruntime) share this contract.
 """
 
@@ -27,14 +36,18 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import msgspec
 
 from engine.model.config import SSMConfig
+from engine.model.weights import Normalizer, SignalSpec
+from engine.model.zoo_config import ZooConfig
 
 FORMAT = "nextick-ssm-onnx"
 FORMAT_VERSION = 1
+MODEL_FORMAT = "nextick-model-onnx"  # a zoo model: the .onnx is the model file (weights and metadata)
+MODEL_FORMAT_VERSION = 1
 OPSET = 18
 PARITY_RTOL = 1e-5  # DESIGN.md, The SSM: relative error of outputs and states against the C++ kernel
 INPUT_X, INPUT_RESET, OUTPUT = "x", "reset", "out"
@@ -51,9 +64,9 @@ class StateSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str  # graph input
     output: str  # graph output: the state after the step
-    layer: int
-    kind: Literal["conv", "ssm"]
-    shape: tuple[int, ...]  # per slot, row-major: the C++ kernel's own layout
+    layer: int  # 0 for a state of the whole model (the window models' window and count)
+    kind: str  # what it holds: mamba2/s4d "conv", "ssm"; lstm "h", "c"; gru "h"; mlp/transformer "window", "count"
+    shape: tuple[int, ...]  # per slot, row-major (the SSM's: the C++ kernel's own layout)
 
     @property
     def size(self) -> int:
@@ -63,11 +76,13 @@ class StateSpec(msgspec.Struct, frozen=True, kw_only=True):
         return n
 
 
-def state_specs(cfg: SSMConfig) -> list[StateSpec]:
+def state_specs(cfg: SSMConfig | ZooConfig) -> list[StateSpec]:
     """The states of a config's step graph, layer by layer (conv window first). Each is laid out as
     the C++ kernel stores it, so a slot's state vector (get_state) is the same floats in the same
     order on both backends, and the SSM state keeps d_state outermost: the update and the sum over
     n then run over long contiguous rows (all of d_inner) in ONNX Runtime as in the kernel."""
+    if isinstance(cfg, ZooConfig):
+        return zoo_state_specs(cfg)
     specs = []
     for i in range(cfg.n_layers):
         if cfg.kind == "mamba2":
@@ -80,6 +95,19 @@ def state_specs(cfg: SSMConfig) -> list[StateSpec]:
             specs.append(StateSpec(name=f"ssm_state_{i}", output=f"ssm_state_{i}_next", layer=i, kind="ssm",
                                    shape=(cfg.d_state, cfg.d_inner)))
     return specs
+
+
+def zoo_state_specs(cfg: ZooConfig) -> list[StateSpec]:
+    """A zoo model's states (engine/model/zoo_config.py says what each holds)."""
+    def spec(name: str, layer: int, kind: str, shape: tuple[int, ...]) -> StateSpec:
+        return StateSpec(name=name, output=f"{name}_next", layer=layer, kind=kind, shape=shape)
+
+    if cfg.kind == "lstm":
+        return [s for i in range(cfg.n_layers)
+                for s in (spec(f"h_state_{i}", i, "h", (cfg.d_model,)), spec(f"c_state_{i}", i, "c", (cfg.d_model,)))]
+    if cfg.kind == "gru":
+        return [spec(f"h_state_{i}", i, "h", (cfg.d_model,)) for i in range(cfg.n_layers)]
+    return [spec("window", 0, "window", (cfg.window, cfg.n_features)), spec("count", 0, "count", (1,))]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -131,6 +159,66 @@ def check_metadata(path: str, meta: dict[str, str], cfg: SSMConfig, source_path:
         raise OnnxFileError(f"{path}: its states {[(s.name, s.shape) for s in specs]} are not those of "
                             f"{cfg.kind} config {cfg}; {redo}")
     return specs
+
+
+def model_metadata(cfg: ZooConfig, normalizer: Normalizer, signal: SignalSpec, opset: int, exporter: str,
+                   training: dict[str, Any] | None = None) -> dict[str, str]:
+    """The metadata of a self-contained model file (a zoo kind's .onnx)."""
+    enc = msgspec.json.encode
+    return {
+        "format": MODEL_FORMAT,
+        "format_version": str(MODEL_FORMAT_VERSION),
+        "kind": cfg.kind,
+        "config": enc(cfg).decode(),
+        "normalizer": enc(normalizer).decode(),
+        "signal": enc(signal).decode(),
+        "states": enc(state_specs(cfg)).decode(),
+        "opset": str(opset),
+        "exporter": exporter,
+        "training": enc(training or {}).decode(),
+    }
+
+
+class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    config: ZooConfig
+    normalizer: Normalizer
+    signal: SignalSpec
+    specs: list[StateSpec]
+    training: dict[str, Any]
+
+
+def is_model_file(meta: dict[str, str]) -> bool:
+    """Whether an .onnx file's metadata is that of a self-contained model (not an SSM's step export)."""
+    return meta.get("format") == MODEL_FORMAT
+
+
+def read_model_metadata(path: str, meta: dict[str, str]) -> ModelMetadata:
+    """What the self-contained model file ``path`` (metadata ``meta``) says about itself, checked:
+    the format, a config the zoo can build, and the states that config implies."""
+    redo = "retrain it with this version's `nextick train --kind KIND`"
+    if meta.get("format") != MODEL_FORMAT:
+        hint = (" (an SSM step export: run its .safetensors, --model NAME.safetensors)" if meta.get("format") == FORMAT
+                else "")
+        raise OnnxFileError(f"{path}: metadata 'format' is {meta.get('format')!r}, expected {MODEL_FORMAT!r}: "
+                            f"not a nextick model file{hint}")
+    if meta.get("format_version") != str(MODEL_FORMAT_VERSION):
+        raise OnnxFileError(f"{path}: format_version {meta.get('format_version')!r}; this nextick reads "
+                            f"version {MODEL_FORMAT_VERSION}; {redo}")
+    fields: dict[str, Any] = {}
+    for key, typ in (("config", ZooConfig), ("normalizer", Normalizer), ("signal", SignalSpec),
+                     ("states", list[StateSpec]), ("training", dict)):
+        if key not in meta:
+            raise OnnxFileError(f"{path}: metadata has no {key!r}; {redo}")
+        try:
+            fields[key] = msgspec.json.decode(meta[key], type=typ)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
+            raise OnnxFileError(f"{path}: metadata {key!r} is invalid ({e}); {redo}") from None
+    cfg = fields["config"]
+    if fields["states"] != state_specs(cfg):
+        raise OnnxFileError(f"{path}: its states {[(s.name, s.shape) for s in fields['states']]} are not those of "
+                            f"{cfg.kind} config {cfg}; {redo}")
+    return ModelMetadata(config=cfg, normalizer=fields["normalizer"], signal=fields["signal"], specs=fields["states"],
+                         training=fields["training"])
 
 
 def sibling_path(model_path: str | os.PathLike) -> Path:

@@ -92,10 +92,16 @@ def save_model(
 
 
 def load_model(path: str | os.PathLike | None = None) -> ModelFile:
-    """Read and check a model file (the packaged default when ``path`` is None)."""
+    """Read and check a model file (the packaged default when ``path`` is None). A ``.onnx`` path is
+    a zoo model's file (LSTM, GRU, MLP, Transformer: engine/model/onnx_model.py), which runs on the
+    onnxruntime backend and stands where a ModelFile does."""
     from safetensors import SafetensorError, safe_open
 
     p = str(path if path is not None else DEFAULT_MODEL_PATH)
+    if p.endswith(".onnx"):
+        from engine.model.onnx_model import load_onnx_model
+
+        return load_onnx_model(p)  # type: ignore[return-value]
     if not os.path.isfile(p):
         hint = " (the packaged default is missing: reinstall, or run `nextick train`)" if path is None else ""
         raise ModelFileError(f"{p}: no such model file{hint}")
@@ -149,14 +155,15 @@ def _decode(path: str, meta: dict[str, str], key: str, typ: type) -> Any:
         raise ModelFileError(f"{path}: metadata {key!r} is invalid: {e}") from None
 
 
-def _check(path: str, config: SSMConfig, normalizer: Normalizer, tensors: dict[str, np.ndarray]) -> None:
+def check_normalizer(path: str, n_features: int, normalizer: Normalizer) -> None:
+    """The model's features are the engine's (FEATURE_NAMES, in order), with a usable normalizer."""
     if tuple(normalizer.names) != FEATURE_NAMES:
         raise ModelFileError(
             f"{path}: the model was trained on features {list(normalizer.names)}; this engine computes "
             f"{list(FEATURE_NAMES)}. Retrain with `nextick train`."
         )
-    if config.n_features != len(FEATURE_NAMES):
-        raise ModelFileError(f"{path}: config.n_features is {config.n_features}, the engine computes {len(FEATURE_NAMES)}")
+    if n_features != len(FEATURE_NAMES):
+        raise ModelFileError(f"{path}: config.n_features is {n_features}, the engine computes {len(FEATURE_NAMES)}")
     for name, vals in (("mean", normalizer.mean), ("std", normalizer.std)):
         if len(vals) != len(FEATURE_NAMES):
             raise ModelFileError(f"{path}: normalizer.{name} has {len(vals)} values for {len(FEATURE_NAMES)} features")
@@ -164,6 +171,10 @@ def _check(path: str, config: SSMConfig, normalizer: Normalizer, tensors: dict[s
             raise ModelFileError(f"{path}: normalizer.{name} holds a non-finite value")
     if not all(v > 0 for v in normalizer.std) or not normalizer.target_std > 0:
         raise ModelFileError(f"{path}: normalizer standard deviations must be positive")
+
+
+def _check(path: str, config: SSMConfig, normalizer: Normalizer, tensors: dict[str, np.ndarray]) -> None:
+    check_normalizer(path, config.n_features, normalizer)
     _check_shapes(path, config, {name: tuple(t.shape) for name, t in tensors.items()})
     for name, t in tensors.items():
         if t.dtype != np.float32:

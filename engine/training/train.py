@@ -1,9 +1,13 @@
-"""Training the SSM on replayed sessions (torch; the runtime never imports this module).
+"""Training the signal models on replayed sessions (torch; the runtime never imports this module).
 
     source -> engine tick loop with the feature tap -> segments (one per reset)
            -> chronological train / validation / test split -> normalizer fitted on train
            -> parallel-form training from zero state, early stopping on validation loss
-           -> model.safetensors + training_report.{json,md}
+           -> model.safetensors (SSM) or model.onnx (zoo) + training_report.{json,md}
+
+Every kind trains the same way on the same data: the SSM (mamba2, s4d; engine/model/ssm.py) and the
+zoo (lstm, gru, mlp, transformer; engine/training/zoo.py). A zoo model's file is its ONNX step graph
+(engine/training/zoo_export.py), which the engine runs on the onnxruntime backend.
 
 The target of tick t is the mid log-return to tick t+K of the same segment, in bps, standardized
 with the training statistics. Scores are the mean squared error in those units and the information
@@ -26,7 +30,11 @@ import torch
 from engine.model.config import SSMConfig
 from engine.model.ssm import SSMModel
 from engine.model.weights import Normalizer, SignalSpec, save_model
+from engine.model.zoo_config import ZooConfig
+from engine.training import zoo
 from engine.training.dataset import Segment, Split, fit_normalizer, horizon_target
+
+ModelConfig = SSMConfig | ZooConfig
 
 
 class TrainConfig(msgspec.Struct, kw_only=True):
@@ -42,12 +50,33 @@ class TrainConfig(msgspec.Struct, kw_only=True):
     seed: int = 0
     val_frac: float = 0.2
     test_frac: float = 0.2
+    dropout: float = 0.0  # rate, in training only (zoo models; the SSM once SSMConfig has the field)
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
             raise ValueError("horizon must be >= 1 tick")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+def ssm_config(config: TrainConfig, **fields: Any) -> SSMConfig:
+    """The SSM's config with the run's dropout, where SSMConfig has the field (the lead adds
+    ``SSMConfig.dropout`` in issue 14; until then a dropout for the SSM is refused, not ignored)."""
+    if "dropout" in SSMConfig.__struct_fields__:
+        fields["dropout"] = config.dropout  # SSMConfig gets dropout=config.dropout (issue 14)
+    elif config.dropout:
+        raise ValueError("--dropout: this SSM (SSMConfig) has no dropout yet; leave --dropout at 0 for mamba2/s4d, "
+                         "or use it with --kind lstm, gru, mlp or transformer")
+    return SSMConfig(**fields)
+
+
+def build_model(model_config: ModelConfig, config: TrainConfig) -> torch.nn.Module:
+    """The torch model of ``model_config``, initialized from torch's RNG (seeded by ``train``)."""
+    if isinstance(model_config, ZooConfig):
+        return zoo.build(model_config, dropout=config.dropout)
+    return SSMModel(model_config)
 
 
 class Scores(msgspec.Struct):
@@ -66,7 +95,8 @@ class TrainResult(msgspec.Struct, kw_only=True):
     split: dict[str, Any]
 
 
-def _tensors(segs: list[Segment], norm: Normalizer, horizon: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def segment_tensors(segs: list[Segment], norm: Normalizer, horizon: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per segment: normalized features [n, F], standardized K-tick target [n] and its validity [n]."""
     out = []
     for s in segs:
         y, valid = horizon_target(s.mid, horizon)
@@ -108,7 +138,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def evaluate(model: SSMModel, data: list, batch_size: int, huber_delta: float) -> Scores:
+def evaluate(model: torch.nn.Module, data: list, batch_size: int, huber_delta: float) -> Scores:
     preds, targets, losses = [], [], []
     model.eval()
     with torch.no_grad():
@@ -126,19 +156,31 @@ def evaluate(model: SSMModel, data: list, batch_size: int, huber_delta: float) -
 
 def train(
     split: Split,
-    model_config: SSMConfig,
+    model_config: ModelConfig,
     config: TrainConfig,
     *,
     on_step: Callable[[int, str], None] | None = None,
 ) -> TrainResult:
+    """Fit ``model_config``'s model on ``split.train``, early-stopping on ``split.val``; ``split.test``
+    is only scored. Seeded: the same data, configs and machine give the same weights bit for bit."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(split, model_config, config, on_step)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(split: Split, model_config: ModelConfig, config: TrainConfig,
+           on_step: Callable[[int, str], None] | None) -> TrainResult:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     norm = fit_normalizer(split.train, config.horizon)
-    data = {name: _tensors(segs, norm, config.horizon) for name, segs in (("train", split.train), ("val", split.val), ("test", split.test))}
+    data = {name: segment_tensors(segs, norm, config.horizon) for name, segs in (("train", split.train), ("val", split.val), ("test", split.test))}
     if not data["val"]:
         raise ValueError("the validation period holds no segments; add data or change --val-frac")
 
-    model = SSMModel(model_config)
+    model = build_model(model_config, config)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(data["train"]) / config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
@@ -182,6 +224,11 @@ def train(
     return TrainResult(model=model, normalizer=norm, history=history, best_epoch=best[1], scores=scores, split=split_info)
 
 
+def model_file_name(model_config: ModelConfig) -> str:
+    """What ``export`` writes: the SSM's weights, or a zoo model's ONNX step graph."""
+    return "model.onnx" if isinstance(model_config, ZooConfig) else "model.safetensors"
+
+
 def export(result: TrainResult, path: Path, config: TrainConfig, data_desc: dict[str, Any]) -> None:
     training = {
         "data": data_desc,
@@ -190,17 +237,36 @@ def export(result: TrainResult, path: Path, config: TrainConfig, data_desc: dict
         "scores": msgspec.to_builtins(result.scores),
         "split": result.split,
     }
+    signal = SignalSpec(horizon_ticks=config.horizon, interval=config.interval)
+    if isinstance(result.model.cfg, ZooConfig):
+        from engine.training.zoo_export import export_zoo_onnx  # onnx and onnxscript: only zoo runs need them
+
+        export_zoo_onnx(result.model, result.normalizer, signal, path, training=training)
+        return
     save_model(
         path,
         result.model.export_tensors(),
         result.model.cfg,
         result.normalizer,
-        SignalSpec(horizon_ticks=config.horizon, interval=config.interval),
+        signal,
         training=training,
     )
 
 
-def write_report(result: TrainResult, out_dir: Path, config: TrainConfig, model_config: SSMConfig, data_desc: dict[str, Any]) -> list[Path]:
+def describe(model_config: ModelConfig) -> str:
+    c = model_config
+    if isinstance(c, ZooConfig):
+        shape = {"lstm": "", "gru": "", "mlp": f", window {c.window}",
+                 "transformer": f", window {c.window}, {c.n_heads} heads, feed-forward {c.d_ff}"}[c.kind]
+        return f"{c.kind}, {c.n_layers} layers, d_model {c.d_model}{shape} ({c.parameter_count():,} parameters)"
+    return f"{c.kind}, {c.n_layers} layers, d_model {c.d_model}, d_state {c.d_state}"
+
+
+def write_report(result: TrainResult, out_dir: Path, config: TrainConfig, model_config: ModelConfig,
+                 data_desc: dict[str, Any], extra: dict[str, Any] | None = None,
+                 extra_md: list[str] | None = None) -> list[Path]:
+    """training_report.json and .md; ``extra`` adds keys to the JSON (walk-forward folds), ``extra_md``
+    lines to the Markdown."""
     report = {
         "data": data_desc,
         "model_config": msgspec.to_builtins(model_config),
@@ -210,6 +276,7 @@ def write_report(result: TrainResult, out_dir: Path, config: TrainConfig, model_
         "best_epoch": result.best_epoch,
         "scores": msgspec.to_builtins(result.scores),
         "normalizer": msgspec.to_builtins(result.normalizer),
+        **(extra or {}),
     }
     json_path = out_dir / "training_report.json"
     json_path.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
@@ -217,8 +284,8 @@ def write_report(result: TrainResult, out_dir: Path, config: TrainConfig, model_
         "# Training report",
         "",
         f"- data: {json.dumps(data_desc)}",
-        f"- model: {model_config.kind}, {model_config.n_layers} layers, d_model {model_config.d_model}, "
-        f"d_state {model_config.d_state}; horizon {config.horizon} ticks of {config.interval}",
+        f"- model: {describe(model_config)}; horizon {config.horizon} ticks of {config.interval}"
+        + (f"; dropout {config.dropout:g}" if config.dropout else ""),
         f"- split by time: {result.split['segments']} segments, {result.split['ticks']} ticks",
         f"- best epoch {result.best_epoch} of {len(result.history)} (early stopping on validation loss, patience {config.patience})",
         "",
@@ -230,6 +297,7 @@ def write_report(result: TrainResult, out_dir: Path, config: TrainConfig, model_
     lines += ["", "Loss curves:", "", "| epoch | train loss | val loss | val IC | seconds |", "|---|---|---|---|---|"]
     for h in result.history:
         lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {h['val_ic']:.4f} | {h['seconds']:.1f} |")
+    lines += extra_md or []
     md_path = out_dir / "training_report.md"
     md_path.write_text("\n".join(lines) + "\n")
     return [json_path, md_path]
