@@ -85,3 +85,18 @@ def test_train_refuses_data_too_short_to_split(tmp_path, capsys):
     code = main(["train", "--calendar", CAL, "--n-sessions", "2", *TINY, "--no-progress", "--out", str(tmp_path)])
     assert code == 2
     assert "at least 3" in capsys.readouterr().err
+
+
+def test_ssm_trained_with_dropout_runs_mc_dropout_in_the_engine(tmp_path, capsys):
+    """--dropout reaches the SSM (its config records the rate) and the model it writes backtests with
+    --mc-samples: the prediction's spread across the dropout variants is reported to strategies."""
+    out = tmp_path / "drop"
+    assert main(["train", *DATA, *TINY, "--epochs", "2", "--batch-size", "4", "--dropout", "0.2", "--no-progress",
+                 "--out", str(out)]) == 0
+    model = load_model(out / "model.safetensors")
+    assert model.config.dropout == 0.2
+    args = ["backtest", *DATA, "--strategy", "ssm", "--model", str(out / "model.safetensors"), "--mc-samples", "4",
+            "--param", "uncertainty_k=1", "--no-progress", "--json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)[0]["strategy"] == "ssm"

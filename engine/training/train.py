@@ -50,7 +50,7 @@ class TrainConfig(msgspec.Struct, kw_only=True):
     seed: int = 0
     val_frac: float = 0.2
     test_frac: float = 0.2
-    dropout: float = 0.0  # rate, in training only (zoo models; the SSM once SSMConfig has the field)
+    dropout: float = 0.0  # rate, in training only: the zoo's dropout layers, the SSM's residual-branch masks
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -62,14 +62,9 @@ class TrainConfig(msgspec.Struct, kw_only=True):
 
 
 def ssm_config(config: TrainConfig, **fields: Any) -> SSMConfig:
-    """The SSM's config with the run's dropout, where SSMConfig has the field (the lead adds
-    ``SSMConfig.dropout`` in issue 14; until then a dropout for the SSM is refused, not ignored)."""
-    if "dropout" in SSMConfig.__struct_fields__:
-        fields["dropout"] = config.dropout  # SSMConfig gets dropout=config.dropout (issue 14)
-    elif config.dropout:
-        raise ValueError("--dropout: this SSM (SSMConfig) has no dropout yet; leave --dropout at 0 for mamba2/s4d, "
-                         "or use it with --kind lstm, gru, mlp or transformer")
-    return SSMConfig(**fields)
+    """The SSM's config with the run's dropout (residual-branch masks, one per sequence and channel:
+    engine/model/ssm.py; the same masks MC dropout steps at inference, engine/model/dropout.py)."""
+    return SSMConfig(**fields, dropout=config.dropout)
 
 
 def build_model(model_config: ModelConfig, config: TrainConfig) -> torch.nn.Module:
