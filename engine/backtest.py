@@ -352,19 +352,27 @@ def whole_batches(stream: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[in
     yield 0, held
 
 
-def record_predictions(source: QuoteSource, config: BacktestConfig) -> _core.PredictionTape:
+def record_predictions(source: QuoteSource, config: BacktestConfig, *, tap: bool = False):
     """Every model step of a run over ``source`` under ``config`` (its model, backend, interval,
     resets and MC-dropout settings; its strategy does not matter: the model sees the same ticks
     whatever the orders): the tape that ``run_backtest(..., model_backend=ReplayBackend(tape))``
-    replays into any number of strategy configurations without stepping the model again."""
+    replays into any number of strategy configurations without stepping the model again. With
+    ``tap``, also every in-session tick as the signal saw it (the core's feature tap: ts, mid,
+    pred_mid, pred_std, reset, ...): returns ``(tape, tap)``."""
     config = msgspec.structs.replace(config, strategy="none", strategy_params={})
     engine = Engine(config, source.instruments, None, record=True)
+    engine.core.set_tap(tap)
+    taps = []
     for _, ticks in stream_ticks(source, config.interval):
         engine.run(ticks)
+        if tap:
+            taps.append(engine.core.take_tap())
     engine.core.finish()
     if engine.recording is None:  # no tick ever started the engine
         raise ValueError("record_predictions: the source had no ticks; nothing to record")
-    return engine.recording.tape()
+    if not tap:
+        return engine.recording.tape()
+    return engine.recording.tape(), np.concatenate(taps) if taps else engine.core.take_tap()
 
 
 def run_backtest(

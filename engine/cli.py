@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -327,6 +328,45 @@ def _build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--top", type=int, default=10, help="configurations in the printed table (default 10)")
     ru.add_argument("--no-progress", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
+
+    st = sub.add_parser(
+        "study",
+        help="the model-risk study: MC-dropout backtests of random configurations, the Pretrained Market Line, decay",
+        description="Train each model kind on the first days of the data (or take --model files), draw random "
+        "configurations of the threshold rule (threshold, stop-loss, take-profit, hold time), backtest every "
+        "configuration under every MC-dropout variant of each model on the later days (the model stepped once, "
+        "its predictions replayed into every backtest), split each configuration's risk into the model's own "
+        "(epistemic) and the priced rest, and fit the Pretrained Market Line (mean daily return on priced std "
+        "through the risk-free rate: the slope is the model's Foundation Sharpe ratio), a rolling PML, each "
+        "configuration's CAPM against the equal-weighted market (Newey-West errors) and the signal's decay. "
+        "Writes OUT/study.json, OUT/results.parquet and OUT/report.html (with plotly).",
+    )
+    _add_source_args(st)
+    sa = st.add_argument_group("study")
+    sa.add_argument("--kinds", default="mamba2,lstm,mlp",
+                    help="model kinds to train, comma-separated: mamba2, s4d, lstm, gru, mlp, transformer; '' for none "
+                    "(default mamba2,lstm,mlp)")
+    sa.add_argument("--model", action="append", default=[], metavar="NAME=FILE",
+                    help="study this model file as NAME too (repeatable); no training")
+    sa.add_argument("--configs", type=int, default=200, help="random configurations of the threshold rule (default 200)")
+    sa.add_argument("--variants", type=int, default=8, help="MC-dropout variants per configuration (default 8)")
+    sa.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the models trained here (default 0.1)")
+    sa.add_argument("--train-frac", type=float, default=0.5,
+                    help="share of the trading days that train the models; the rest is studied (default 0.5)")
+    sa.add_argument("--study-seed", type=int, default=0, help="seed of training, configurations and masks (default 0)")
+    sa.add_argument("--epochs", type=int, default=6, help="training epochs per model (default 6)")
+    sa.add_argument("--d-model", type=int, default=32, help="width of the models trained here (default 32)")
+    sa.add_argument("--rf", type=float, default=0.05, help="annual risk-free rate of the PML and CAPM (default 0.05)")
+    sa.add_argument("--window-days", type=int, default=0, help="rolling PML window in days (default: half the period)")
+    sa.add_argument("--interval", default="1s", choices=["100ms", "1s"], help="conflation interval (default 1s)")
+    sa.add_argument("--fee-bps", type=float, default=1.0, help="fee per fill in bps of notional (default 1)")
+    sa.add_argument("--latency-ns", type=int, default=0, help="decision to order-active delay, ns (default 0)")
+    so = st.add_argument_group("workers and output")
+    so.add_argument("--workers", type=int, default=None, help="local worker processes (default: the CPU count)")
+    so.add_argument("--out", type=Path, default=Path("runs/study"), metavar="DIR", help="output folder (default runs/study)")
+    so.add_argument("--no-report", action="store_true", help="do not write report.html")
+    so.add_argument("--no-progress", action="store_true", help="no progress lines")
+    st.set_defaults(func=cmd_study)
 
     t = sub.add_parser(
         "train",
@@ -676,6 +716,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         show_progress=False if args.no_progress else None)
     print(format_summary(outcome, top=args.top))
     print(f"wrote {args.out / 'results.parquet'} and {args.out / 'sweep.json'}")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from engine.model_study import StudyError, StudyOptions, format_outcome, run_study
+
+    models = {}
+    for text in args.model:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise StudyError(f"--model {text}: write NAME=FILE (e.g. ssm=runs/ssm/model.safetensors)")
+        models[name] = path
+    opts = StudyOptions(
+        source=_options(args, SOURCE_OPTIONS), run={"interval": args.interval, "fee_bps": args.fee_bps,
+                                                     "latency_ns": args.latency_ns},
+        kinds=[k.strip() for k in args.kinds.split(",") if k.strip()], models=models, n_configs=args.configs,
+        n_variants=args.variants, dropout=args.dropout, train_frac=args.train_frac, seed=args.study_seed,
+        epochs=args.epochs, d_model=args.d_model, rf_annual=args.rf, window_days=args.window_days,
+    )
+    show = not args.no_progress and sys.stderr.isatty()
+    last = {"what": ""}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if show and (what != last["what"] or done == total or done % 20 == 0):
+            print(f"\r  {what}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        last["what"] = what
+
+    outcome = run_study(opts, args.out, workers=args.workers or os.cpu_count() or 1, on_progress=progress)
+    print(format_outcome(outcome))
+    if not args.no_report:
+        try:
+            from engine.html_report import write_report
+
+            path, figures = write_report(args.out)
+            print(f"wrote {path} ({len(figures)} figures)")
+        except ImportError as e:
+            print(f"no report.html: {e}")
     return 0
 
 

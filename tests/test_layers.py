@@ -45,6 +45,7 @@ FLOORS: dict[str, int] = {
     "engine.ingest": 3,
     "engine.training": 3,
     "engine.sweep": 3,
+    "engine.model_study": 4,  # nextick study: trains (training), sweeps (sweep), reports (html_report)
     "bench": 4,
     "engine.cli": 5,
 }
