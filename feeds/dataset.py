@@ -262,7 +262,7 @@ class _MemorySink(_Sink):
 
 # A .npy header of fixed size: written before the rows are counted, rewritten in place after.
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
-_NPY_HEADER_BYTES = 256
+_NPY_HEADER_BYTES = 512  # room for the description and any row count (np.load needs a multiple of 64)
 
 
 def _npy_header(rows: int) -> bytes:

@@ -321,3 +321,12 @@ def test_a_dataset_replays_real_fx_quotes_with_their_fills(shared_data, tmp_path
     direct = run_backtest(source(), config)
     same_run(direct, run_backtest(QuoteDataset.read(source(), tmp_path).source(), config))
     assert direct.metrics.fill_count > 0
+
+
+def test_npy_header_has_room_for_any_row_count():
+    """The header is written before the rows are counted: a count of 14 digits must fit as 1 does
+    (a 20-session market outgrew the first, 256-byte, header)."""
+    from feeds.dataset import _NPY_HEADER_BYTES, _npy_header
+
+    for rows in (0, 7, 14_000_000, 10**14):
+        assert len(_npy_header(rows)) == _NPY_HEADER_BYTES
