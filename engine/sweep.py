@@ -32,11 +32,13 @@ import contextlib
 import copy
 import datetime
 import difflib
+import hashlib
 import itertools
 import json
 import math
 import multiprocessing
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,7 +48,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from engine.backtest import BacktestResult, run_backtest, trading_days
+from engine import _core
+from engine.backtest import BacktestResult, record_predictions, run_backtest, trading_days
 from engine.domain.calendar import SessionCalendar
 from engine.domain.timestamps import DAY_NS, day_date
 from engine.metrics import daily_return_days
@@ -68,6 +71,7 @@ from engine.overfit import (
 )
 from engine.progress import Progress
 from feeds.dataset import QuoteDataset
+from strategies.builtin import builtin_spec, is_builtin
 
 FORMAT = "nextick.sweep"
 FORMAT_VERSION = 1
@@ -363,11 +367,61 @@ def _open(folder: str) -> QuoteDataset:
     return _OPENED[folder]
 
 
-def run_config(folder: str, options: dict[str, Any], start_ns: int | None, end_ns: int | None) -> RunSummary:
-    """One configuration on one period of the data set in ``folder``: what every worker runs."""
+def run_config(folder: str, options: dict[str, Any], start_ns: int | None, end_ns: int | None,
+               tape: str | None = None) -> RunSummary:
+    """One configuration on one period of the data set in ``folder``: what every worker runs. With
+    ``tape`` (a file of ``record_tapes``), the model's outputs are replayed from it, not computed."""
     dataset = _open(folder)
-    result = run_backtest(dataset.source(start_ns, end_ns), backtest_config(options))
+    backend = _core.ReplayBackend(_open_tape(tape)) if tape is not None else None
+    result = run_backtest(dataset.source(start_ns, end_ns), backtest_config(options), model_backend=backend)
     return summarize(result, _calendars(dataset))
+
+
+# -- one model run for many configurations ----------------------------------------------------------
+
+# The options that decide which ticks reach the model and how it steps them. Configurations that
+# agree on these see the same model outputs whatever their strategy parameters, fees or latency
+# (the signal is stepped on the data, not on the orders), so one recording serves all of them.
+SIGNAL_OPTIONS = ("model", "backend", "interval", "mc_samples", "mc_variant", "mc_seed")
+_TAPES: dict[str, Any] = {}
+
+
+def _open_tape(path: str):
+    if path not in _TAPES:
+        with open(path, "rb") as f:
+            _TAPES[path] = pickle.load(f)
+    return _TAPES[path]
+
+
+def _steps_model(options: dict[str, Any]) -> bool:
+    o = run_options(options)
+    return is_builtin(o.strategy) and builtin_spec(o.strategy, o.params).needs_model
+
+
+def record_tapes(folder: str, configs: list[dict[str, Any]], period: tuple[int | None, int | None]) -> list[str | None]:
+    """Per configuration, the prediction tape its run can replay (None: it runs its model itself).
+    Configurations of a built-in strategy with a model that agree on ``SIGNAL_OPTIONS`` share one
+    tape, recorded here once over ``period``; a group of one is not worth a recording."""
+    groups: dict[str, list[int]] = {}
+    for i, options in enumerate(configs):
+        if _steps_model(options):
+            o = msgspec.to_builtins(run_options(options))
+            key = json.dumps({k: o[k] for k in SIGNAL_OPTIONS}, sort_keys=True)
+            groups.setdefault(key, []).append(i)
+    tapes: list[str | None] = [None] * len(configs)
+    dataset = _open(folder)
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        name = hashlib.sha256(f"{key}|{period}".encode()).hexdigest()[:16]
+        path = Path(folder) / "tapes" / f"{name}.tape"
+        if not path.is_file():
+            tape = record_predictions(dataset.source(*period), backtest_config(configs[members[0]]))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(pickle.dumps(tape, protocol=pickle.HIGHEST_PROTOCOL))
+        for i in members:
+            tapes[i] = str(path)
+    return tapes
 
 
 # -- many configurations ---------------------------------------------------------------------------
@@ -393,22 +447,26 @@ def run_configs(
     workers: int = 1,
     ray_address: str | None = None,
     on_done: Callable[[int], None] | None = None,
+    replay: bool = True,
 ) -> list[RunSummary]:
     """Every configuration on ``period`` of the data set in ``folder``; results in the configurations'
-    order, however many workers ran them and in whatever order they finished."""
+    order, however many workers ran them and in whatever order they finished. ``replay``: the
+    configurations that share a model run replay one recording of it (``record_tapes``), with the
+    same fills as stepping the model in each run."""
     results: list[RunSummary | None] = [None] * len(configs)
     done = on_done or (lambda n: None)
+    tapes = record_tapes(folder, configs, period) if replay else [None] * len(configs)
     if ray_address is not None:
-        _run_ray(folder, configs, period, results, done, workers, ray_address)
+        _run_ray(folder, configs, period, results, done, workers, ray_address, tapes)
     elif workers <= 1 or len(configs) <= 1:
         for i, options in enumerate(configs):
             with _failing(i):
-                results[i] = run_config(folder, options, *period)
+                results[i] = run_config(folder, options, *period, tapes[i])
             done(1)
     else:
         n = min(workers, len(configs))
         with concurrent.futures.ProcessPoolExecutor(n, mp_context=_process_context()) as pool:
-            futures = {pool.submit(run_config, folder, options, *period): i for i, options in enumerate(configs)}
+            futures = {pool.submit(run_config, folder, options, *period, tapes[i]): i for i, options in enumerate(configs)}
             try:
                 for future in concurrent.futures.as_completed(futures):
                     with _failing(futures[future]):
@@ -429,7 +487,7 @@ def _failing(index: int):
         raise SweepError(f"configuration {index} failed: {e}") from e
 
 
-def _run_ray(folder, configs, period, results, done, workers: int, address: str) -> None:
+def _run_ray(folder, configs, period, results, done, workers: int, address: str, tapes: list[str | None]) -> None:
     try:
         import ray
     except ImportError:
@@ -443,7 +501,7 @@ def _run_ray(folder, configs, period, results, done, workers: int, address: str)
             ray.init(address=address, log_to_driver=False)
     try:
         task = ray.remote(run_config)
-        refs = {task.remote(folder, options, *period): i for i, options in enumerate(configs)}
+        refs = {task.remote(folder, options, *period, tapes[i]): i for i, options in enumerate(configs)}
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)

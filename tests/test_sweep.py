@@ -261,3 +261,20 @@ def test_progress_counts_configurations(tmp_path, capsys):
     run_sweep(SweepSpec(source=SOURCE, grid={"fee_bps": [0.5, 1, 2]}), tmp_path / "out", workers=1, show_progress=True)
     err = capsys.readouterr().err
     assert "sweep [" in err and "3/3 configs" in err
+
+
+def test_ssm_configurations_replay_one_recording_with_the_same_fills(tmp_path):
+    """Configurations of the SSM rule that share a model run replay one prediction tape: the same
+    fills, configuration by configuration, as each stepping the model itself."""
+    from engine.sweep import record_tapes, run_configs
+
+    dataset = QuoteDataset.read(quote_source(SOURCE), tmp_path / "data")
+    configs = [{"strategy": "ssm", "params": {"threshold_bps": t}, "fee_bps": f} for t in (0.5, 2.0) for f in (0.5, 1.0)]
+    configs.append({"strategy": "momentum"})  # no model: runs as it is
+    folder = str(dataset.folder)
+    tapes = record_tapes(folder, configs, (None, None))
+    assert len({t for t in tapes[:4]}) == 1 and tapes[0] is not None and tapes[4] is None
+    replayed = run_configs(folder, configs, (None, None), replay=True)
+    stepped = run_configs(folder, configs, (None, None), replay=False)
+    assert [r.fill_hash for r in replayed] == [r.fill_hash for r in stepped]
+    assert len({r.fill_hash for r in replayed[:4]}) == 4  # the configurations do differ
