@@ -228,17 +228,23 @@ class Engine:
         self.model = m
 
     def _set_dropout(self, backend, m) -> None:
-        from engine.model.dropout import dropout_masks
+        from engine.model.dropout import dropout_masks, head_dropout_masks
+        from engine.model.zoo_config import ZooConfig
 
         c = self.config
-        if not hasattr(backend, "set_dropout_masks"):
+        zoo = isinstance(m.config, ZooConfig)
+        if not hasattr(backend, "set_dropout_masks") or (not zoo and c.backend != "cpu"):
             raise ValueError(
-                f"MC dropout (mc_samples / mc_variant) runs on the cpu backend; --backend {c.backend} has no dropout masks"
+                f"MC dropout (mc_samples / mc_variant) runs on the cpu backend for the SSM (its residual masks are "
+                f"in the C++ kernel) and on onnxruntime for the zoo's models; not on --backend {c.backend} for "
+                f"{m.config.kind}"
             )
-        if c.mc_variant is not None:
-            masks = dropout_masks(m.config, 1, c.mc_seed, first=c.mc_variant)
+        n, first = (1, c.mc_variant) if c.mc_variant is not None else (c.mc_samples, 0)
+        if zoo:  # the zoo's last dropout, before its head
+            rate = float(m.training.get("train_config", {}).get("dropout", 0.0))
+            masks = head_dropout_masks(m.config.d_model, n, c.mc_seed, rate, first=first)
         else:
-            masks = dropout_masks(m.config, c.mc_samples, c.mc_seed)
+            masks = dropout_masks(m.config, n, c.mc_seed, first=first)
         backend.set_dropout_masks(masks)
 
     def _start(self) -> None:

@@ -14,8 +14,9 @@ The method of published studies of foundation-model trading signals (fills at th
    model (``engine/model/dropout.py``) over the study period. The model is stepped once for all
    variants (one kernel call per tick for instruments x variants, recorded on a prediction tape) and
    the tape is replayed into every (configuration, variant) backtest (``csrc/tape_backend.hpp``):
-   the model's arithmetic is not repeated per configuration. Models without MC dropout (the zoo's,
-   or one trained without dropout) run one variant: their priced risk is their total risk.
+   the model's arithmetic is not repeated per configuration. The SSM's variants mask its residual
+   branches (C++ kernel); a zoo model's mask the input of its head, where it applies its last dropout
+   (ONNX Runtime). A model trained without dropout runs one variant: its priced risk is its total.
 5. Per model: each configuration's daily returns [configs, variants, days] are split into epistemic
    and priced risk (``engine.study.risk``); the Pretrained Market Line regresses mean daily return on
    priced std through the risk-free rate (slope: the model's Foundation Sharpe ratio, with its
@@ -204,10 +205,13 @@ def _run_pool(tasks: list[tuple], workers: int, on_done: Callable[[int], None]) 
     return results
 
 
-def _variants_for(model, opts: StudyOptions, backend: str) -> int:
-    """MC dropout runs on the C++ kernel for an SSM trained with dropout; other models run one variant."""
-    dropout = getattr(model.config, "dropout", 0.0)
-    return opts.n_variants if backend == "cpu" and dropout > 0 and opts.n_variants > 1 else 1
+def _variants_for(model, opts: StudyOptions) -> int:
+    """A model trained with dropout runs n_variants MC-dropout variants (the SSM's residual masks on
+    the C++ kernel, a zoo model's head-input masks on ONNX Runtime); one without runs one."""
+    dropout = getattr(model.config, "dropout", None)
+    if dropout is None:  # a zoo model: the rate is its training run's
+        dropout = float(model.training.get("train_config", {}).get("dropout", 0.0))
+    return opts.n_variants if dropout > 0 and opts.n_variants > 1 else 1
 
 
 def edge_bps(tap: np.ndarray) -> np.ndarray:
@@ -231,7 +235,7 @@ def run_model(name: str, path: Path, dataset: QuoteDataset, folder: str, start_n
     """Record the model once over the study period, replay every configuration x variant."""
     model = load_model(path)
     backend = "onnxruntime" if str(path).endswith(".onnx") else "cpu"
-    variants = _variants_for(model, opts, backend)
+    variants = _variants_for(model, opts)
     base = {**opts.run, "strategy": "ssm_threshold", "model": str(path), "backend": backend, "interval": model.signal.interval}
     # The threshold scale from the training days only: the study period is not looked at to set it.
     _, train_tap = record_predictions(dataset.source(None, start_ns), backtest_config(base), tap=True)

@@ -320,3 +320,60 @@ def test_walk_forward_from_the_command_line_reports_folds_and_decay(tmp_path, ca
     assert load_model(tmp_path / "model.onnx").training["scores"] == report["scores"]
     md = (tmp_path / "training_report.md").read_text()
     assert "Walk-forward folds" in md and "| days since fit | mean IC | folds |" in md
+
+
+def test_mc_dropout_masks_the_heads_input_of_every_kind(trained):
+    """set_dropout_masks scales the head's input per row (variant = slot % variants): an all-ones
+    mask is the plain model bit for bit, a zero mask leaves the head's bias, and the output is
+    linear in the mask (out(m1) + out(m2) = out(m1 + m2) + bias), whatever the kind."""
+    from engine.model.dropout import head_dropout_masks
+    from engine.model.onnx_backend import OnnxRuntimeBackend
+
+    kind, _, path = trained
+    model = load_model(path)
+    d = model.config.d_model
+    m1, m2 = head_dropout_masks(d, 2, seed=4, rate=0.5)
+    x, reset = sequence_with_resets(240, 3, seed=2)
+
+    def run(masks: np.ndarray | None) -> np.ndarray:
+        b = OnnxRuntimeBackend(model, 3)
+        if masks is not None:
+            b.set_dropout_masks(masks)
+        slots = np.arange(3, dtype=np.int32)
+        return np.stack([b.step(slots, x[t], reset[t]) for t in range(len(x))])
+
+    plain = run(None)
+    np.testing.assert_array_equal(run(np.ones((1, d), np.float32)), plain)
+    bias = run(np.zeros((1, d), np.float32))
+    assert np.ptp(bias) == 0  # the head's bias alone, on every row and tick
+    # Slot s runs variant s % 2: slots 0, 2 with m1 and slot 1 with m2.
+    both = run(np.stack([m1, m2]))
+    only1, only2 = run(m1[None]), run(m2[None])
+    np.testing.assert_array_equal(both[:, ::2], only1[:, ::2])
+    np.testing.assert_array_equal(both[:, 1::2], only2[:, 1::2])
+    summed = run((m1 + m2)[None])
+    assert rel_err(only1 + only2, summed + bias) <= RTOL
+    assert not np.allclose(only1, plain)
+    with pytest.raises(ValueError, match="head takes"):
+        OnnxRuntimeBackend(model, 1).set_dropout_masks(np.ones((2, d + 1), np.float32))
+
+
+def test_mc_samples_of_a_zoo_model_are_the_mean_and_spread_of_its_variants(trained):
+    kind, _, path = trained
+    if kind != "transformer":
+        pytest.skip("trained with dropout here: the transformer")
+    base = BacktestConfig(strategy="none", model=str(path), backend="onnxruntime", mc_seed=1)
+    engine_market = SyntheticConfig(n_instruments=2, n_sessions=1, calendar=CAL, seed=3, alpha_strength=3.0)
+
+    def tap_of(config: BacktestConfig) -> np.ndarray:
+        from engine.backtest import record_predictions
+
+        return record_predictions(SyntheticMarket(engine_market), config, tap=True)[1]
+
+    import msgspec
+
+    together = tap_of(msgspec.structs.replace(base, mc_samples=3))
+    alone = np.array([tap_of(msgspec.structs.replace(base, mc_variant=v))["pred_mid"] for v in range(3)])
+    np.testing.assert_allclose(together["pred_mid"], alone.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(together["pred_std"], alone.std(0, ddof=1), rtol=1e-9, atol=1e-12)
+    assert (together["pred_std"] > 0).mean() > 0.9

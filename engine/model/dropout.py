@@ -21,26 +21,34 @@ import numpy as np
 from engine.model.config import SSMConfig
 
 
-def dropout_masks(cfg: SSMConfig, n_variants: int, seed: int = 0, *, first: int = 0, rate: float | None = None) -> np.ndarray:
-    """float32 [n_variants, n_layers, d_model]: variants first .. first + n_variants - 1 of ``seed``.
-
-    Each entry is 0 with probability ``rate`` (default: the model's trained ``cfg.dropout``) and
-    1 / (1 - rate) otherwise, in float32 as the torch reference scales its masks.
-    """
+def variant_masks(shape: tuple[int, ...], n_variants: int, seed: int, rate: float, first: int = 0) -> np.ndarray:
+    """float32 [n_variants, *shape]: variants first .. first + n_variants - 1 of ``seed``, each entry 0
+    with probability ``rate`` and 1 / (1 - rate) otherwise (in float32, as torch scales its masks)."""
     if n_variants < 1:
-        raise ValueError(f"dropout_masks: n_variants must be >= 1, got {n_variants}")
+        raise ValueError(f"dropout masks: n_variants must be >= 1, got {n_variants}")
     if first < 0:
-        raise ValueError(f"dropout_masks: first must be >= 0, got {first}")
-    p = cfg.dropout if rate is None else rate
-    if not 0.0 < p < 1.0:
+        raise ValueError(f"dropout masks: first must be >= 0, got {first}")
+    if not 0.0 < rate < 1.0:
         raise ValueError(
-            f"dropout_masks: the dropout rate is {p}; MC dropout needs a model trained with dropout in (0, 1) "
+            f"dropout masks: the dropout rate is {rate}; MC dropout needs a model trained with dropout in (0, 1) "
             "(nextick train --dropout 0.1) or an explicit rate"
         )
-    scale = np.float32(1.0 / (1.0 - p))
-    out = np.empty((n_variants, cfg.n_layers, cfg.d_model), dtype=np.float32)
+    scale = np.float32(1.0 / (1.0 - rate))
+    out = np.empty((n_variants, *shape), dtype=np.float32)
     for k in range(n_variants):
         rng = np.random.Generator(np.random.PCG64([seed, first + k]))
-        keep = rng.random((cfg.n_layers, cfg.d_model)) >= p
-        out[k] = np.where(keep, scale, np.float32(0.0))
+        out[k] = np.where(rng.random(shape) >= rate, scale, np.float32(0.0))
     return out
+
+
+def dropout_masks(cfg: SSMConfig, n_variants: int, seed: int = 0, *, first: int = 0, rate: float | None = None) -> np.ndarray:
+    """The SSM's: float32 [n_variants, n_layers, d_model], one mask per layer's residual branch, at
+    the model's trained ``cfg.dropout`` unless ``rate`` is given."""
+    return variant_masks((cfg.n_layers, cfg.d_model), n_variants, seed, cfg.dropout if rate is None else rate, first)
+
+
+def head_dropout_masks(width: int, n_variants: int, seed: int, rate: float, *, first: int = 0) -> np.ndarray:
+    """A zoo model's (engine/training/zoo.py): float32 [n_variants, width], one mask on the input of
+    the prediction head, where each zoo kind applies its last dropout. The head has no memory, so a
+    mask fixed for the run is, tick by tick, a draw of the dropout the model was trained with."""
+    return variant_masks((width,), n_variants, seed, rate, first)

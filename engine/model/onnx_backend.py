@@ -149,6 +149,9 @@ class OnnxRuntimeBackend:
         self._pool: list[np.ndarray] = []
         self._alloc(n_slots, keep=False)
         self._cap = 0
+        self._masks: np.ndarray | None = None  # MC dropout: [variants, width], see set_dropout_masks
+        self._plain = (self._session, self._io)
+        self._ort, self._providers, self._threads = ort, providers or default_providers(), threads
         self._grow_buffers(1)
 
     # ------------------------------------------------------------------ the ModelBackend protocol
@@ -239,6 +242,37 @@ class OnnxRuntimeBackend:
         self._n_slots = n_slots
         self._last_row = np.zeros(n_slots, np.int64)  # _has_repeat's scratch: a row index per slot
 
+    @_locked
+    def set_dropout_masks(self, masks: np.ndarray) -> None:
+        """MC dropout for a zoo model: masks float32[variants, width] scale the prediction head's
+        input (engine/model/dropout.py head_dropout_masks); slot s runs variant s % variants. The
+        graph gets a ``drop_mask`` input (engine/model/onnx_rewrite.py); 0 variants restores it."""
+        masks = np.ascontiguousarray(masks, np.float32)
+        if masks.ndim != 2:
+            raise ValueError(f"set_dropout_masks: masks must be float32[variants, width], got shape {masks.shape}")
+        if len(masks) == 0:
+            self._session, self._io = self._plain
+            self._masks = None
+        else:
+            from engine.model.onnx_rewrite import head_mask_graph
+
+            graph, width = head_mask_graph(self.onnx_path.read_bytes())
+            if masks.shape[1] != width:
+                raise ValueError(f"set_dropout_masks: {self.onnx_path}'s head takes {width} inputs, the masks have "
+                                 f"{masks.shape[1]}")
+            if not np.isfinite(masks).all() or (masks < 0).any():
+                raise ValueError("set_dropout_masks: masks must be finite and >= 0")
+            if self._masks is None:
+                self._session = _open_session(self._ort, graph, self._providers, self._threads)
+                self._io = self._session.io_binding()
+            self._masks = masks
+        self._mask_rows = np.empty((self._cap, masks.shape[1] if len(masks) else 0), np.float32)
+        self._bound_rows = -1
+
+    @property
+    def dropout_variants(self) -> int:
+        return 0 if self._masks is None else len(self._masks)
+
     def _grow_buffers(self, n: int) -> None:
         """Gather/result buffers for batches up to ``n`` rows (at least doubling: few reallocations)."""
         if n <= self._cap:
@@ -252,6 +286,7 @@ class OnnxRuntimeBackend:
         self._rows = np.arange(cap, dtype=np.int64)
         self._seen = np.empty(cap, np.int64)
         self._differ = np.empty(cap, bool)
+        self._mask_rows = np.empty((cap, 0 if self._masks is None else self._masks.shape[1]), np.float32)
         self._cap = cap
         self._bound_rows = -1
 
@@ -266,6 +301,10 @@ class OnnxRuntimeBackend:
         for spec, s_in, s_out in zip(self.specs, self._states_in, self._states_out):
             _bind_buffer(io, spec.name, s_in[:m], input=True)
             _bind_buffer(io, spec.output, s_out[:m], input=False)
+        if self._masks is not None:
+            from engine.model.onnx_rewrite import INPUT_DROP_MASK
+
+            _bind_buffer(io, INPUT_DROP_MASK, self._mask_rows[:m], input=True)
         self._bound_rows = m
 
     def _has_repeat(self, slots: np.ndarray) -> bool:
@@ -288,6 +327,8 @@ class OnnxRuntimeBackend:
         np.copyto(self._reset[:m], reset.view(np.uint8))
         for pool, s_in in zip(self._pool, self._states_in):
             np.take(pool, slots, axis=0, out=s_in[:m], mode="clip")  # slots are checked: no bounds buffer
+        if self._masks is not None:
+            np.take(self._masks, slots % len(self._masks), axis=0, out=self._mask_rows[:m])
         self._session.run_with_iobinding(self._io)
         for pool, s_out in zip(self._pool, self._states_out):
             pool[slots] = s_out[:m]
@@ -374,8 +415,9 @@ def _bind_buffer(io: Any, name: str, a: np.ndarray, *, input: bool) -> None:
     kind(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
 
 
-def _open_session(ort: Any, path: Path, providers: list[str], threads: int):
-    if not path.is_file():
+def _open_session(ort: Any, path: Path | bytes, providers: list[str], threads: int):
+    """A session of the graph in the file ``path`` (or of the serialized graph ``path``)."""
+    if isinstance(path, Path) and not path.is_file():
         raise OnnxFileError(f"{path}: no such ONNX file")
     available = ort.get_available_providers()
     missing = [p for p in providers if p not in available]
@@ -388,7 +430,7 @@ def _open_session(ort: Any, path: Path, providers: list[str], threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only: the provider fallbacks' warnings are not the user's concern
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers)
     except Exception as e:  # ONNX Runtime raises its own exception types for unreadable models
         raise OnnxFileError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {e}); re-export it with "
                             "`nextick export --format onnx`") from None

@@ -46,6 +46,7 @@ from engine.model.onnx_format import (
     check_metadata,
     file_sha256,
 )
+from engine.model.onnx_rewrite import fp16_step_graph
 from engine.model.weights import ModelFile
 
 INSTALL_HINT = "pip install 'nextick[tensorrt]' (TensorRT and CuPy for CUDA 13; needs an NVIDIA GPU)"
@@ -75,45 +76,6 @@ def _import_gpu() -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------------------------ the graph
-
-
-def fp16_step_graph(onnx_bytes: bytes) -> bytes:
-    """The step graph with every Gemm in binary16: its weight and bias stored as float16, its
-    activation cast to float16 before and its result cast back to float32 after. Inputs, outputs,
-    states and every other op stay float32 (the recurrence, the norms and the exponentials need the
-    range), which is the CUDA fp16 backend's split."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load_from_string(onnx_bytes)
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    nodes = []
-    for node in g.node:
-        if node.op_type != "Gemm" or any(name not in inits for name in node.input[1:]):
-            nodes.append(node)
-            continue
-        a, *weights = node.input
-        half_inputs = [f"{a}__fp16_{node.name}"]
-        nodes.append(helper.make_node("Cast", [a], half_inputs[:1], name=f"{node.name}__cast_in", to=TensorProto.FLOAT16))
-        for w in weights:
-            half = numpy_helper.from_array(numpy_helper.to_array(inits[w]).astype(np.float16), f"{w}__fp16")
-            g.initializer.append(half)
-            half_inputs.append(half.name)
-        y = node.output[0]
-        gemm = helper.make_node("Gemm", half_inputs, [f"{y}__fp16"], name=f"{node.name}__fp16")
-        gemm.attribute.extend(node.attribute)
-        nodes.append(gemm)
-        nodes.append(helper.make_node("Cast", [f"{y}__fp16"], [y], name=f"{node.name}__cast_out", to=TensorProto.FLOAT))
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {name for n in g.node for name in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    model.metadata_props.add(key="precision", value="fp16")
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def step_graph_bytes(onnx_path: str | os.PathLike, precision: str) -> bytes:
