@@ -57,6 +57,9 @@ def test_min_cvar_matches_a_grid_over_the_simplex():
     assert res.cvar <= cv.min() + 1e-9
     assert res.cvar >= cv.min() - lipschitz(R) - 1e-12
     assert abs(res.weights[0] - GRID[cv.argmin()]) < 0.05
+    # zeta is a VaR_0.95: between the 190th and 191st smallest of the 200 losses.
+    sorted_losses = np.sort(-(R @ res.weights))
+    assert sorted_losses[189] - 1e-9 <= res.var <= sorted_losses[190] + 1e-9
 
 
 def test_target_return_and_risk_aversion_match_the_grid():

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Feasibility after the QP: SLSQP meets constraints to about its tolerance; ``_repair`` then clips
+# Feasibility after a solver: SLSQP meets constraints to about its tolerance; ``repair`` then clips
 # to the box and scales into the gross limit, leaving the net equality off by at most this much.
 FEASIBILITY_TOL = 1e-9
 
@@ -168,7 +168,7 @@ def _project_box_gross(v: np.ndarray, cap: float, gross: float) -> np.ndarray:
     return np.sign(v) * m
 
 
-def _repair(w: np.ndarray, c: Constraints) -> np.ndarray:
+def repair(w: np.ndarray, c: Constraints) -> np.ndarray:
     """Clip to the box and scale into the gross limit: feasible but for the net equality, which a
     solver's answer meets to its tolerance."""
     w = np.clip(w, 0.0 if c.long_only else -c.cap, c.cap)
@@ -193,7 +193,7 @@ def solve_qp(P: np.ndarray, q: np.ndarray, constraints: Constraints, x0: np.ndar
     # covariances of returns are O(1e-4).
     scale = float(np.mean(np.abs(np.diag(P)))) or 1.0
     P, q = P / scale, q / scale
-    w0 = _repair(np.full(n, c.target_sum() / n) if x0 is None else np.asarray(x0, dtype=np.float64), c)
+    w0 = repair(np.full(n, c.target_sum() / n) if x0 is None else np.asarray(x0, dtype=np.float64), c)
     if c.long_only:
         A = np.eye(n)  # w = x
         x_start = np.clip(w0, 0.0, c.cap)
@@ -233,7 +233,7 @@ def solve_qp(P: np.ndarray, q: np.ndarray, constraints: Constraints, x0: np.ndar
     stalled = res.status == 8 and _violation(x_start if res.x is None else res.x, cons) <= FEASIBILITY_TOL
     if not (res.success or stalled):
         raise RuntimeError(f"SLSQP did not converge ({res.message}); check the covariance for NaN or a huge scale")
-    return _repair(A @ res.x, c)
+    return repair(A @ res.x, c)
 
 
 def _violation(x: np.ndarray, cons: list[dict]) -> float:
