@@ -49,6 +49,11 @@ from strategies.allocation.constraints import Constraints, repair
 _HIGHS_OPTIONS = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 
 
+class InfeasibleTarget(ValueError):
+    """No weights reach the target return under the constraints (a rebalancing strategy skips the
+    rebalance; a direct caller lowers the target)."""
+
+
 @dataclass(frozen=True)
 class MeanCVaR:
     weights: np.ndarray  # [n], fractions of equity
@@ -119,7 +124,7 @@ def mean_cvar(
     res = linprog(cost, A_ub=A_ub, b_ub=c_w, A_eq=A_eq, b_eq=[c_z], bounds=bounds, method="highs",
                   options=_HIGHS_OPTIONS)
     if res.status in (2, 3):  # dual unbounded (or infeasible): the primal has no feasible point
-        raise ValueError(
+        raise InfeasibleTarget(
             f"no weights reach target_return {target_return} under the constraints (the best mean scenario "
             f"return is {mean_r.max():.6g}): lower target_return or loosen the constraints"
         )
