@@ -230,7 +230,7 @@ def solve_qp(P: np.ndarray, q: np.ndarray, constraints: Constraints, x0: np.ndar
     # Exit mode 8 ("positive directional derivative for linesearch") is SLSQP stalling at a point
     # it cannot improve in floating point, typically the optimum reached from a start on the
     # boundary: accepted when the point is feasible, like a converged one.
-    stalled = res.status == 8 and _violation(x_start if res.x is None else res.x, cons) <= FEASIBILITY_TOL
+    stalled = res.status == 8 and _violation(res.x, cons) <= FEASIBILITY_TOL
     if not (res.success or stalled):
         raise RuntimeError(f"SLSQP did not converge ({res.message}); check the covariance for NaN or a huge scale")
     return repair(A @ res.x, c)
