@@ -31,7 +31,9 @@ def constraint_sets(draw, n: int):
     if draw(st.booleans()):
         net = None
     else:
-        f = draw(st.floats(0.0 if long_only else -1.0, 1.0))
+        # The ends (net = +-reach) are where the set degenerates: drawn on purpose.
+        f = draw(st.one_of(st.sampled_from([1.0] if long_only else [1.0, -1.0]),
+                           st.floats(0.0 if long_only else -1.0, 1.0)))
         net = f * reach
     return Constraints(long_only=long_only, cap=cap, gross=gross, net=net)
 
@@ -82,6 +84,11 @@ def test_projection_by_hand():
     # Long-short with net 0: the nearest market-neutral point subtracts the mean.
     c = Constraints(long_only=False, cap=1.0, gross=2.0, net=0.0)
     assert np.allclose(project([0.5, 0.1, -0.3], c), [0.4, 0.0, -0.4], atol=1e-8)
+    # Long-short with net = gross: no short can remain, the capped simplex again.
+    c = Constraints(long_only=False, cap=1.0, gross=1.0, net=1.0)
+    assert np.allclose(project([0.75, 0.25, -0.3], c), [0.75, 0.25, 0.0])
+    c = Constraints(long_only=False, cap=1.0, gross=1.0, net=-1.0)
+    assert np.allclose(project([0.2, -0.2, -0.6], c), [0.0, -0.3, -0.7])
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -6,7 +6,8 @@
   Ledoit-Wolf covariance;
 - ``allocators``: pure functions (expected returns, covariance, constraints) -> weights;
 - ``scenarios``: seeded scenario generators (block bootstrap, calibrated GBM, GARCH jump diffusion);
-- ``cvar``: the Rockafellar-Uryasev Mean-CVaR linear program (HiGHS).
+- ``cvar``: the Rockafellar-Uryasev Mean-CVaR linear program (HiGHS);
+- ``rebalance``: ``Allocation``, the PortfolioStrategy that runs an allocator on a rebalance clock.
 
 scipy and scikit-learn come with the ``portfolio`` extra; they are imported where used.
 """

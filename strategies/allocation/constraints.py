@@ -147,9 +147,14 @@ def project(weights, constraints: Constraints) -> np.ndarray:
         return w if w.sum() <= c.gross else _threshold(v, c.cap, c.gross)
     if c.net is None:
         return _project_box_gross(v, c.cap, c.gross)
-    from scipy.optimize import brentq
-
     net = c.net
+    if abs(net) >= min(c.gross, len(v) * c.cap) * (1 - 1e-12):
+        # The net is the most the set can hold: sum w = |net| >= sum |w| forces every w_i to the
+        # sign of net, so the set is the capped simplex on sign(net) * w (and the bracket below
+        # would touch the root only to rounding).
+        sign = 1.0 if net >= 0 else -1.0
+        return sign * _threshold(sign * v, c.cap, abs(net))
+    from scipy.optimize import brentq
 
     def excess(nu: float) -> float:
         return float(_project_box_gross(v - nu, c.cap, c.gross).sum()) - net
