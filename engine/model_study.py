@@ -303,17 +303,24 @@ def segment_ids(tap: np.ndarray) -> np.ndarray:
 
 def model_study(run: ModelRun, tap: np.ndarray, calendars: list[SessionCalendar], opts: StudyOptions,
                 interval_ns: int) -> tuple[ModelStudy, dict[str, Any]]:
-    risk = decompose(run.returns, missing="drop_days")
+    # A configuration needs a day on which every variant has a return (a ruined variant stops
+    # early); those without one are left out of the fits and counted.
+    usable = np.isfinite(run.returns).all(axis=1).any(axis=1)
+    if usable.sum() < 2:
+        raise StudyError(f"{run.name}: {int(usable.sum())} configurations have a day with every variant's return; "
+                         "the PML needs 2 (fewer variants or a longer study period)")
+    returns = run.returns[usable]
+    ids = [str(c) for c in np.flatnonzero(usable)]
+    risk = decompose(returns, missing="drop_days")
     fit = fit_pml(risk.mean_daily_return, risk.priced_std, opts.rf_annual)
     free = fit_free_line(risk.mean_daily_return, risk.priced_std)
-    ids = [str(c) for c in range(run.returns.shape[0])]
     n_days = run.returns.shape[2]
     window = opts.window_days or max(2, n_days // 2)
-    rolling = (rolling_pml(run.returns, run.days, window, opts.step_days, rf_annual=opts.rf_annual, missing="drop_days")
+    rolling = (rolling_pml(returns, run.days, window, opts.step_days, rf_annual=opts.rf_annual, missing="drop_days")
                if n_days >= window >= 2 else [])
     market = market_daily(tap, calendars)
     capms = []
-    mean_paths = np.nanmean(run.returns, axis=1)  # [configs, days]: the variants' average strategy
+    mean_paths = returns.mean(axis=1)  # [configs, days]: the variants' average strategy
     if len(market) >= 3:
         for c, path in enumerate(mean_paths):
             r = path[1 : 1 + len(market)]  # the market's returns start at the second day
@@ -331,7 +338,8 @@ def model_study(run: ModelRun, tap: np.ndarray, calendars: list[SessionCalendar]
         except ValueError:  # too few bars at this resolution over the study period
             continue
     study = ModelStudy(pml=pml_section(fit, risk, ids), rolling_pml=rolling, capm=capms, decay=decay)
-    summary = {"kind": run.kind, "variants": run.variants, "days": n_days, "slope": fit.slope, "slope_se": fit.slope_se,
+    summary = {"kind": run.kind, "variants": run.variants, "days": n_days, "configs_used": int(usable.sum()),
+               "configs_left_out": int((~usable).sum()), "slope": fit.slope, "slope_se": fit.slope_se,
                "t_stat": fit.t_stat, "r2": fit.r2, "free_slope": free.slope, "free_intercept": free.intercept_daily,
                "free_r2": free.r2, "mean_epistemic_share": float(np.nanmean(
                    risk.epistemic_std**2 / np.where(risk.total_std > 0, risk.total_std**2, np.nan))),
@@ -411,14 +419,16 @@ def format_outcome(o: StudyOutcome) -> str:
         f"nextick study: {o.options.n_configs} configurations x up to {o.options.n_variants} dropout variants; "
         f"trained on {len(o.days_train)} days ({o.days_train[0]} .. {o.days_train[-1]}), studied on "
         f"{len(o.days_study)} ({o.days_study[0]} .. {o.days_study[-1]}); risk-free {o.options.rf_annual:.0%} a year",
-        f"{'model':<14}{'variants':>9}{'PML slope':>12}{'(se)':>10}{'t':>7}{'R^2':>8}{'free R^2':>10}"
+        f"{'model':<14}{'variants':>9}{'configs':>8}{'PML slope':>12}{'(se)':>10}{'t':>7}{'R^2':>8}{'free R^2':>10}"
         f"{'epistemic':>11}{'record s':>10}{'replay s':>10}",
     ]
     for name, s in o.summaries.items():
-        lines.append(f"{name:<14}{s['variants']:>9}{s['slope']:>12.4f}{s['slope_se']:>10.4f}{s['t_stat']:>7.2f}"
+        lines.append(f"{name:<14}{s['variants']:>9}{s['configs_used']:>8}{s['slope']:>12.4f}{s['slope_se']:>10.4f}"
+                     f"{s['t_stat']:>7.2f}"
                      f"{s['r2']:>8.3f}{s['free_r2']:>10.3f}{s['mean_epistemic_share']:>11.1%}{s['record_s']:>10.1f}"
                      f"{s['replay_s']:>10.1f}")
     lines.append("PML slope: the Foundation Sharpe ratio (daily), mean daily return over priced std through the "
-                 "risk-free rate; epistemic: the mean share of a configuration's variance across dropout variants")
+                 "risk-free rate; epistemic: the mean share of a configuration's variance across dropout variants; "
+                 "configs: those with a day on which every variant has a return (a ruined variant stops early)")
     lines.append(f"wrote {', '.join(o.files)} in {o.wall_s:.0f} s")
     return "\n".join(lines)
