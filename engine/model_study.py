@@ -316,8 +316,10 @@ def model_study(run: ModelRun, tap: np.ndarray, calendars: list[SessionCalendar]
     free = fit_free_line(risk.mean_daily_return, risk.priced_std)
     n_days = run.returns.shape[2]
     window = opts.window_days or max(2, n_days // 2)
-    rolling = (rolling_pml(returns, run.days, window, opts.step_days, rf_annual=opts.rf_annual, missing="drop_days")
-               if n_days >= window >= 2 else [])
+    # The rolling PML compares windows, so it keeps the configurations with every day of every variant.
+    whole = np.isfinite(returns).all(axis=(1, 2))
+    rolling = (rolling_pml(returns[whole], run.days, window, opts.step_days, rf_annual=opts.rf_annual)
+               if n_days >= window >= 2 and whole.sum() >= 2 else [])
     market = market_daily(tap, calendars)
     capms = []
     mean_paths = returns.mean(axis=1)  # [configs, days]: the variants' average strategy
