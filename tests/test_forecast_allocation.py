@@ -111,7 +111,7 @@ def test_weights_tilt_toward_the_higher_forecasts_within_the_constraints():
         assert all(w[a] >= w[b] - 1e-9 for a, b in zip(order[:-1], order[1:]))  # ranked as the forecasts
         assert w[0] < 0.05  # the negative forecast gets (almost) nothing
     # The mean forecast fed to the optimizer is the planted one, scaled to the 300 s period.
-    _, mu = s.forecasts[-1]
+    _, mu, _ = s.forecasts[-1]
     np.testing.assert_allclose(mu, PLANTED_BPS * 1e-4 * 300 / 60, atol=1e-7)
     # Flip the forecasts: the tilt follows them, whatever the prices did.
     s2 = Allocation(allocator="forecast_mv", rebalance_s=300, lookback=8, cap=CAP)
@@ -126,3 +126,44 @@ def test_forecast_allocation_is_deterministic():
     ra, rb = run(a), run(b)
     assert ra.fill_hash() == rb.fill_hash()
     assert all(np.array_equal(x[1], y[1], equal_nan=True) for x, y in zip(a.decisions, b.decisions, strict=True))
+
+
+def test_a_zoo_transformer_on_onnxruntime_drives_the_tilt(tmp_path):
+    """Any model kind feeds forecast_mv: a tiny Transformer from the zoo, run by onnxruntime. Whatever
+    it predicts, mean-variance's weights earn at least min-variance's under its forecast (the
+    min-variance book is feasible, and risks no less): (mu - mean mu) . (w - w_minvar) >= 0."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from engine.model.zoo_config import ZooConfig
+    from engine.training.dataset import collect_segments, split_by_time
+    from engine.training.train import TrainConfig, export, train
+    from strategies.allocation import allocators as al
+
+    cal = "09:30-10:30 America/New_York Mon-Fri"
+    tiny = SyntheticConfig(n_instruments=3, n_sessions=3, calendar=cal, seed=3, alpha_strength=3.0, quote_rate_hz=2.0)
+    tc = TrainConfig(epochs=1, batch_size=4, seed=0)
+    result = train(split_by_time(collect_segments(SyntheticMarket(tiny))),
+                   ZooConfig(kind="transformer", d_model=16, n_layers=1, window=8, n_heads=2), tc)
+    path = tmp_path / "model.onnx"
+    export(result, path, tc, {"source": "test"})
+
+    def go():
+        s = Allocation(allocator="forecast_mv", rebalance_s=300, lookback=4, cap=0.6)
+        cfg = BacktestConfig(interval="1s", model=str(path), backend="onnxruntime")
+        return s, run_backtest(SyntheticMarket(tiny), cfg, strategy=s)
+
+    s, r = go()
+    assert len(r.fills) > 5
+    by_ts = dict(s.decisions)
+    tilted = 0
+    full = [x for x in s.forecasts if len(x[1]) == 3]
+    assert len(full) > 10
+    for ts, mu, cov in full:
+        w = by_ts[ts][~np.isnan(by_ts[ts])]
+        w_mv = al.min_variance(mu, cov, s._constraints_for(len(mu)))  # the net lowered as forecast_mv's was
+        assert (mu - mu.mean()) @ (w - w_mv) >= -1e-9 * np.abs(mu).max()
+        tilted += np.abs(w - w_mv).sum() > 1e-3
+    assert tilted > len(full) // 2  # the forecasts move the book, not only the covariance
+    s2, r2 = go()
+    assert r2.fill_hash() == r.fill_hash()

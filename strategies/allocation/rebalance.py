@@ -122,7 +122,8 @@ class Allocation(PortfolioStrategy):
         self.scenarios, self.n_scenarios, self.horizon, self.seed = scenarios, n_scenarios, horizon, seed
         self.turnover: list[float] = []  # per rebalance that traded: sum |w_new - w_now|
         self.decisions: list[tuple[int, np.ndarray]] = []  # (decision ts, weights; NaN: left alone)
-        self.forecasts: list[tuple[int, np.ndarray]] = []  # forecast_mv: (decision ts, mu on the universe)
+        # forecast_mv: (decision ts, mu and covariance on the universe) per decision
+        self.forecasts: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.infeasible = 0  # mean_cvar rebalances skipped: no weights reached target_return
         self._done = False
 
@@ -192,8 +193,9 @@ class Allocation(PortfolioStrategy):
                 self.infeasible += 1
                 return None
         if name == "forecast_mv":
-            self.forecasts.append((book.ts_ns, forecast[idx]))
-            return al.mean_variance(forecast[idx], ledoit_wolf(returns), c, risk_aversion=self.risk_aversion)
+            cov = ledoit_wolf(returns)
+            self.forecasts.append((book.ts_ns, forecast[idx], cov))
+            return al.mean_variance(forecast[idx], cov, c, risk_aversion=self.risk_aversion)
         mu, cov = sample_mean(returns), ledoit_wolf(returns)
         if name == "mean_variance":
             return al.mean_variance(mu, cov, c, risk_aversion=self.risk_aversion)
