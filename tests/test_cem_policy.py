@@ -122,18 +122,20 @@ def market() -> SyntheticMarket:
 
 
 @pytest.fixture(scope="module")
-def policy_file(tmp_path_factory):
+def trained_policy(tmp_path_factory):
     rec = cp.MarkRecorder(300)
     run_backtest(market(), BacktestConfig(interval="1s"), strategy=rec)
     ts, marks = np.array(rec.ts_ns), np.vstack(rec.marks)
     c = Constraints(long_only=True, cap=CAP, gross=1.0, net=1.0)
     t = cp.train(marks, ts, dataclasses.replace(CFG, lookback=3, iterations=4, population=16), c,
                  validation_frac=1 / 3, test_frac=1 / 3)
-    return cp.save(t, tmp_path_factory.mktemp("cem") / "policy.json", symbols=market().instruments.symbols,
+    path = cp.save(t, tmp_path_factory.mktemp("cem") / "policy.json", symbols=market().instruments.symbols,
                    rebalance_s=300)
+    return path, t, ts, marks
 
 
-def test_the_policy_runs_in_the_engine_deterministically_within_its_constraints(policy_file):
+def test_the_policy_runs_in_the_engine_deterministically_within_its_constraints(trained_policy):
+    policy_file, t, ts, marks = trained_policy
     cfg = BacktestConfig(interval="1s", fee_bps=1.0)
     a, b = cp.CEMPolicy(str(policy_file)), cp.CEMPolicy(str(policy_file))
     ra, rb = run_backtest(market(), cfg, strategy=a), run_backtest(market(), cfg, strategy=b)
@@ -142,11 +144,15 @@ def test_the_policy_runs_in_the_engine_deterministically_within_its_constraints(
     for (ta, wa), (tb, wb) in zip(a.weights, b.weights, strict=True):
         assert ta == tb and wa.tobytes() == wb.tobytes()
         assert np.all(wa >= 0) and np.all(wa <= CAP + 1e-9) and wa.sum() == pytest.approx(1.0)
-    # The engine's positions never exceed the cap at the decision mids (whole lots, rounded down).
-    assert ra.counters["rebalances"] > len(a.weights)
+    # The engine runs the trained policy, read back from JSON: at each decision its weights are the
+    # ones training computed from the same marks, bit for bit.
+    z = t.embedding(cp.trailing_states(marks, t.config.lookback)[t.config.lookback:])
+    offline = dict(zip(ts[t.config.lookback:].tolist(), cp.policy_weights(t.theta, z, marks.shape[1], t.constraints)))
+    assert all(offline[ts_].tobytes() == w.tobytes() for ts_, w in a.weights)
 
 
-def test_the_policy_file_is_checked(policy_file, tmp_path):
+def test_the_policy_file_is_checked(trained_policy, tmp_path):
+    policy_file = trained_policy[0]
     doc = json.loads(policy_file.read_text())
     doc["format"] = "other"
     bad = tmp_path / "bad.json"

@@ -67,7 +67,11 @@ class Embedding:
         return cls(pca.mean_.copy(), pca.components_.copy(), pca.explained_variance_.copy())
 
     def __call__(self, states: np.ndarray) -> np.ndarray:
-        return (np.asarray(states) - self.mean) @ self.components.T / np.sqrt(self.variance)
+        # Products summed along the last axis, not a matrix product: BLAS may order a row's sum by
+        # how many rows it is given, and the engine embeds one row where training embeds thousands;
+        # this way a row's bits do not depend on its batch.
+        x = np.asarray(states, dtype=np.float64) - self.mean
+        return (x[..., None, :] * self.components).sum(axis=-1) / np.sqrt(self.variance)
 
 
 def trailing_states(marks: np.ndarray, lookback: int) -> np.ndarray:
@@ -84,7 +88,8 @@ def policy_weights(theta: np.ndarray, z: np.ndarray, n: int, constraints: Constr
     theta = np.asarray(theta, dtype=np.float64)
     W = theta[..., : n * k].reshape(*theta.shape[:-1], n, k)
     b = theta[..., n * k :]
-    scores = np.einsum("...ik,tk->...ti", W, z) + b[..., None, :]
+    # Summed along the last axis for the same reason as Embedding.__call__: batch-independent bits.
+    scores = (W[..., None, :, :] * z[:, None, :]).sum(axis=-1) + b[..., None, :]
     scores -= scores.max(axis=-1, keepdims=True)  # softmax without overflow
     e = np.exp(scores)
     w = constraints.gross * e / e.sum(axis=-1, keepdims=True)
@@ -195,6 +200,11 @@ class Segment:
         states = trailing_states(self.marks, lookback)
         end_day = day[1 : last + 1]  # period t runs from mark t to mark t + 1, on the day it ends
         self.scored = np.flatnonzero(np.isin(end_day, days) & np.isfinite(states[:-1]).all(axis=1))
+        if len(self.scored) < 2:
+            raise ValueError(
+                f"days {days[0]}..{days[-1]} have {len(self.scored)} periods with a full lookback of {lookback}; "
+                "lower lookback or give more marks per day (a shorter rebalance_s)"
+            )
         self.states = states[:-1]
         self.day = end_day
 
