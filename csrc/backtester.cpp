@@ -570,6 +570,7 @@ void Backtester::run_portfolio(const Quote* q, size_t n, BatchRow* buf, size_t c
             x.ask_px = b.ask_px;
             x.bid_sz = b.bid_sz;
             x.ask_sz = b.ask_sz;
+            x.pred_mid = b.pred_mid;
         }
         // Every batch counts for the clock, even one whose ticks were all outside their sessions:
         // other instruments may be trading, and the documented rule is "the first batch at or after".

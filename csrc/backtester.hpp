@@ -67,6 +67,7 @@ struct BookRow {
     int64_t ts;           // ts_recv of that tick; 0 before the first
     double bid_px, ask_px, bid_sz, ask_sz;  // NaN, NaN, 0, 0 before the first tick
     double mid;           // the mark (decision mid; weights convert at it); NaN without one
+    double pred_mid;      // the model's expected mid at that tick (BatchRow::pred_mid); NaN without a model
     double position;      // units held
     double working;       // units still to fill on the working order (signed); 0 if none
     uint32_t instrument;
@@ -75,7 +76,7 @@ struct BookRow {
     uint8_t warm;         // 1: tradeable and warm-up over (an order may open or increase a position)
     uint8_t pad;
 };
-static_assert(sizeof(BookRow) == 72, "BookRow must match BOOK_DTYPE");
+static_assert(sizeof(BookRow) == 80, "BookRow must match BOOK_DTYPE");
 
 // What a portfolio strategy's targets are: none this time, units, or fractions of equity.
 enum class TargetKind : int { kNone = 0, kUnits = 1, kWeights = 2 };

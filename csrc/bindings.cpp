@@ -142,8 +142,8 @@ PYBIND11_MODULE(_core, m) {
     PYBIND11_NUMPY_DTYPE(OrderEvent, order_id, ts, active_ts, units, decision_mid, instrument, kind);
     PYBIND11_NUMPY_DTYPE(BatchRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, pred_mid, pred_std, position, target,
                          instrument, reset, warm);
-    PYBIND11_NUMPY_DTYPE(BookRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, position, working, instrument, in_session,
-                         tradeable, warm);
+    PYBIND11_NUMPY_DTYPE(BookRow, ts, bid_px, ask_px, bid_sz, ask_sz, mid, pred_mid, position, working, instrument,
+                         in_session, tradeable, warm);
     PYBIND11_NUMPY_DTYPE(TapRow, ts, bid_px, ask_px, mid, ret_bps, log_spread, imbalance, log_dt_ms, session_frac,
                          pred_mid, pred_std, out, instrument, reset);
 

@@ -61,6 +61,7 @@ BOOK_DTYPE = np.dtype(
         ("bid_sz", "<f8"),  # 0 before the first tick
         ("ask_sz", "<f8"),
         ("mid", "<f8"),  # the mark: decision mid, and the price weights convert at; NaN before the first tick
+        ("pred_mid", "<f8"),  # the model's expected mid at its horizon, as of the last tick; NaN without a model
         ("position", "<f8"),  # units held
         ("working", "<f8"),  # units still to fill on the working order, signed; 0 if none
         ("instrument", "<u4"),
@@ -70,7 +71,7 @@ BOOK_DTYPE = np.dtype(
     ],
     align=True,
 )
-assert BOOK_DTYPE.itemsize == 72
+assert BOOK_DTYPE.itemsize == 80
 
 TargetValues = Union[np.ndarray, "list[float]", Mapping[Union[str, int], float]]
 
@@ -106,7 +107,8 @@ class Book(QuoteRows):
     """Read-only view of every instrument at the decision time (length = number of instruments).
 
     Per instrument (arrays in instrument order): the last tick that reached the strategies
-    (``last_ts_ns``, ``bid_px``, ``ask_px``, ``bid_sz``, ``ask_sz``), ``mid`` (the mark),
+    (``last_ts_ns``, ``bid_px``, ``ask_px``, ``bid_sz``, ``ask_sz``, and ``pred_mid``, the model's
+    prediction made at that tick), ``mid`` (the mark),
     ``position`` and ``working`` (units), ``in_session``, ``tradeable`` and ``warm``. ``ticking``
     holds the rows ticking now (a TickBatch; empty when the batch's ticks were all outside their
     sessions or one-sided). Arrays are views into buffers the core rewrites: copy what you keep.
@@ -132,6 +134,12 @@ class Book(QuoteRows):
     def working(self) -> np.ndarray:
         """Units still to fill on each working order (signed; 0 if none)."""
         return self.rows["working"]
+
+    @property
+    def pred_mid(self) -> np.ndarray:
+        """The model's expected mid at its horizon (``BacktestConfig.model``) as of each instrument's
+        last tick (the same value that tick's batch row carried); NaN without a model or a tick."""
+        return self.rows["pred_mid"]
 
     @property
     def in_session(self) -> np.ndarray:
@@ -188,7 +196,7 @@ class PortfolioHost:
         old = self.book
         self.buffer = np.zeros(max(n, 1), BATCH_DTYPE)
         self.book = np.zeros(n, BOOK_DTYPE)
-        for field in ("bid_px", "ask_px", "mid"):
+        for field in ("bid_px", "ask_px", "mid", "pred_mid"):
             self.book[field] = np.nan
         self.book["instrument"] = np.arange(n)
         self.book[: len(old)] = old

@@ -195,8 +195,10 @@ def solve_qp(P: np.ndarray, q: np.ndarray, constraints: Constraints, x0: np.ndar
     c = constraints
     c.check(n)
     # Scale so the objective is O(1): SLSQP's stopping rule is on the objective's change, and
-    # covariances of returns are O(1e-4).
-    scale = float(np.mean(np.abs(np.diag(P)))) or 1.0
+    # covariances of returns are O(1e-4). A model's forecast (forecast_mv) can make q the larger
+    # term by orders of magnitude (a 1e-3 expected return against a 1e-6 variance), and SLSQP then
+    # stalls in its line search: scale by whichever term is larger (the argmin does not move).
+    scale = max(float(np.mean(np.abs(np.diag(P)))), float(np.max(np.abs(q), initial=0.0))) or 1.0
     P, q = P / scale, q / scale
     w0 = repair(np.full(n, c.target_sum() / n) if x0 is None else np.asarray(x0, dtype=np.float64), c)
     if c.long_only:

@@ -9,6 +9,7 @@ its assets' returns, which is what mean-variance and Mean-CVaR assume.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -85,3 +86,26 @@ def ledoit_wolf(returns) -> np.ndarray:
 
     r = _check(returns, 2)
     return LedoitWolf(assume_centered=False).fit(r).covariance_
+
+
+def forecast_returns(pred_mid, mid, *, forecast_horizon_s: float, period_s: float) -> np.ndarray:
+    """Expected return per rebalance period from a model's predicted mids: log(pred_mid / mid), the
+    model's expected log return over its horizon, times period_s / forecast_horizon_s. The linear
+    scaling assumes the predicted drift holds at the same rate over the whole period; the model
+    says nothing past its horizon, so for a period longer than the horizon (the usual case) it is
+    an extrapolation, and for a decaying signal an optimistic one. A log return stands in for the
+    simple return mean-variance expects (they differ by ~r^2/2, negligible at these sizes). NaN
+    where either price is missing or not positive (no model, no tick yet)."""
+    if not (math.isfinite(forecast_horizon_s) and forecast_horizon_s > 0):
+        raise ValueError(
+            f"forecast_horizon_s must be > 0 seconds (the model's horizon: its horizon in ticks x the "
+            f"interval, 60 for the packaged model), not {forecast_horizon_s!r}"
+        )
+    if not (math.isfinite(period_s) and period_s > 0):
+        raise ValueError(f"period_s must be > 0 seconds (the rebalance period), not {period_s!r}")
+    p = np.asarray(pred_mid, dtype=np.float64)
+    m = np.asarray(mid, dtype=np.float64)
+    ok = (p > 0) & (m > 0)
+    out = np.full(p.shape, np.nan)
+    out[ok] = np.log(p[ok] / m[ok]) * (period_s / forecast_horizon_s)
+    return out

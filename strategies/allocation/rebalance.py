@@ -11,6 +11,14 @@ At each rebalance (every ``rebalance_s`` seconds on the UTC clock of the seam) i
 4. records the turnover: sum |w_new - w_now| over the universe, w_now the positions' weights at
    their marks (``book.weight``), i.e. the fraction of equity it asks to trade.
 
+``allocator="forecast_mv"`` is mean-variance on a model's forecast: the expected return of
+instrument i per rebalance period is log(pred_mid_i / mid_i) x rebalance_s / forecast_horizon_s
+(estimators.forecast_returns: the model's expected log return over its horizon, scaled linearly to
+the period), the covariance Ledoit-Wolf from the window, the weights allocators.mean_variance under
+the constraints. ``book.pred_mid`` is the prediction the model (``--model FILE``, any backend: the
+SSM on ``cpu``, a zoo ``.onnx`` on ``onnxruntime``) made at the instrument's last tick; an instrument
+without one is left alone.
+
 Until the window is full an estimating allocator answers None (no change); equal_weight,
 index_proxy and cap_weight need no history and trade from the first rebalance. When the universe
 is too small for the cap to reach the net target (cap 0.2 and 3 instruments cannot hold 100%) the
@@ -26,6 +34,8 @@ From the command line::
 
     nextick backtest --strategy strategies.allocation.rebalance:Allocation \\
         --param allocator=min_variance --param rebalance_s=600 --param lookback=30 --param cap=0.5
+    nextick backtest --strategy strategies.allocation.rebalance:Allocation --model runs/tf/model.onnx \
+        --backend onnxruntime --param allocator=forecast_mv --param rebalance_s=600 --param cap=0.5
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import numpy as np
 
 from engine.domain.timestamps import SECOND_NS
 from strategies.allocation import allocators as al
+from strategies.allocation import estimators
 from strategies.allocation.constraints import Constraints
 from strategies.allocation.cvar import InfeasibleTarget, mean_cvar
 from strategies.allocation.estimators import MarkWindow, ledoit_wolf, sample_mean
@@ -47,7 +58,7 @@ from strategies.portfolio import Book, PortfolioStrategy, Targets
 # Allocators that need no estimates: they trade from the first rebalance.
 NO_HISTORY = ("equal_weight", "index_proxy", "cap_weight")
 SCENARIOS = ("historical", "bootstrap", "gbm", "garch_jump")
-NAMES = (*al.ALLOCATORS, "mean_cvar")
+NAMES = (*al.ALLOCATORS, "mean_cvar", "forecast_mv")
 
 
 class Allocation(PortfolioStrategy):
@@ -72,6 +83,7 @@ class Allocation(PortfolioStrategy):
         n_scenarios: int = 2000,
         horizon: int = 1,
         seed: int = 0,
+        forecast_horizon_s: float = 60.0,
     ) -> None:
         """``allocator``: one of NAMES. ``rebalance_s``: the clock, seconds (0: every tick batch).
         ``lookback``: returns (rebalance periods) in the estimation window. ``long_only``, ``cap``,
@@ -80,7 +92,8 @@ class Allocation(PortfolioStrategy):
         position). ``market_cap``: cap_weight's capitalisations by symbol. ``hold``: buy-and-hold.
         ``alpha``, ``target_return``, ``scenarios`` (historical: the window's returns themselves;
         bootstrap, gbm, garch_jump: scenarios.py fitted to them), ``n_scenarios``, ``horizon``
-        (rebalance periods per scenario), ``seed``: mean_cvar's."""
+        (rebalance periods per scenario), ``seed``: mean_cvar's. ``forecast_horizon_s``: forecast_mv's,
+        the model's horizon in seconds (horizon ticks x interval; 60 for the packaged model)."""
         if allocator not in NAMES:
             raise ValueError(f"allocator {allocator!r} is unknown; give one of {', '.join(NAMES)}")
         if not (isinstance(rebalance_s, (int, float)) and math.isfinite(rebalance_s) and rebalance_s >= 0):
@@ -90,7 +103,13 @@ class Allocation(PortfolioStrategy):
         if allocator == "cap_weight" and not isinstance(market_cap, Mapping):
             raise ValueError("cap_weight needs market_cap, a mapping {symbol: capitalisation}, e.g. "
                              "--param 'market_cap={\"SYN000\": 3e9, \"SYN001\": 1e9}'")
+        if allocator == "forecast_mv" and not rebalance_s > 0:
+            raise ValueError("forecast_mv scales the model's forecast to the rebalance period; give rebalance_s > 0")
+        if allocator == "forecast_mv":
+            estimators.forecast_returns([], [], forecast_horizon_s=forecast_horizon_s, period_s=rebalance_s)  # checks
         self.allocator = allocator
+        self.rebalance_s = float(rebalance_s)
+        self.forecast_horizon_s = float(forecast_horizon_s)
         self.rebalance_ns = round(rebalance_s * SECOND_NS)
         self.constraints = Constraints(long_only=long_only, cap=cap, gross=gross, net=net)
         self.window = MarkWindow(lookback)
@@ -103,6 +122,8 @@ class Allocation(PortfolioStrategy):
         self.scenarios, self.n_scenarios, self.horizon, self.seed = scenarios, n_scenarios, horizon, seed
         self.turnover: list[float] = []  # per rebalance that traded: sum |w_new - w_now|
         self.decisions: list[tuple[int, np.ndarray]] = []  # (decision ts, weights; NaN: left alone)
+        # forecast_mv: (decision ts, mu and covariance on the universe) per decision
+        self.forecasts: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.infeasible = 0  # mean_cvar rebalances skipped: no weights reached target_return
         self._done = False
 
@@ -117,11 +138,17 @@ class Allocation(PortfolioStrategy):
                 return None  # the window is not full yet
             returns = self.window.returns()
             universe &= np.all(np.isfinite(returns), axis=0)
+        if self.allocator == "forecast_mv":
+            forecast = estimators.forecast_returns(
+                book.pred_mid, book.mid, forecast_horizon_s=self.forecast_horizon_s, period_s=self.rebalance_s
+            )
+            universe &= np.isfinite(forecast)  # no model, or no prediction yet: left alone
         if not universe.any():
             return None
         idx = np.flatnonzero(universe)
         c = self._constraints_for(len(idx))
-        w_universe = self._allocate(book, idx, returns[:, idx] if needs_history else None, c)
+        w_universe = self._allocate(book, idx, returns[:, idx] if needs_history else None, c,
+                                    forecast if self.allocator == "forecast_mv" else None)
         if w_universe is None:
             return None
         w = np.full(len(book), np.nan)
@@ -142,7 +169,8 @@ class Allocation(PortfolioStrategy):
             return dataclasses.replace(c, net=math.copysign(n * c.cap, c.net))
         return c
 
-    def _allocate(self, book: Book, idx: np.ndarray, returns: np.ndarray | None, c: Constraints) -> np.ndarray | None:
+    def _allocate(self, book: Book, idx: np.ndarray, returns: np.ndarray | None, c: Constraints,
+                  forecast: np.ndarray | None = None) -> np.ndarray | None:
         n = len(idx)
         name = self.allocator
         if name == "equal_weight":
@@ -164,6 +192,10 @@ class Allocation(PortfolioStrategy):
                 # The window's scenarios cannot reach target_return: keep the book as it is.
                 self.infeasible += 1
                 return None
+        if name == "forecast_mv":
+            cov = ledoit_wolf(returns)
+            self.forecasts.append((book.ts_ns, forecast[idx], cov))
+            return al.mean_variance(forecast[idx], cov, c, risk_aversion=self.risk_aversion)
         mu, cov = sample_mean(returns), ledoit_wolf(returns)
         if name == "mean_variance":
             return al.mean_variance(mu, cov, c, risk_aversion=self.risk_aversion)
