@@ -140,6 +140,19 @@ def _param(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _pair(flag: str):
+    """argparse type for ``LO,HI``: two floats."""
+
+    def parse(text: str) -> tuple[float, float]:
+        try:
+            lo, hi = (float(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} wants LO,HI (two numbers), got {text!r}") from None
+        return lo, hi
+
+    return parse
+
+
 class _ParamsAction(argparse.Action):
     """Repeated ``--param key=value`` into one dict (a new one: the default is never changed)."""
 
@@ -199,6 +212,16 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                      help=f"mean quotes per second per instrument (default {d.quote_rate_hz:g})")
     syn.add_argument("--alpha-strength", type=float, default=d.alpha_strength,
                      help=f"strength of the planted predictable component (default {d.alpha_strength:g})")
+    syn.add_argument("--correlation", type=float, default=d.correlation,
+                     help=f"share of each instrument's diffusive variance from the market factor (default {d.correlation:g})")
+    syn.add_argument("--n-sectors", type=int, default=d.n_sectors,
+                     help="sector factors: instrument i is in sector i %% N (default 0: one market factor only)")
+    syn.add_argument("--sector-correlation", type=float, default=d.sector_correlation,
+                     help="share of diffusive variance from the sector factor; needs --n-sectors (default 0)")
+    syn.add_argument("--beta-range", type=_pair("--beta-range"), default=d.beta_range, metavar="LO,HI",
+                     help="per-instrument market beta, uniform over LO..HI (default 1,1)")
+    syn.add_argument("--drift-bps-per-hour", type=_pair("--drift-bps-per-hour"), default=d.drift_bps_per_hour,
+                     metavar="LO,HI", help="per-instrument drift of the fair value per trading hour, uniform (default 0,0)")
     syn.add_argument("--start", default=d.start,
                      help=f"first date: of the synthetic sessions (default {SYNTHETIC_START}), or of a --catalog replay")
     cat = p.add_argument_group("catalog (`nextick ingest` output)")
@@ -206,6 +229,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     cat.add_argument("--instruments", metavar="LIST",
                      help="comma-separated symbols or venue:symbol (default: every instrument in the catalog)")
     cat.add_argument("--end", default=d.end, help="last date (inclusive) or datetime (exclusive) of a --catalog replay")
+    p.add_argument("--resample-s", type=float, default=d.resample_s, metavar="SECONDS",
+                   help="replay each instrument's last quote per bar of SECONDS (1 .. 86400), bars anchored at session "
+                   "opens; for daily studies pair it with --warmup-ticks 0 (feeds/bars.py)")
     cat.add_argument("--memory-mb", type=float, default=d.memory_mb,
                      help=f"memory budget of a --catalog replay, MiB (default {d.memory_mb:g}): peak use stays within it")
 
