@@ -111,6 +111,12 @@ def test_five_way_runs_deterministically_and_writes_its_outputs(tmp_path: Path, 
     blocks = doc_a["subperiods"]
     assert sum(b["n_days"] for b in blocks) == len(doc_a["days"])
     assert blocks[0]["first_day"] == doc_a["days"][0] and blocks[-1]["last_day"] == doc_a["days"][-1]
+    # `nextick report` draws the comparison and every labelled run.
+    pytest.importorskip("plotly", reason="nextick report needs plotly: pip install 'nextick[report]'")
+    assert main(["report", str(tmp_path / "a")]) == 0
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert 'id="compare-jk"' in page and 'id="compare-subperiods"' in page
+    assert all(f'id="bt-{label}-equity"' in page for label in FIVE_WAY)
     # The block returns compound to the whole.
     for label in FIVE_WAY:
         whole = np.prod(1.0 + daily.column(label).to_numpy()) - 1.0
