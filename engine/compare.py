@@ -211,7 +211,7 @@ def format_jk(c: Comparison) -> list[str]:
     """The z matrix with p-values, ``*`` where p < SIGNIFICANCE; row i against column j."""
     w = max(12, *(len(x) + 2 for x in c.labels))
     lines = [f"Jobson-Korkie (Memmel) z of daily Sharpe, row against column (p in brackets, * p < {SIGNIFICANCE:g}); "
-             f"{len(c.day_names)} days"]
+             f"{len(c.day_names)} days, {c.day_names[0]} .. {c.day_names[-1]}"]
     lines.append(f"{'':<{w}}" + "".join(f"{x:>{w + 8}}" for x in c.labels))
     for i, a in enumerate(c.labels):
         cells = []
