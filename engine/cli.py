@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backtest import INTERVALS_NS
+from engine.compare import FIVE_WAY_FEE_BPS, MONTH_S
 from engine.domain.instrument import Instrument
 from engine.domain.timestamps import SECOND_NS, UNITS
 from engine.model.zoo_config import ZOO_HEADS, ZOO_KINDS, ZOO_WINDOW
@@ -53,6 +54,18 @@ strategies.portfolio.PortfolioStrategy (every instrument at once, at each batch 
 clock); --param values go to its constructor.
 Fills happen at the first tick of the same instrument strictly after decision time + --latency-ns:
 buys at the ask, sells at the bid.
+"""
+
+
+COMPARE_EPILOG = """\
+examples:
+  nextick compare --strategy momentum --strategy mean_reversion --param momentum.fast_span=20
+  nextick compare --five-way --rebalance-s 86400 --n-instruments 20 --n-sectors 4 --sector-correlation 0.3 \\
+      --drift-bps-per-hour=-1,2 --n-sessions 60 --quote-rate-hz 0.2 --interval 1s --out runs/five
+  nextick compare --strategy ew=strategies.allocation.rebalance:Allocation --param ew.allocator=equal_weight \\
+      --strategy bh=buy_hold --catalog cat --resample-s 1800 --warmup-ticks 0
+
+JK: z[row][col] > 0 means the row's daily Sharpe ratio is the higher; * marks p < 0.05 (two-sided).
 """
 
 
@@ -140,6 +153,19 @@ def _param(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _pair(flag: str):
+    """argparse type for ``LO,HI``: two floats."""
+
+    def parse(text: str) -> tuple[float, float]:
+        try:
+            lo, hi = (float(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} wants LO,HI (two numbers), got {text!r}") from None
+        return lo, hi
+
+    return parse
+
+
 class _ParamsAction(argparse.Action):
     """Repeated ``--param key=value`` into one dict (a new one: the default is never changed)."""
 
@@ -199,6 +225,16 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                      help=f"mean quotes per second per instrument (default {d.quote_rate_hz:g})")
     syn.add_argument("--alpha-strength", type=float, default=d.alpha_strength,
                      help=f"strength of the planted predictable component (default {d.alpha_strength:g})")
+    syn.add_argument("--correlation", type=float, default=d.correlation,
+                     help=f"share of each instrument's diffusive variance from the market factor (default {d.correlation:g})")
+    syn.add_argument("--n-sectors", type=int, default=d.n_sectors,
+                     help="sector factors: instrument i is in sector i %% N (default 0: one market factor only)")
+    syn.add_argument("--sector-correlation", type=float, default=d.sector_correlation,
+                     help="share of diffusive variance from the sector factor; needs --n-sectors (default 0)")
+    syn.add_argument("--beta-range", type=_pair("--beta-range"), default=d.beta_range, metavar="LO,HI",
+                     help="per-instrument market beta, uniform over LO..HI (default 1,1)")
+    syn.add_argument("--drift-bps-per-hour", type=_pair("--drift-bps-per-hour"), default=d.drift_bps_per_hour,
+                     metavar="LO,HI", help="per-instrument drift of the fair value per trading hour, uniform (default 0,0)")
     syn.add_argument("--start", default=d.start,
                      help=f"first date: of the synthetic sessions (default {SYNTHETIC_START}), or of a --catalog replay")
     cat = p.add_argument_group("catalog (`nextick ingest` output)")
@@ -206,6 +242,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     cat.add_argument("--instruments", metavar="LIST",
                      help="comma-separated symbols or venue:symbol (default: every instrument in the catalog)")
     cat.add_argument("--end", default=d.end, help="last date (inclusive) or datetime (exclusive) of a --catalog replay")
+    p.add_argument("--resample-s", type=float, default=d.resample_s, metavar="SECONDS",
+                   help="replay each instrument's last quote per bar of SECONDS (1 .. 86400), bars anchored at session "
+                   "opens; for daily studies pair it with --warmup-ticks 0 (feeds/bars.py)")
     cat.add_argument("--memory-mb", type=float, default=d.memory_mb,
                      help=f"memory budget of a --catalog replay, MiB (default {d.memory_mb:g}): peak use stays within it")
 
@@ -233,6 +272,18 @@ def _add_run_args(b: argparse.ArgumentParser, *, single: bool = True) -> None:
                            help="also run this strategy (default parameters) on the same data and test the Sharpe difference")
         strat.add_argument("--oracle", action="store_true",
                            help="synthetic market only: also run the threshold rule on the true expected return, the ceiling")
+    _add_execution_args(b)
+    if not single:
+        return
+    out = b.add_argument_group("output")
+    out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity, decimated mids (Parquet) and summary.json here")
+    out.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_execution_args(b: argparse.ArgumentParser) -> None:
+    """The execution options of a replay; names and defaults are engine.options.RunOptions'."""
+    d = RunOptions()
     ex = b.add_argument_group("execution")
     ex.add_argument("--interval", default=d.interval, choices=list(INTERVALS_NS), help=f"conflation interval (default {d.interval})")
     ex.add_argument("--latency-ns", type=int, default=d.latency_ns,
@@ -253,12 +304,6 @@ def _add_run_args(b: argparse.ArgumentParser, *, single: bool = True) -> None:
                     help=f"equity sampling period for metrics, seconds (default {d.bar_s:g})")
     ex.add_argument("--risk-free-rate", type=float, default=d.risk_free_rate,
                     help=f"annual risk-free rate for Sharpe/Sortino (default {d.risk_free_rate:g})")
-    if not single:
-        return
-    out = b.add_argument_group("output")
-    out.add_argument("--out", type=Path, metavar="DIR", help="write fills, trades, resets, equity, decimated mids (Parquet) and summary.json here")
-    out.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 _SWEEP = SweepSpec()  # the sweep options' defaults
@@ -283,6 +328,39 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_source_args(b)
     _add_run_args(b)
     b.set_defaults(func=cmd_backtest)
+
+    cp = sub.add_parser(
+        "compare",
+        help="run several strategies on the same data: metrics, pairwise Sharpe tests, sub-periods",
+        description="Run N strategies on one data set (read once), print their metrics, the pairwise "
+        "Memmel-corrected Jobson-Korkie z and p of daily Sharpe ratios and a sub-period breakdown; with --out "
+        "write compare.json, compare.parquet (daily returns) and each run's folder for `nextick report`.",
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_source_args(cp)
+    cs = cp.add_argument_group("strategies")
+    cs.add_argument("--strategy", dest="strategies", action="append", default=[], metavar="[LABEL=]SPEC",
+                    help="a strategy to run (repeatable): a built-in or package.module:Class, labelled LABEL "
+                    "(default: the built-in's or the class's name)")
+    cs.add_argument("--param", dest="params", type=_param, action=_ParamsAction, default={}, metavar="LABEL.KEY=VALUE",
+                    help="a parameter of the strategy labelled LABEL (repeatable), e.g. momentum.fast_span=20")
+    cs.add_argument("--five-way", action="store_true",
+                    help="add the allocation preset: equal_weight, min_variance, momentum, mean_variance, index "
+                    f"(Allocation, long-only, --cap, --rebalance-s, --lookback; fee {FIVE_WAY_FEE_BPS:g} bps unless --fee-bps)")
+    cs.add_argument("--rebalance-s", type=float, default=MONTH_S,
+                    help=f"--five-way: rebalance clock, seconds on the UTC clock (default {MONTH_S:g}: 30 days)")
+    cs.add_argument("--lookback", type=int, default=20, help="--five-way: returns (rebalance periods) in the estimation window (default 20)")
+    cs.add_argument("--cap", type=float, default=0.2, help="--five-way: per-asset weight cap (default 0.2)")
+    cs.add_argument("--blocks", type=int, default=2, help="sub-periods: equal blocks of the common days (default 2: halves)")
+    cs.add_argument("--skip-days", type=int, default=0,
+                    help="leave the first N common days out of the tables and tests (an estimation window: default 0)")
+    _add_execution_args(cp)
+    cp.set_defaults(fee_bps=None)  # None: the preset's 10 bps with --five-way, else the engine default
+    co = cp.add_argument_group("output")
+    co.add_argument("--out", type=Path, metavar="DIR", help="write compare.json, compare.parquet and one folder per strategy here")
+    co.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cp.set_defaults(func=cmd_compare)
 
     sw = sub.add_parser(
         "sweep",
@@ -631,6 +709,56 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         paths = write_outputs(args.out, results, jk)
         if not args.json:
             print(f"wrote {len(paths)} files to {args.out}/")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from engine.backtest import run_backtest
+    from engine.compare import compare_runs, format_blocks, format_jk, parse_entries, write_compare
+    from engine.options import backtest_config, check_strategy, quote_source, run_options, source_options
+    from engine.progress import Progress
+    from engine.report import format_summary
+
+    entries = parse_entries(args.strategies, args.params, five_way=args.five_way, rebalance_s=args.rebalance_s,
+                            lookback=args.lookback, cap=args.cap)
+    base = _options(args, RUN_OPTIONS)
+    if base["fee_bps"] is None:
+        base["fee_bps"] = FIVE_WAY_FEE_BPS if args.five_way else RunOptions().fee_bps
+    base.pop("params", None)
+    runs = [run_options({**base, "strategy": e.strategy, "params": e.params}) for e in entries]
+    for e, options in zip(entries, runs):  # a misspelt strategy fails now, naming its label, before the data is read
+        try:
+            check_strategy(options)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--strategy {e.label} ({e.strategy}): {err}") from None
+    sources = source_options(_options(args, SOURCE_OPTIONS))
+    show = False if args.no_progress else None
+    source = quote_source(sources)
+    t0 = time.perf_counter()
+    with _replays(source, sources, len(runs), show) as (replay, read_note):
+        results = []
+        for e, options in zip(entries, runs):
+            run_source = replay()
+            progress = Progress(f"compare {e.label}", enabled=show, total=getattr(run_source, "expected_rows", None))
+            try:
+                results.append(run_backtest(run_source, backtest_config(options), on_progress=progress.update,
+                                            record_mids=args.out is not None))
+            finally:
+                progress.close()
+        instruments = replay().instruments
+    labelled = [msgspec.structs.replace(r, strategy=e.label) for r, e in zip(results, entries)]
+    c = compare_runs(labelled, [e.label for e in entries], instruments, args.blocks, args.skip_days)
+    print(format_summary(labelled))
+    print("\n".join(["", *format_jk(c), "", *format_blocks(c)]))
+    if read_note:
+        print(read_note)
+    print(f"compare      {len(runs)} runs in {time.perf_counter() - t0:.1f} s")
+    if args.out:
+        execution = {k: v for k, v in msgspec.to_builtins(runs[0]).items() if k not in ("strategy", "params")}
+        paths = write_compare(args.out, labelled, entries, c, execution)
+        print(f"wrote {len(paths)} files to {args.out}/")
     return 0
 
 

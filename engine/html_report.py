@@ -9,7 +9,10 @@ What RUN_DIR may hold, each part drawn where present and absent from the page wh
 - ``study.json`` (format ``nextick.study``, version 1): per model the priced-risk line (PML), total
   against priced risk, the rolling PML slope, the signal's decay by lag and a CAPM table;
 - ``results.parquet`` from a sweep, one row per configuration: mean against std of daily return and
-  the ten best configurations.
+  the ten best configurations;
+- ``compare.json`` from ``nextick compare --out`` (format ``nextick.compare``, version 1; its runs are
+  the subfolders above): the pairwise Jobson-Korkie z of daily Sharpe ratios as a heatmap and a
+  table with p-values (``*`` where p < 0.05), and the sub-period table.
 
 plotly draws the figures; its plotly.js is inlined once, so the file opens offline and nothing
 else is fetched. The page holds no time of writing and no absolute path, and every figure has a
@@ -30,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.compare import COMPARE_FORMAT, COMPARE_VERSION, SIGNIFICANCE
 from engine.report import MIDS_METADATA_KEY
 
 INSTALL_HINT = "pip install 'nextick[report]'"
@@ -508,6 +512,58 @@ def _study_section(page: _Page, path: Path) -> None:
                    caption="CAPM regressions")
 
 
+# ------------------------------------------------------------------------------------------ compare
+
+
+def _compare_section(page: _Page, path: Path) -> None:
+    hint = "it should be the nextick.compare JSON `nextick compare --out` writes; write it again or remove it"
+    doc = _read_json(path, hint)
+    if not isinstance(doc, dict) or doc.get("format") != COMPARE_FORMAT or doc.get("version") != COMPARE_VERSION:
+        got = (doc.get("format"), doc.get("version")) if isinstance(doc, dict) else type(doc).__name__
+        raise ReportInputError(f"{path}: not a {COMPARE_FORMAT} version {COMPARE_VERSION} file (got {got}); {hint}")
+    try:
+        labels = [str(s["label"]) for s in doc["strategies"]]
+        z = np.array([[_f(v) for v in row] for row in doc["jk"]["z"]], dtype=float)
+        p = np.array([[_f(v) for v in row] for row in doc["jk"]["p"]], dtype=float)
+        blocks = doc["subperiods"]
+        days = doc["days"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReportInputError(f"{path}: missing or malformed {e}; {hint}") from None
+    n = len(labels)
+    if z.shape != (n, n) or p.shape != (n, n):
+        raise ReportInputError(f"{path}: jk z and p must be {n} x {n} (one row per strategy); {hint}")
+    alpha = _f(doc["jk"].get("alpha", SIGNIFICANCE))
+    page.section("comparison", "comparison: Sharpe tests and sub-periods")
+    page.note(f"{n} strategies on {len(days)} common days ({doc.get('day_basis', 'days')}); z[row][column] > 0: "
+              f"the row's daily Sharpe ratio is the higher (Memmel-corrected Jobson-Korkie); * p < {alpha:g}")
+
+    def cell(i: int, j: int) -> str:
+        if i == j:
+            return "-"
+        if not math.isfinite(z[i, j]):
+            return "n/a"
+        return f"{z[i, j]:+.2f} (p {p[i, j]:.3f})" + ("*" if p[i, j] < alpha else "")
+
+    text = [[cell(i, j).replace(" (", "<br>(") for j in range(n)] for i in range(n)]
+    go = page.go
+    fig = go.Figure(go.Heatmap(z=np.where(np.isfinite(z), z, None).tolist(), x=labels, y=labels, text=text,
+                               texttemplate="%{text}", colorscale="RdBu", zmid=0,
+                               colorbar={"title": {"text": "z"}}, hovertemplate="%{y} vs %{x}<br>%{text}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="row")
+    fig.update_xaxes(title_text="column")
+    page.figure("compare-jk", fig, "pairwise Jobson-Korkie z of daily Sharpe", f"row against column; * p < {alpha:g}")
+    page.table("compare-jk-table", ["row \\ column", *labels], [[a, *(cell(i, j) for j in range(n))] for i, a in enumerate(labels)],
+               caption="Jobson-Korkie z (p), row against column")
+    rows = []
+    for b in blocks:
+        by = b.get("by_strategy", {})
+        rows.append([f"{b.get('block')}: {b.get('first_day')} .. {b.get('last_day')}", str(b.get("n_days")),
+                     *(f"{_fmt(by.get(x, {}).get('total_return'), 'pct')} / {_fmt(by.get(x, {}).get('daily_sharpe'))}"
+                       for x in labels)])
+    page.table("compare-subperiods", ["block", "days", *labels], rows,
+               caption="sub-periods: total return / daily Sharpe per strategy")
+
+
 # ------------------------------------------------------------------------------------------ sweep
 
 
@@ -567,7 +623,7 @@ def render_report(run_dir: Path) -> tuple[str, list[str]]:
     if not run_dir.is_dir():
         raise ReportInputError(f"{run_dir}: no such folder; give a `nextick backtest --out` folder (or a study's)")
     dirs = strategy_dirs(run_dir)
-    study, sweep = run_dir / "study.json", run_dir / "results.parquet"
+    study, sweep, comparison = run_dir / "study.json", run_dir / "results.parquet", run_dir / "compare.json"
     if not dirs and not study.is_file() and not sweep.is_file():
         raise ReportInputError(
             f"{run_dir}: nothing to report: no summary.json (nor subfolders with one), study.json or results.parquet; "
@@ -587,6 +643,8 @@ def render_report(run_dir: Path) -> tuple[str, list[str]]:
     if len(curves) > 1:
         page.section("compare", "strategies compared")
         _compare_figure(page, curves)
+    if comparison.is_file():
+        _compare_section(page, comparison)
     if study.is_file():
         _study_section(page, study)
     if sweep.is_file():

@@ -69,12 +69,19 @@ class SourceOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     n_sessions: int = _SYNTHETIC.n_sessions
     quote_rate_hz: float = _SYNTHETIC.quote_rate_hz
     alpha_strength: float = _SYNTHETIC.alpha_strength
+    correlation: float = _SYNTHETIC.correlation  # share of diffusive variance from the market factor
+    n_sectors: int = _SYNTHETIC.n_sectors
+    sector_correlation: float = _SYNTHETIC.sector_correlation
+    beta_range: tuple[float, float] = _SYNTHETIC.beta_range
+    drift_bps_per_hour: tuple[float, float] = _SYNTHETIC.drift_bps_per_hour
     start: str | None = None  # first synthetic date (None: SYNTHETIC_START), or a catalog replay's start
     # A catalog.
     catalog: Path | None = None
     instruments: str | list[str] | None = None  # "BTCUSDT,binance-usdm:ETHUSDT" or a list; None: all
     end: str | None = None
     memory_mb: float = DEFAULT_BUDGET / (1 << 20)
+    # Any source, thinned to each instrument's last quote per bar of this many seconds (feeds.bars).
+    resample_s: float | None = None
     # Raw recordings.
     raw_paths: list[Path] | None = None
 
@@ -237,12 +244,18 @@ def quote_source(options: SourceOptions | Mapping[str, Any], *, horizon_s: float
     (it changes only the exposed expected returns, not the quotes)."""
     o = source_options(options)
     if o.catalog is not None:
-        return _catalog_source(o)
-    if o.raw_paths:
-        return _raw_source(o)
-    if o.data is not None:
-        return _file_source(o)
-    return synthetic_market(o, horizon_s=horizon_s)
+        source = _catalog_source(o)
+    elif o.raw_paths:
+        source = _raw_source(o)
+    elif o.data is not None:
+        source = _file_source(o)
+    else:
+        source = synthetic_market(o, horizon_s=horizon_s)
+    if o.resample_s is None:
+        return source
+    from feeds.bars import BarSource
+
+    return BarSource(source, o.resample_s)
 
 
 def synthetic_market(options: SourceOptions | Mapping[str, Any], *, horizon_s: float | None = None) -> SyntheticMarket:
@@ -258,6 +271,11 @@ def synthetic_market(options: SourceOptions | Mapping[str, Any], *, horizon_s: f
             quote_rate_hz=o.quote_rate_hz,
             alpha_strength=o.alpha_strength,
             start=o.start or SYNTHETIC_START,
+            correlation=o.correlation,
+            n_sectors=o.n_sectors,
+            sector_correlation=o.sector_correlation,
+            beta_range=tuple(o.beta_range),
+            drift_bps_per_hour=tuple(o.drift_bps_per_hour),
         )
     )
 

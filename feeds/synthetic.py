@@ -41,6 +41,19 @@ Fair value. For instrument i, with ``sigma_i`` its volatility per sqrt(second)::
   mean-zero gap return with variance ``overnight_var_ratio * sigma_i**2 * gap_s`` (weekends gap
   more than weeknights) and ``a_i`` keeps mean-reverting.
 
+Factors (off by default). With ``n_sectors = S >= 1`` instrument i is in sector ``s(i) = i % S``
+and its diffusion becomes::
+
+    sigma_i * v_t * (beta_i sqrt(rho) dW_market + sqrt(rho_s) dW_sector(s(i)) + sqrt(1 - rho - rho_s) dW_i) + mu_i dt
+
+``rho_s = sector_correlation``; ``beta_i`` and the drift ``mu_i`` (per trading second, from
+``drift_bps_per_hour``) are drawn uniformly per instrument from the seed (``market.beta``,
+``market.drift_per_s``, ``market.sector``). Two instruments of one sector then correlate at about
+``beta_i beta_j rho + rho_s`` (over their total variance), of two sectors at ``beta_i beta_j rho``:
+the block structure of an equity universe. The overnight gap has the same loadings; the drift, like
+the alpha, accrues only inside sessions. With the defaults (0 sectors, betas 1, no drift) the code
+path and every draw are those of the one-factor market.
+
 Discretization. Quote events are the only times the fair value is materialized. Between two
 consecutive events of instrument i at ``t0 < t1`` the drift increment is the exact conditional mean
 ``kappa * a_i(t0) * (1 - exp(-theta (t1 - t0))) / theta`` of the OU integral, and ``a_i`` itself
@@ -117,6 +130,11 @@ _KEY_OUTAGE = 3
 _STREAM_EVENTS = 0
 _STREAM_MARKET = 1
 _STREAM_JUMPS = 2
+_STREAM_SECTOR = 3
+# Factor-structure draws (betas, drifts; sector gaps overnight) have keys of their own, so the
+# market without them is the one it always was, draw for draw.
+_KEY_FACTOR = 4
+_KEY_NIGHT_SECTOR = 5
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,13 @@ class SyntheticConfig:
     outages_per_session: float = 0.5  # mean number of intra-session feed outages (Poisson)
     outage_s: tuple[float, float] = (120.0, 300.0)  # uniform outage length range, > default gap threshold (60 s)
     outage_scope: str = "all"  # "all": an outage silences every instrument; "one": a random one
+
+    # Factor structure (see "Factors" in the module doc). The defaults are the one-factor market
+    # above, bit for bit: no sectors, every beta 1, no drift.
+    n_sectors: int = 0  # instrument i is in sector i % n_sectors; 0: no sector factors
+    sector_correlation: float = 0.0  # share of diffusive variance from the sector factor (needs n_sectors >= 1)
+    beta_range: tuple[float, float] = (1.0, 1.0)  # per-instrument market beta, uniform over [lo, hi]
+    drift_bps_per_hour: tuple[float, float] = (0.0, 0.0)  # per-instrument drift of log F per trading hour, uniform
 
     # Instruments: opening prices log-uniform over base_px, long-run diffusive vol uniform over
     # vol_bps_per_sqrt_hour (40-80 bps/sqrt(h) is 1.0-2.0% over a 6.5 h session).
@@ -204,6 +229,16 @@ class SyntheticConfig:
         need(self.alpha_strength >= 0, "alpha_strength must be >= 0")
         need(self.alpha_halflife_s > 0 and self.horizon_s > 0, "alpha_halflife_s and horizon_s must be > 0")
         need(0.0 <= self.correlation < 1.0, f"correlation must be in [0, 1), got {self.correlation}")
+        need(self.n_sectors >= 0, f"n_sectors must be >= 0, got {self.n_sectors}")
+        need(self.sector_correlation >= 0, f"sector_correlation must be >= 0, got {self.sector_correlation}")
+        need(self.n_sectors >= 1 or self.sector_correlation == 0,
+             "sector_correlation needs sectors: give n_sectors >= 1, or leave sector_correlation at 0")
+        need(self.correlation + self.sector_correlation < 1.0,
+             f"correlation + sector_correlation must be < 1 (the rest is idiosyncratic), got "
+             f"{self.correlation} + {self.sector_correlation}")
+        need(self.beta_range[0] <= self.beta_range[1], f"beta_range must be lo <= hi, got {self.beta_range}")
+        need(self.drift_bps_per_hour[0] <= self.drift_bps_per_hour[1],
+             f"drift_bps_per_hour must be lo <= hi, got {self.drift_bps_per_hour}")
         need(self.outages_per_session >= 0, "outages_per_session must be >= 0")
         need(0 < self.outage_s[0] <= self.outage_s[1], f"outage_s must be 0 < lo <= hi, got {self.outage_s}")
         need(self.outage_scope in ("all", "one"), f"outage_scope must be 'all' or 'one', got {self.outage_scope!r}")
@@ -333,6 +368,16 @@ class SyntheticMarket:
         self.sigma_per_sqrt_s = vol_bps * 1e-4 / 60.0  # per sqrt(second) of trading time
         self._initial_draws = (rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(), rng.random())
 
+        # Factor structure, from its own stream: the draws above are what they always were.
+        frng = self._rng(_KEY_FACTOR)
+        self.beta = frng.uniform(*cfg.beta_range, n)
+        self.drift_per_s = frng.uniform(*cfg.drift_bps_per_hour, n) * 1e-4 / 3600.0  # log F per trading second
+        self.sector = np.arange(n) % cfg.n_sectors if cfg.n_sectors else np.zeros(n, np.int64)
+        # Off (the defaults): the one-factor code path, untouched, so the demo's data stay bit-identical.
+        self._factors = (
+            cfg.n_sectors > 0 or cfg.beta_range != (1.0, 1.0) or cfg.drift_bps_per_hour != (0.0, 0.0)
+        )
+
         # Derived constants of the model.
         self._p_turb = cfg.turbulent_mean_s / (cfg.calm_mean_s + cfg.turbulent_mean_s)
         self._switch_rate = 1.0 / cfg.calm_mean_s + 1.0 / cfg.turbulent_mean_s
@@ -452,7 +497,14 @@ class SyntheticMarket:
         z_vol, u_regime = rng.standard_normal(), rng.random()
         rho = cfg.correlation
         gap_sd = self.sigma_per_sqrt_s * math.sqrt(cfg.overnight_var_ratio * gap_s)
-        st.log_fair = st.log_fair + gap_sd * (math.sqrt(rho) * z_common + math.sqrt(1.0 - rho) * z_idio)
+        if self._factors:
+            rho_s = cfg.sector_correlation
+            z_sec = self._rng(_KEY_NIGHT_SECTOR, k).standard_normal(max(cfg.n_sectors, 1))[self.sector]
+            st.log_fair = st.log_fair + gap_sd * (
+                self.beta * math.sqrt(rho) * z_common + math.sqrt(rho_s) * z_sec + math.sqrt(1.0 - rho - rho_s) * z_idio
+            )
+        else:
+            st.log_fair = st.log_fair + gap_sd * (math.sqrt(rho) * z_common + math.sqrt(1.0 - rho) * z_idio)
         st.alpha = _ou_step(st.alpha, self._theta_alpha * gap_s, 1.0, z_alpha)
         st.imb_noise = _ou_step(st.imb_noise, self._theta_imb * gap_s, cfg.imbalance_noise, z_imb)
         st.log_vol = float(_ou_step(st.log_vol, self._theta_vol * gap_s, cfg.vol_of_vol, z_vol))
@@ -524,7 +576,10 @@ class SyntheticMarket:
         n_inst = cfg.n_instruments
         grid_ns = self._grid_ns
         rho = cfg.correlation
-        sq_rho, sq_idio = math.sqrt(rho), math.sqrt(1.0 - rho)
+        factors = self._factors
+        rho_s = cfg.sector_correlation
+        sq_rho, sq_idio = math.sqrt(rho), math.sqrt(1.0 - rho - rho_s)
+        sq_sec = math.sqrt(rho_s)
         theta_a, theta_u, kappa = self._theta_alpha, self._theta_imb, self._kappa
 
         # ---- coarse grid: regime chain, log-vol, vol multiplier, jump rates
@@ -595,6 +650,14 @@ class SyntheticMarket:
         last_vol = vol_g[cell[-1]] if n else vol_g[0]
         last_ts = int(ts[-1]) if n else b0
         common_end = (common[-1] if n else 0.0) + last_vol * math.sqrt((b1 - last_ts) / SECOND_NS) * z_end[0]
+        if factors and cfg.n_sectors:
+            # Sector factors at the merged times, as the market factor; their own stream.
+            rng_s = self._rng(_KEY_BLOCK, k, blk, _STREAM_SECTOR)
+            z_sec = rng_s.standard_normal((cfg.n_sectors, n))
+            sector_path = np.cumsum(vol_g[prev_cell] * np.sqrt((ts - prev_ts) / SECOND_NS) * z_sec, axis=1)
+            sector_end = (sector_path[:, -1] if n else np.zeros(cfg.n_sectors)) + last_vol * math.sqrt(
+                (b1 - last_ts) / SECOND_NS
+            ) * rng_s.standard_normal(cfg.n_sectors)
 
         # Outages: the latent path is simulated through them; only the quotes are dropped.
         keep = np.ones(n, bool)
@@ -624,7 +687,15 @@ class SyntheticMarket:
             c_i = common[sel]
             d_common = np.diff(c_i, prepend=0.0)
             d_idio = vol_g[g_prev] * np.sqrt(dt_s) * z[1, sel]
-            diffusion = self.sigma_per_sqrt_s[i] * (sq_rho * d_common + sq_idio * d_idio)
+            if factors:
+                beta_i, s_i = float(self.beta[i]), int(self.sector[i])
+                market = beta_i * sq_rho * d_common
+                if cfg.n_sectors:
+                    sec_i = sector_path[s_i, sel]
+                    market = market + sq_sec * np.diff(sec_i, prepend=0.0)
+                diffusion = self.sigma_per_sqrt_s[i] * (market + sq_idio * d_idio) + self.drift_per_s[i] * dt_s
+            else:
+                diffusion = self.sigma_per_sqrt_s[i] * (sq_rho * d_common + sq_idio * d_idio)
 
             th_dt = theta_a * dt_s
             a = _ou_path(st.alpha[i], th_dt, np.sqrt(-np.expm1(-2.0 * th_dt)) * z[2, sel])
@@ -657,6 +728,12 @@ class SyntheticMarket:
                 + (kappa / theta_a) * a_last * -math.expm1(-theta_a * rem_s)
                 + (j_cum[-1] - (jumps[-1] if m else 0.0))
             )
+            if factors:
+                # What the one-factor line above leaves out: the beta's excess, the sector, the drift.
+                rest = (beta_i - 1.0) * sq_rho * (common_end - (c_i[-1] if m else 0.0))
+                if cfg.n_sectors:
+                    rest += sq_sec * (sector_end[s_i] - (sec_i[-1] if m else 0.0))
+                st.log_fair[i] += self.sigma_per_sqrt_s[i] * rest + self.drift_per_s[i] * rem_s
             st.alpha[i] = _ou_step(a_last, theta_a * rem_s, 1.0, z_end[1 + n_inst + i])
             u_last = float(u[-1]) if m else float(st.imb_noise[i])
             st.imb_noise[i] = _ou_step(u_last, theta_u * rem_s, cfg.imbalance_noise, z_end[1 + 2 * n_inst + i])

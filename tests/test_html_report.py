@@ -68,7 +68,22 @@ STUDY = {
 BACKTEST_FIGURES = [f"bt-{s}-{kind}" for s in sorted(STRATEGIES)
                     for kind in ("equity", "drawdown", *(f"fills-{i}" for i in range(N_INSTRUMENTS)), "resets", "pnl")]
 STUDY_FIGURES = ["study-pml", "study-risk", "study-rolling", "study-decay"]
-EXPECTED_FIGURES = [*BACKTEST_FIGURES, "compare-equity", *STUDY_FIGURES, "sweep-scatter"]
+EXPECTED_FIGURES = [*BACKTEST_FIGURES, "compare-equity", "compare-jk", *STUDY_FIGURES, "sweep-scatter"]
+
+# What `nextick compare --out` writes beside its run folders (engine/compare.write_compare), for the
+# two strategies of the backtest above: the JK matrices and sub-periods (None: a figure undefined).
+COMPARE = {
+    "format": "nextick.compare", "version": 1, "day_basis": "US-RTH sessions, open to next open",
+    "strategies": [{"label": s} for s in sorted(STRATEGIES)],
+    "days": ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"],
+    "jk": {"alpha": 0.05, "z": [[0.0, 2.5], [-2.5, 0.0]], "p": [[1.0, 0.0124], [0.0124, 1.0]]},
+    "subperiods": [
+        {"block": 1, "first_day": "2024-01-02", "last_day": "2024-01-03", "n_days": 2,
+         "by_strategy": {s: {"total_return": 0.01, "daily_sharpe": 0.3} for s in STRATEGIES}},
+        {"block": 2, "first_day": "2024-01-04", "last_day": "2024-01-05", "n_days": 2,
+         "by_strategy": {s: {"total_return": -0.02, "daily_sharpe": None} for s in STRATEGIES}},
+    ],
+}
 
 
 def _backtest(out: Path) -> None:
@@ -90,6 +105,7 @@ def run_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("report") / "run"
     _backtest(d)
     (d / "study.json").write_text(json.dumps(STUDY))
+    (d / "compare.json").write_text(json.dumps(COMPARE))
     pq.write_table(_sweep_table(), d / "results.parquet")
     return d
 
@@ -113,6 +129,8 @@ def test_report_is_self_contained(report, capsys):
     for fid in EXPECTED_FIGURES:
         assert f'id="{fid}"' in text, fid
     assert 'id="study-capm"' in text and 'id="sweep-top"' in text
+    assert 'id="compare-jk-table"' in text and 'id="compare-subperiods"' in text
+    assert "+2.50 (p 0.012)*" in text and "-2.50 (p 0.012)*" in text  # significant both ways, marked
     # The fills charts say that their mid line is thinned, and how.
     assert text.count("decimated for size") == len(STRATEGIES) * N_INSTRUMENTS
 
@@ -329,6 +347,7 @@ _PROBE = """(() => {
       svg: el.querySelectorAll('.main-svg').length,
       points: el.querySelectorAll('.scatterlayer .point, .barlayer .point').length,
       lines: [...el.querySelectorAll('.scatterlayer .js-line')].filter(p => (p.getAttribute('d') || '').length > 4).length,
+      heat: el.querySelectorAll('.heatmaplayer image').length,
     };
   }
   return JSON.stringify(out);
@@ -367,7 +386,7 @@ async def _load_in_chromium(chrome: str, url: str, figure_ids: list[str], profil
                 if loaded:
                     res = await cdp.send("Runtime.evaluate", session, expression=_PROBE % json.dumps(figure_ids), returnByValue=True)
                     state = json.loads(res["result"]["value"])
-                    if all(s and s["svg"] and (s["points"] or s["lines"]) for s in state.values()):
+                    if all(s and s["svg"] and (s["points"] or s["lines"] or s["heat"]) for s in state.values()):
                         break
                 await asyncio.sleep(0.2)
             # A figure from the middle of the page: the fills over the mid, markers and line.
@@ -404,7 +423,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         s = state.get(fid)
         assert s is not None, f"{fid}: no such element"
         assert s["plot"] and s["svg"] > 0, f"{fid}: not drawn by plotly: {s}"
-        assert s["points"] + s["lines"] > 0, f"{fid}: no trace drawn: {s}"
+        assert s["points"] + s["lines"] + s["heat"] > 0, f"{fid}: no trace drawn: {s}"
     for fid in BACKTEST_FIGURES:
         if "-fills-" in fid:
             # The mid line and the fills' markers on it.

@@ -38,6 +38,7 @@ FLOORS: dict[str, int] = {
     "engine.options": 2,
     "engine.journal": 3,
     "engine.report": 3,
+    "engine.compare": 3,  # nextick compare: runs results through metrics and report.write_outputs
     "engine.html_report": 3,
     "engine.paper": 3,
     "engine.reconcile": 3,

@@ -27,6 +27,15 @@ outside the universe keep their weights and are not counted against the gross li
 rebalance whose scenarios cannot reach ``target_return`` changes nothing and is counted
 (``infeasible``).
 
+``poll_s`` > 0 decouples the decision from the clock's first tick: the seam then calls every
+``poll_s`` seconds, and it rebalances at the first call at or after each multiple of ``rebalance_s``
+at which every priced instrument is warm (``book.warm``). A daily or monthly clock on the seam fires
+at the first batch after 00:00 UTC, which on a market that is shut at midnight is a session's first
+tick, when no other instrument is tradeable yet and the one ticking is in its warm-up: the rebalance
+would do nothing until the next period. With ``poll_s=3600`` it waits for the first whole hour at
+which the market is up and warm. Calls in between do nothing (not even record a mark), so the
+window still holds one return per rebalance period.
+
 ``hold=True`` makes it buy-and-hold: it trades at the first rebalance that allocates, then never
 again (with ``allocator="index_proxy"`` or ``"cap_weight"``: buy-and-hold of the market proxy).
 
@@ -84,6 +93,7 @@ class Allocation(PortfolioStrategy):
         horizon: int = 1,
         seed: int = 0,
         forecast_horizon_s: float = 60.0,
+        poll_s: float = 0.0,
     ) -> None:
         """``allocator``: one of NAMES. ``rebalance_s``: the clock, seconds (0: every tick batch).
         ``lookback``: returns (rebalance periods) in the estimation window. ``long_only``, ``cap``,
@@ -93,7 +103,8 @@ class Allocation(PortfolioStrategy):
         ``alpha``, ``target_return``, ``scenarios`` (historical: the window's returns themselves;
         bootstrap, gbm, garch_jump: scenarios.py fitted to them), ``n_scenarios``, ``horizon``
         (rebalance periods per scenario), ``seed``: mean_cvar's. ``forecast_horizon_s``: forecast_mv's,
-        the model's horizon in seconds (horizon ticks x interval; 60 for the packaged model)."""
+        the model's horizon in seconds (horizon ticks x interval; 60 for the packaged model).
+        ``poll_s``: see the module doc (0: off)."""
         if allocator not in NAMES:
             raise ValueError(f"allocator {allocator!r} is unknown; give one of {', '.join(NAMES)}")
         if not (isinstance(rebalance_s, (int, float)) and math.isfinite(rebalance_s) and rebalance_s >= 0):
@@ -107,10 +118,19 @@ class Allocation(PortfolioStrategy):
             raise ValueError("forecast_mv scales the model's forecast to the rebalance period; give rebalance_s > 0")
         if allocator == "forecast_mv":
             estimators.forecast_returns([], [], forecast_horizon_s=forecast_horizon_s, period_s=rebalance_s)  # checks
+        if not (isinstance(poll_s, (int, float)) and math.isfinite(poll_s) and 0 <= poll_s):
+            raise ValueError(f"poll_s must be >= 0 seconds (0: decide at the clock's first batch), not {poll_s!r}")
+        if poll_s > 0 and not (rebalance_s >= poll_s):
+            raise ValueError(f"poll_s ({poll_s:g} s) must not exceed rebalance_s ({rebalance_s:g} s); "
+                             "poll at least once per rebalance period")
         self.allocator = allocator
         self.rebalance_s = float(rebalance_s)
         self.forecast_horizon_s = float(forecast_horizon_s)
-        self.rebalance_ns = round(rebalance_s * SECOND_NS)
+        self.period_ns = round(rebalance_s * SECOND_NS)
+        self.poll_ns = round(poll_s * SECOND_NS)
+        # With polling the seam calls every poll_s; on_rebalance keeps the period itself.
+        self.rebalance_ns = self.poll_ns if self.poll_ns else self.period_ns
+        self._last_period: int | None = None
         self.constraints = Constraints(long_only=long_only, cap=cap, gross=gross, net=net)
         self.window = MarkWindow(lookback)
         self.risk_aversion = risk_aversion
@@ -128,6 +148,12 @@ class Allocation(PortfolioStrategy):
         self._done = False
 
     def on_rebalance(self, book: Book) -> Targets | None:
+        if self.poll_ns:
+            period = book.ts_ns // self.period_ns if self.period_ns else book.ts_ns
+            priced = np.isfinite(book.mid)
+            if period == self._last_period or not priced.any() or not np.all(book.warm[priced]):
+                return None  # not a new period yet, or the market is not up and warm: ask again at the next poll
+            self._last_period = period
         self.window.push(book.mid)
         if self._done:
             return None
