@@ -14,6 +14,7 @@ import importlib
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -379,6 +380,25 @@ def record_predictions(source: QuoteSource, config: BacktestConfig, *, tap: bool
     if not tap:
         return engine.recording.tape()
     return engine.recording.tape(), np.concatenate(taps) if taps else engine.core.take_tap()
+
+
+def save_tape(path: str | Path, tape: _core.PredictionTape) -> Path:
+    """A prediction tape as a .npz of its arrays (no pickle: a data file loads as data)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, n_features=np.int64(tape.n_features), counts=tape.counts, slots=tape.slots, out=tape.out)
+    tmp.replace(path)  # whole or absent: a worker never reads half a tape
+    return path
+
+
+def load_tape(path: str | Path) -> _core.PredictionTape:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return _core.PredictionTape(int(z["n_features"]), z["counts"], z["slots"], z["out"])
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a prediction tape ({e}); record it again (record_predictions)") from None
 
 
 def run_backtest(

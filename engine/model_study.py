@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
-import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine import _core
-from engine.backtest import BacktestConfig, record_predictions, run_backtest, trading_days
+from engine.backtest import BacktestConfig, load_tape, record_predictions, run_backtest, save_tape, trading_days
 from engine.domain.calendar import SessionCalendar
 from engine.domain.timestamps import MINUTE_NS, SECOND_NS
 from engine.model.weights import load_model
@@ -163,15 +162,10 @@ def _cached(path: str, load: Callable[[str], Any]) -> Any:
     return _OPEN[path]
 
 
-def _load_tape(path: str) -> _core.PredictionTape:
-    with open(path, "rb") as f:
-        return pickle.load(f)
-
-
 def replay_config(folder: str, tape_path: str, start_ns: int, options: dict[str, Any], variants: int) -> list[list[float]]:
     """One configuration under every variant of a recorded tape: each variant's daily returns."""
     dataset = _cached(folder, lambda p: QuoteDataset.open(p, verify=False))
-    tape = _cached(tape_path, _load_tape)
+    tape = _cached(tape_path, load_tape)
     config = backtest_config(options)
     calendars = [SessionCalendar.parse(i.calendar) for i in dataset.instruments]
     out = []
@@ -245,9 +239,7 @@ def run_model(name: str, path: Path, dataset: QuoteDataset, folder: str, start_n
     t0 = time.perf_counter()
     tape, tap = record_predictions(dataset.source(start_ns, None), record_cfg, tap=True)
     record_s = time.perf_counter() - t0
-    tape_path = out / "tapes" / f"{name}.tape"
-    tape_path.parent.mkdir(parents=True, exist_ok=True)
-    tape_path.write_bytes(pickle.dumps(tape, protocol=pickle.HIGHEST_PROTOCOL))
+    tape_path = save_tape(out / "tapes" / f"{name}.npz", tape)
     tasks = [(folder, str(tape_path), start_ns, {**base, "params": p}, variants) for p in params]
     t0 = time.perf_counter()
     daily = _run_pool(tasks, workers, on_done)

@@ -38,7 +38,6 @@ import json
 import math
 import multiprocessing
 import os
-import pickle
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ import msgspec
 import numpy as np
 
 from engine import _core
-from engine.backtest import BacktestResult, record_predictions, run_backtest, trading_days
+from engine.backtest import BacktestResult, load_tape, record_predictions, run_backtest, save_tape, trading_days
 from engine.domain.calendar import SessionCalendar
 from engine.domain.timestamps import DAY_NS, day_date
 from engine.metrics import daily_return_days
@@ -388,8 +387,7 @@ _TAPES: dict[str, Any] = {}
 
 def _open_tape(path: str):
     if path not in _TAPES:
-        with open(path, "rb") as f:
-            _TAPES[path] = pickle.load(f)
+        _TAPES[path] = load_tape(path)
     return _TAPES[path]
 
 
@@ -414,11 +412,9 @@ def record_tapes(folder: str, configs: list[dict[str, Any]], period: tuple[int |
         if len(members) < 2:
             continue
         name = hashlib.sha256(f"{key}|{period}".encode()).hexdigest()[:16]
-        path = Path(folder) / "tapes" / f"{name}.tape"
+        path = Path(folder) / "tapes" / f"{name}.npz"
         if not path.is_file():
-            tape = record_predictions(dataset.source(*period), backtest_config(configs[members[0]]))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(pickle.dumps(tape, protocol=pickle.HIGHEST_PROTOCOL))
+            save_tape(path, record_predictions(dataset.source(*period), backtest_config(configs[members[0]])))
         for i in members:
             tapes[i] = str(path)
     return tapes

@@ -76,3 +76,18 @@ def test_tape_pickles_as_its_arrays(dropout_model_path):  # noqa: F811
     assert (back.n_features, back.n_outputs, back.n_calls) == (tape.n_features, tape.n_outputs, tape.n_calls)
     with pytest.raises(ValueError, match="counts add up to"):
         _core.PredictionTape(5, tape.counts[:-1], tape.slots, tape.out)
+
+
+def test_tape_files_are_npz_arrays_without_pickle(dropout_model_path, tmp_path):  # noqa: F811
+    from engine.backtest import load_tape, save_tape
+
+    tape = record_predictions(market(), BacktestConfig(strategy="none", model=str(dropout_model_path)))
+    path = save_tape(tmp_path / "t.npz", tape)
+    with np.load(path, allow_pickle=False) as z:
+        assert set(z.files) == {"n_features", "counts", "slots", "out"}
+    back = load_tape(path)
+    for name in ("counts", "slots", "out"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(tape, name))
+    (tmp_path / "bad.npz").write_bytes(b"not a tape")
+    with pytest.raises(ValueError, match="bad.npz: not a prediction tape"):
+        load_tape(tmp_path / "bad.npz")
