@@ -102,6 +102,7 @@ void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset
     if (x_.size() < n * V * kNumFeatures) {
         x_.resize(n * V * kNumFeatures);
         out_.resize(n * V);
+        pv_.resize(n * V);
         slot_.resize(n * V);
         reset_.resize(n * V);
     }
@@ -126,21 +127,18 @@ void Backtester::signal(const Quote* q, const size_t* rows, const uint8_t* reset
         sig_.model->step(static_cast<int>(n * V), slot_.data(), x_.data(), reset_.data(), out_.data());
         for (size_t k = 0; k < n; ++k) {
             const double mid = mid_of(q[rows[k]]);
-            // Mean and sample std of the variants' predicted mids, two passes (the order is fixed:
-            // the same bits every run).
+            // Mean and sample std of the variants' predicted mids, two passes in a fixed order (the
+            // same bits every run); pv_ holds the variants' mids between them.
+            double* pv = &pv_[k * V];
             double sum = 0.0;
             for (size_t v = 0; v < V; ++v) {
                 const double ret_bps = static_cast<double>(out_[k * V + v]) * sig_.target_std + sig_.target_mean;
-                sum += mid * std::exp(ret_bps * 1e-4);
+                pv[v] = mid * std::exp(ret_bps * 1e-4);
+                sum += pv[v];
             }
             const double mean = sum / static_cast<double>(V);
             double ss = 0.0;
-            if (V > 1)
-                for (size_t v = 0; v < V; ++v) {
-                    const double ret_bps = static_cast<double>(out_[k * V + v]) * sig_.target_std + sig_.target_mean;
-                    const double d = mid * std::exp(ret_bps * 1e-4) - mean;
-                    ss += d * d;
-                }
+            for (size_t v = 0; V > 1 && v < V; ++v) ss += (pv[v] - mean) * (pv[v] - mean);
             pred_mid[k] = mean;  // sum / 1 is sum: one variant gives the plain prediction's bits
             pred_std[k] = V > 1 ? std::sqrt(ss / static_cast<double>(V - 1)) : 0.0;
         }

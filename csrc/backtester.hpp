@@ -270,6 +270,7 @@ private:
     // signal scratch, grown to the largest batch seen, never per tick
     std::vector<double> f_;
     std::vector<float> x_, out_;
+    std::vector<double> pv_;  // MC dropout: each variant's predicted mid, [rows][variants]
     std::vector<int32_t> slot_;
     std::vector<uint8_t> reset_;
     std::vector<double> pred_, pred_std_;
