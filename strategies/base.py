@@ -108,7 +108,7 @@ class TickBatch(QuoteRows):
 
     @property
     def pred_std(self) -> np.ndarray:
-        """MC dropout (``BacktestConfig.dropout_variants``): the spread of pred_mid across the model's
+        """MC dropout (``BacktestConfig.mc_samples``): the spread of pred_mid across the model's
         variants, the epistemic part of its uncertainty; 0 with one variant, NaN without a model."""
         return self.rows["pred_std"]
 
