@@ -43,8 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine import _core
-from engine.backtest import BacktestConfig, load_tape, record_predictions, run_backtest, save_tape, trading_days
+from engine.backtest import BacktestConfig, record_predictions, save_tape, trading_days
 from engine.domain.calendar import SessionCalendar
 from engine.domain.timestamps import MINUTE_NS, SECOND_NS
 from engine.model.weights import load_model
@@ -54,7 +53,7 @@ from engine.study.decay import lag_profile
 from engine.study.io import ModelStudy, capm_row, decay_row, pml_section, write_study_json
 from engine.study.pml import fit_free_line, fit_pml, rolling_pml
 from engine.study.risk import decompose
-from engine.sweep import draw, split_periods, summarize
+from engine.sweep import draw, run_config, split_periods
 from feeds.dataset import QuoteDataset
 
 # The threshold rule's configurations, each parameter drawn independently (engine.sweep's
@@ -153,27 +152,10 @@ def train_kind(kind: str, dataset: QuoteDataset, end_ns: int, out: Path, opts: S
 
 # -- replaying the configurations -------------------------------------------------------------------
 
-_OPEN: dict[str, Any] = {}  # per worker process: data sets and tapes, opened once
-
-
-def _cached(path: str, load: Callable[[str], Any]) -> Any:
-    if path not in _OPEN:
-        _OPEN[path] = load(path)
-    return _OPEN[path]
-
-
 def replay_config(folder: str, tape_path: str, start_ns: int, options: dict[str, Any], variants: int) -> list[list[float]]:
     """One configuration under every variant of a recorded tape: each variant's daily returns."""
-    dataset = _cached(folder, lambda p: QuoteDataset.open(p, verify=False))
-    tape = _cached(tape_path, load_tape)
-    config = backtest_config(options)
-    calendars = [SessionCalendar.parse(i.calendar) for i in dataset.instruments]
-    out = []
-    for v in range(variants):
-        replay = _core.ReplayBackend(tape, variants=variants, variant=v if variants > 1 else -1)
-        result = run_backtest(dataset.source(start_ns, None), config, model_backend=replay)
-        out.append(summarize(result, calendars).daily_returns)
-    return out
+    return [run_config(folder, options, start_ns, None, tape_path, variants, v if variants > 1 else -1).daily_returns
+            for v in range(variants)]
 
 
 def _configurations(opts: StudyOptions) -> list[dict[str, Any]]:

@@ -367,11 +367,12 @@ def _open(folder: str) -> QuoteDataset:
 
 
 def run_config(folder: str, options: dict[str, Any], start_ns: int | None, end_ns: int | None,
-               tape: str | None = None) -> RunSummary:
+               tape: str | None = None, variants: int = 1, variant: int = -1) -> RunSummary:
     """One configuration on one period of the data set in ``folder``: what every worker runs. With
-    ``tape`` (a file of ``record_tapes``), the model's outputs are replayed from it, not computed."""
+    ``tape`` (a saved prediction tape), the model's outputs are replayed from it, not computed: all
+    its rows, or one ``variant`` of a recording of ``variants`` MC-dropout variants."""
     dataset = _open(folder)
-    backend = _core.ReplayBackend(_open_tape(tape)) if tape is not None else None
+    backend = _core.ReplayBackend(_open_tape(tape), variants, variant) if tape is not None else None
     result = run_backtest(dataset.source(start_ns, end_ns), backtest_config(options), model_backend=backend)
     return summarize(result, _calendars(dataset))
 
