@@ -45,21 +45,6 @@ struct EngineConfig {
     int64_t bar_ns = 60'000'000'000;  // equity sampling period
 };
 
-// One row handed to a Python strategy; layout mirrors strategies.base.BATCH_DTYPE.
-struct BatchRow {
-    int64_t ts;
-    double bid_px, ask_px, bid_sz, ask_sz, mid;
-    double pred_mid;      // the SSM's expected mid K ticks ahead; NaN without a model
-    double pred_std;      // MC dropout: std of pred_mid across the model's variants; 0 with one
-    double position;      // units held now
-    double target;        // out: target units; NaN = keep
-    uint32_t instrument;
-    uint8_t reset;        // 1 if state was reset at this tick
-    uint8_t warm;         // 1 if warm-up is over (the strategy may open positions)
-    uint8_t pad[2];
-};
-static_assert(sizeof(BatchRow) == 88, "BatchRow must match BATCH_DTYPE");
-
 // One instrument as a portfolio strategy sees it at a rebalance; layout mirrors
 // strategies.portfolio.BOOK_DTYPE. The last-tick fields are written as ticks arrive (the last
 // in-session two-sided tick: what reached the strategy layer); the rest at each rebalance.

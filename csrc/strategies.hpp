@@ -15,7 +15,26 @@ namespace nextick {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-enum class StrategyKind : uint8_t { kBuyHold = 0, kMomentum = 1, kMeanReversion = 2, kPython = 3, kSsmThreshold = 4, kNone = 5 };
+// One tick as a strategy sees it: a row of a Python strategy's batch, the record a compiled strategy
+// gets. Layout mirrors strategies.base.BATCH_DTYPE.
+struct BatchRow {
+    int64_t ts;
+    double bid_px, ask_px, bid_sz, ask_sz, mid;
+    double pred_mid;      // the SSM's expected mid K ticks ahead; NaN without a model
+    double pred_std;      // MC dropout: std of pred_mid across the model's variants; 0 with one
+    double position;      // units held now
+    double target;        // out: target units; NaN = keep
+    uint32_t instrument;
+    uint8_t reset;        // 1 if state was reset at this tick
+    uint8_t warm;         // 1 if warm-up is over (the strategy may open positions)
+    uint8_t pad[2];
+};
+static_assert(sizeof(BatchRow) == 88, "BatchRow must match BATCH_DTYPE");
+
+enum class StrategyKind : uint8_t {
+    kBuyHold = 0, kMomentum = 1, kMeanReversion = 2, kPython = 3, kSsmThreshold = 4, kNone = 5,
+    kCompiled = 6,  // a compiled strategy (csrc/orders.hpp CompiledTickFn) decides per tick
+};
 
 // The built-in strategies' parameters, each spelled once, here: X(name, default, doc). They make
 // StrategyParams's fields and kStrategyParams, the table the binding maps a {name: value} dict
