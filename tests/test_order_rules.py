@@ -480,3 +480,26 @@ def test_one_sided_arrival_tick_lets_nothing_cross():
     fills, s, _ = run_engine(ticks, script)
     assert [(f["fill_ts"], f["px"], f["liquidity"]) for f in fills] == [(ticks[2].ts, 101.0, 1)]
     assert (O.CANCELLED, ticks[1].ts, 2.0, O.CANCEL_REASONS.index("ioc_remainder")) in kinds(s)
+
+
+def test_gtc_order_is_cancelled_when_its_session_closes():
+    # 24x7 sessions end at 00:00 UTC: the buy resting before midnight must not fill on the next day's
+    # trade-through; it is cancelled for the close instead
+    midnight = T0 + 86_400 * S
+    ticks = [Tick(midnight - 3 * MS, 100, 101, 9, 9), Tick(midnight - 2 * MS, 100, 101, 9, 9),
+             Tick(midnight + MS, 98, 99, 9, 9), Tick(midnight + 2 * MS, 98, 99, 9, 9)]
+    fills, s, _ = run_engine(ticks, {0: [Req(SUBMIT, 1, 5.0, limit_px=100.0, type=LIMIT)]})
+    assert len(fills) == 0
+    cancels = [e for e in order_events(s) if e["kind"] == O.CANCELLED]
+    assert [(e["client_id"], e["units"], e["reason"]) for e in cancels] == \
+           [(1, 5.0, O.CANCEL_REASONS.index("session_close"))]
+    assert cancels[0]["ts"] >= midnight - 2 * MS
+
+
+def test_gtc_order_is_cancelled_by_a_reset_of_its_instrument():
+    ticks = stream((100, 101), (100, 101), (100, 101), (98, 99), (98, 99))
+    fills, s, _ = run_engine(ticks, {0: [Req(SUBMIT, 1, 5.0, limit_px=100.0, type=LIMIT)]},
+                             manual_resets=[(ticks[3].ts, "I0")])
+    assert len(fills) == 0
+    assert [(e["ts"], e["units"], e["reason"]) for e in order_events(s) if e["kind"] == O.CANCELLED] == \
+           [(ticks[3].ts, 5.0, O.CANCEL_REASONS.index("reset"))]
