@@ -63,6 +63,11 @@ uint32_t Backtester::add_instrument(const InstrumentSpec& spec) {
     in_batch_.push_back(0);
     reset_pending_.push_back(0);
     feat_.emplace_back();
+    xo_.emplace_back();
+    xo_.back().reserve(4);
+    entry_px_.push_back(kNaN);
+    bracket_due_.push_back(0);
+    if (compiled_) cs_.state.insert(cs_.state.end(), cs_.state_init.begin(), cs_.state_init.end());
     strat_.resize(n);
     if (sig_.model) sig_.model->grow(static_cast<int>(n) * sig_.variants);
     return static_cast<uint32_t>(n - 1);
@@ -288,23 +293,48 @@ void Backtester::fill(uint32_t i, const Quote& q) {
     const bool buy = o.remaining_lots > 0;
     const double px = buy ? q.ask_px : q.bid_px;
     if (!(px > 0.0)) return;  // that side of the book is missing: keep waiting
-    const double lot = lot_[i];
     int64_t lots = o.remaining_lots;
     if (cfg_.exec.size_cap) {
         const double shown = buy ? q.ask_sz : q.bid_sz;
-        const int64_t avail = shown > 0 ? static_cast<int64_t>(std::floor(shown / lot + 1e-9)) : 0;
+        const int64_t avail = shown > 0 ? static_cast<int64_t>(std::floor(shown / lot_[i] + 1e-9)) : 0;
         lots = buy ? std::min(lots, avail) : std::max(lots, -avail);
     }
     if (lots != 0) {
-        const double notional = std::fabs(static_cast<double>(lots)) * lot * px;
-        const double fee = notional * cfg_.exec.fee_bps * 1e-4 + cfg_.exec.fee_per_fill;
-        const double side = buy ? 1.0 : -1.0;
-        book_fill(i, lots, px, fee, q.ts_recv);
-        fills_.push_back(Fill{o.id, o.decision_ts, q.ts_recv, px, static_cast<double>(lots) * lot, fee,
-                              o.decision_mid, slippage_bps(side, px, o.decision_mid), i, 0});
         o.remaining_lots -= lots;
+        record_fill(i, o.id, 0, o.decision_ts, o.decision_mid, lots, px, false, OrderType::kMarket, q.ts_recv);
     }
     if (o.remaining_lots != 0 && cfg_.exec.cancel_remainder) cancel(i, c_.cancelled_remainder, OrderEventKind::kRemainder, q.ts_recv);
+}
+
+void Backtester::record_fill(uint32_t i, uint64_t order_id, uint64_t client_id, int64_t decision_ts,
+                             double decision_mid, int64_t lots, double px, bool maker, OrderType type, int64_t ts) {
+    const double lot = lot_[i];
+    const double notional = std::fabs(static_cast<double>(lots)) * lot * px;
+    const double fee_bps = maker && !std::isnan(cfg_.exec.maker_fee_bps) ? cfg_.exec.maker_fee_bps : cfg_.exec.fee_bps;
+    const double fee = notional * fee_bps * 1e-4 + cfg_.exec.fee_per_fill;
+    const double side = lots > 0 ? 1.0 : -1.0;
+    const int64_t before = pos_lots_[i];
+    book_fill(i, lots, px, fee, ts);
+    Fill f{order_id, decision_ts, ts, px, static_cast<double>(lots) * lot, fee, decision_mid,
+           slippage_bps(side, px, decision_mid), i, static_cast<uint8_t>(maker ? 1 : 0), static_cast<uint8_t>(type), {0, 0}};
+    fills_.push_back(f);
+    if (maker) ++c_.maker_fills;
+    if (events_on_) {
+        StrategyEvent e{};
+        e.ts = ts;
+        e.order_id = order_id;
+        e.client_id = client_id;
+        e.px = px;
+        e.units = f.sz;
+        e.position = position_units(i);
+        e.fee = fee;
+        e.instrument = i;
+        e.kind = static_cast<uint8_t>(EventKind::kFill);
+        e.order_type = static_cast<uint8_t>(type);
+        e.liquidity = maker ? 1 : 0;
+        emit(e);
+    }
+    if (brackets()) bracket(i, before, px, client_id);
 }
 
 bool Backtester::begin_tick(const Quote& q, bool& reset) {
@@ -318,8 +348,10 @@ bool Backtester::begin_tick(const Quote& q, bool& reset) {
     if (s.close_ns >= 0 && ts >= s.close_ns) {
         // First tick of i after its session closed: orders die with the session.
         if (order_[i].working()) cancel(i, c_.cancelled_session_close, OrderEventKind::kSessionClose, ts);
+        cancel_all_explicit(i, CancelReason::kSessionClose, ts);
         if (cfg_.exec.flatten_at_close && pos_lots_[i] != 0) ++c_.flatten_missed;
         s.close_ns = -1;
+        emit_simple(EventKind::kSessionClose, i, ts, 0);
     }
     ResetReason why = ResetReason::kNone;
     if (!s.advance(ts, q.flags, why)) {
@@ -334,9 +366,14 @@ bool Backtester::begin_tick(const Quote& q, bool& reset) {
         ++c_.resets[static_cast<int>(why)];
         s.warm_left = s.warmup_ticks;
         // A working order was decided on the state this reset discards.
+        if (why == ResetReason::kSessionOpen) emit_simple(EventKind::kSessionOpen, i, ts, 0);
+        emit_simple(EventKind::kReset, i, ts, static_cast<uint8_t>(why));
         if (order_[i].working()) cancel(i, c_.cancelled_reset, OrderEventKind::kReset, ts);
+        cancel_all_explicit(i, CancelReason::kReset, ts);
     }
     if (order_[i].working() && ts > order_[i].active_ts) fill(i, q);
+    if (bracket_due_[i]) bracket_update(i, ts);
+    if (!xo_[i].empty()) fill_explicit(i, q);
     if (!two_sided(q)) {
         // No mid: keep the last mark, and hand the reset on to the next two-sided tick, where the
         // features, the model slot and the strategy start over.
@@ -373,7 +410,7 @@ void Backtester::order_toward(uint32_t i, double target_units, int64_t ts, bool 
     if (target == pos) return;
     o.id = next_order_id_++;
     o.decision_ts = ts;
-    o.active_ts = ts + cfg_.exec.latency_ns;
+    o.active_ts = ts + order_latency(i);
     o.session_open = s.open_ns;
     o.remaining_lots = target - pos;
     o.decision_mid = mark_[i];
@@ -394,6 +431,430 @@ void Backtester::place_targets(const double* targets, size_t n, TargetKind kind,
         }
         order_toward(i, kind == TargetKind::kWeights ? t * eq / mark_[i] : t, ts, sess_[i].warm_left > 0);
     }
+}
+
+// ------------------------------------------------------------------------------ explicit orders
+
+void Backtester::emit_simple(EventKind kind, uint32_t i, int64_t ts, uint8_t reason) {
+    if (!events_on_) return;
+    StrategyEvent e{};
+    e.ts = ts;
+    e.px = kNaN;
+    e.units = 0.0;
+    e.position = position_units(i);
+    e.instrument = i;
+    e.kind = static_cast<uint8_t>(kind);
+    e.reason = reason;
+    emit(e);
+}
+
+int Backtester::find_order(uint32_t i, uint64_t client_id) const {
+    const auto& v = xo_[i];
+    for (size_t k = 0; k < v.size(); ++k)
+        if (v[k].client_id == client_id && v[k].cancel_ts == INT64_MAX) return static_cast<int>(k);
+    return -1;
+}
+
+void Backtester::emit_cancel(uint32_t i, const WorkingOrder& o, CancelReason why, int64_t ts) {
+    ++c_.explicit_cancelled;
+    if (!events_on_) return;
+    StrategyEvent e{};
+    e.ts = ts;
+    e.order_id = o.id;
+    e.client_id = o.client_id;
+    e.px = kNaN;
+    e.units = static_cast<double>(o.remaining_lots) * lot_[i];
+    e.position = position_units(i);
+    e.instrument = i;
+    e.kind = static_cast<uint8_t>(EventKind::kCancelled);
+    e.reason = static_cast<uint8_t>(why);
+    e.order_type = static_cast<uint8_t>(o.type);
+    emit(e);
+}
+
+void Backtester::cancel_explicit(uint32_t i, size_t k, CancelReason why, int64_t ts) {
+    auto& v = xo_[i];
+    emit_cancel(i, v[k], why, ts);
+    v.erase(v.begin() + static_cast<std::ptrdiff_t>(k));
+}
+
+void Backtester::cancel_all_explicit(uint32_t i, CancelReason why, int64_t ts) {
+    for (const auto& o : xo_[i]) emit_cancel(i, o, why, ts);
+    xo_[i].clear();
+}
+
+void Backtester::reject(const OrderRequest& r, RejectReason why, int64_t ts) {
+    ++c_.orders_rejected;
+    if (!events_on_) return;
+    StrategyEvent e{};
+    e.ts = ts;
+    e.client_id = r.client_id;
+    e.px = kNaN;
+    e.units = r.units;
+    e.position = r.instrument < lot_.size() ? position_units(r.instrument) : kNaN;
+    e.instrument = r.instrument;
+    e.kind = static_cast<uint8_t>(EventKind::kRejected);
+    e.reason = static_cast<uint8_t>(why);
+    e.order_type = r.type;
+    emit(e);
+}
+
+// Fills at px for at most the shown size (size cap); a taker's fill unless `maker`.
+void Backtester::take(uint32_t i, WorkingOrder& o, const Quote& q, bool maker, double px) {
+    const bool buy = o.remaining_lots > 0;
+    int64_t lots = o.remaining_lots;
+    if (cfg_.exec.size_cap) {
+        const double shown = buy ? q.ask_sz : q.bid_sz;
+        const int64_t avail = shown > 0 ? static_cast<int64_t>(std::floor(shown / lot_[i] + 1e-9)) : 0;
+        lots = buy ? std::min(lots, avail) : std::max(lots, -avail);
+    }
+    if (lots == 0) return;
+    o.remaining_lots -= lots;
+    record_fill(i, o.id, o.client_id, o.decision_ts, o.decision_mid, lots, px, maker, o.type, q.ts_recv);
+}
+
+// One order against tick q; returns true when it is done (filled, or rejected at arrival). An order
+// to be cancelled now gets cancel_ts = INT64_MIN.
+bool Backtester::step_order(uint32_t i, WorkingOrder& o, const Quote& q) {
+    const int64_t ts = q.ts_recv;
+    const bool buy = o.remaining_lots > 0;
+    const double touch = buy ? q.ask_px : q.bid_px;  // the price it would take
+    const bool have_touch = touch > 0.0;
+    if (o.phase == WorkingOrder::kWaiting) {
+        if (o.type == OrderType::kStop || o.type == OrderType::kStopLimit) {
+            if (!(have_touch && (buy ? touch >= o.stop_px : touch <= o.stop_px))) return false;
+            o.phase = o.type == OrderType::kStop ? WorkingOrder::kTaking : WorkingOrder::kResting;
+        } else {
+            o.phase = o.type == OrderType::kMarket ? WorkingOrder::kTaking : WorkingOrder::kResting;
+        }
+        if (o.phase == WorkingOrder::kResting) {
+            // A limit arrives (a stop-limit is triggered): it takes what crosses now, and rests from the next tick.
+            o.rest_ts = ts;
+            const bool crosses = have_touch && (buy ? touch <= o.limit_px : touch >= o.limit_px);
+            if (crosses && o.tif == TimeInForce::kPostOnly) {
+                reject(OrderRequest{o.client_id, static_cast<double>(o.remaining_lots) * lot_[i], o.limit_px, o.stop_px, i,
+                                    static_cast<uint8_t>(RequestAction::kSubmit), static_cast<uint8_t>(o.type),
+                                    static_cast<uint8_t>(o.tif), 0},
+                       RejectReason::kWouldCross, ts);
+                return true;
+            }
+            if (crosses) take(i, o, q, false, touch);
+            if (o.remaining_lots == 0) return true;
+            if (o.tif == TimeInForce::kIoc) {
+                o.cancel_ts = INT64_MIN;
+                o.cancel_reason = static_cast<uint8_t>(CancelReason::kIocRemainder);
+            }
+            return false;
+        }
+    }
+    if (o.phase == WorkingOrder::kTaking) {
+        if (!have_touch) return false;
+        take(i, o, q, false, touch);
+        if (o.remaining_lots != 0 && cfg_.exec.cancel_remainder) {
+            o.cancel_ts = INT64_MIN;
+            o.cancel_reason = static_cast<uint8_t>(CancelReason::kIocRemainder);
+        }
+        return o.remaining_lots == 0;
+    }
+    // Resting at its limit: filled there when the other side trades through it (or touches it).
+    if (ts <= o.rest_ts || !have_touch) return false;
+    const bool through = buy ? touch < o.limit_px : touch > o.limit_px;
+    const bool touched = cfg_.exec.queue == static_cast<uint8_t>(QueueModel::kTouch) && touch == o.limit_px;
+    if (!through && !touched) return false;
+    take(i, o, q, true, o.limit_px);
+    return o.remaining_lots == 0;
+}
+
+// Nothing here adds or removes orders while it walks them (fills only mark a bracket sibling to go),
+// so references stay valid; what is done is removed at the end, order kept.
+void Backtester::fill_explicit(uint32_t i, const Quote& q) {
+    const int64_t ts = q.ts_recv;
+    auto& v = xo_[i];
+    bool any_gone = false;
+    for (auto& o : v) {
+        if (ts > o.cancel_ts) {  // the cancel reached the venue before this tick
+            emit_cancel(i, o, static_cast<CancelReason>(o.cancel_reason), ts);
+            o.remaining_lots = 0;
+            any_gone = true;
+            continue;
+        }
+        if (ts <= o.active_ts) continue;
+        if (step_order(i, o, q)) {
+            o.remaining_lots = 0;
+            any_gone = true;
+        }
+    }
+    // Cancelled just now (IOC remainder, OCO sibling): gone at once.
+    for (auto& o : v)
+        if (o.remaining_lots != 0 && o.cancel_ts == INT64_MIN) {
+            emit_cancel(i, o, static_cast<CancelReason>(o.cancel_reason), ts);
+            o.remaining_lots = 0;
+            any_gone = true;
+        }
+    if (any_gone) v.erase(std::remove_if(v.begin(), v.end(), [](const WorkingOrder& o) { return o.remaining_lots == 0; }), v.end());
+}
+
+void Backtester::process_requests(OrderRequest* req, size_t cap, int64_t ts) {
+    for (size_t k = 0; k < cap && req[k].action != 0; ++k) {
+        const OrderRequest r = req[k];
+        req[k].action = 0;
+        if (r.instrument >= lot_.size()) {
+            reject(r, RejectReason::kBadRequest, ts);
+            continue;
+        }
+        const uint32_t i = r.instrument;
+        switch (static_cast<RequestAction>(r.action)) {
+            case RequestAction::kSubmit: {
+                if (r.client_id != 0 && find_order(i, r.client_id) >= 0) {
+                    reject(r, RejectReason::kDuplicateId, ts);
+                    break;
+                }
+                submit(r, ts, 0);
+                break;
+            }
+            case RequestAction::kCancel: {
+                const int k2 = r.client_id != 0 ? find_order(i, r.client_id) : -1;
+                if (k2 < 0) {
+                    reject(r, RejectReason::kUnknownOrder, ts);
+                    break;
+                }
+                WorkingOrder& o = xo_[i][static_cast<size_t>(k2)];
+                o.cancel_ts = ts + order_latency(i);
+                o.cancel_reason = static_cast<uint8_t>(CancelReason::kRequested);
+                break;
+            }
+            case RequestAction::kReplace: {
+                const int k2 = r.client_id != 0 ? find_order(i, r.client_id) : -1;
+                if (k2 < 0) {
+                    reject(r, RejectReason::kUnknownOrder, ts);
+                    break;
+                }
+                const WorkingOrder old = xo_[i][static_cast<size_t>(k2)];
+                OrderRequest n{old.client_id,
+                               std::isnan(r.units) ? static_cast<double>(old.remaining_lots) * lot_[i] : r.units,
+                               std::isnan(r.limit_px) ? old.limit_px : r.limit_px,
+                               std::isnan(r.stop_px) ? old.stop_px : r.stop_px,
+                               i,
+                               static_cast<uint8_t>(RequestAction::kSubmit),
+                               static_cast<uint8_t>(old.type),
+                               static_cast<uint8_t>(old.tif),
+                               0};
+                const size_t before = xo_[i].size();
+                submit(n, ts, old.client_id);
+                if (xo_[i].size() > before) {  // accepted: the old one goes when the replacement arrives
+                    WorkingOrder& o = xo_[i][static_cast<size_t>(k2)];
+                    o.cancel_ts = xo_[i].back().active_ts;
+                    o.cancel_reason = static_cast<uint8_t>(CancelReason::kReplaced);
+                }
+                break;
+            }
+            case RequestAction::kCancelAll: {
+                const int64_t at = ts + order_latency(i);
+                for (auto& o : xo_[i])
+                    if (o.cancel_ts == INT64_MAX) {
+                        o.cancel_ts = at;
+                        o.cancel_reason = static_cast<uint8_t>(CancelReason::kRequested);
+                    }
+                break;
+            }
+            default: reject(r, RejectReason::kBadRequest, ts);
+        }
+    }
+}
+
+// A new explicit order decided at ts (reuse_client_id: a replacement, allowed beside the order it replaces).
+void Backtester::submit(const OrderRequest& r, int64_t ts, uint64_t reuse_client_id) {
+    const uint32_t i = r.instrument;
+    if (r.type > static_cast<uint8_t>(OrderType::kStopLimit) || r.tif > static_cast<uint8_t>(TimeInForce::kPostOnly)) {
+        reject(r, RejectReason::kBadRequest, ts);
+        return;
+    }
+    const auto type = static_cast<OrderType>(r.type);
+    const bool needs_limit = type == OrderType::kLimit || type == OrderType::kStopLimit;
+    const bool needs_stop = type == OrderType::kStop || type == OrderType::kStopLimit;
+    if ((needs_limit && !(r.limit_px > 0.0 && std::isfinite(r.limit_px))) ||
+        (needs_stop && !(r.stop_px > 0.0 && std::isfinite(r.stop_px)))) {
+        reject(r, RejectReason::kBadPrice, ts);
+        return;
+    }
+    const int64_t lots = std::isfinite(r.units) ? to_lots(r.units, lot_[i]) : 0;
+    if (lots == 0) {
+        reject(r, RejectReason::kSizeUnderLot, ts);
+        return;
+    }
+    if (!tradeable(i, ts)) {
+        reject(r, RejectReason::kNotTradeable, ts);
+        return;
+    }
+    const int64_t pos = pos_lots_[i];
+    if (sess_[i].warm_left > 0 && std::llabs(pos + lots) > std::llabs(pos)) {
+        reject(r, RejectReason::kWarmup, ts);
+        return;
+    }
+    size_t live = 0;
+    for (const auto& o : xo_[i]) live += o.cancel_ts == INT64_MAX && o.client_id != reuse_client_id;
+    if (live >= static_cast<size_t>(kMaxWorkingOrders)) {
+        reject(r, RejectReason::kTooManyOrders, ts);
+        return;
+    }
+    WorkingOrder o;
+    o.id = next_order_id_++;
+    o.client_id = r.client_id;
+    o.decision_ts = ts;
+    o.active_ts = ts + order_latency(i);
+    o.remaining_lots = lots;
+    o.limit_px = needs_limit ? r.limit_px : kNaN;
+    o.stop_px = needs_stop ? r.stop_px : kNaN;
+    o.decision_mid = mark_[i];
+    o.type = type;
+    o.tif = type == OrderType::kLimit ? static_cast<TimeInForce>(r.tif) : TimeInForce::kGtc;
+    xo_[i].push_back(o);
+    ++c_.explicit_orders;
+}
+
+// ------------------------------------------------------------------------ strategies' callbacks
+
+void Backtester::set_compiled_strategy(CompiledTickFn on_tick, CompiledEventFn on_event, void* user,
+                                       std::vector<double> params, std::vector<double> state_init, size_t orders_cap) {
+    if (on_tick == nullptr) throw std::invalid_argument("set_compiled_strategy: no on_tick function");
+    if (orders_cap < 1) throw std::invalid_argument("set_compiled_strategy: the request buffer needs >= 1 entry");
+    StrategyParams p;
+    p.kind = StrategyKind::kCompiled;
+    strat_.configure(p);
+    cs_.on_tick = on_tick;
+    cs_.on_event = on_event;
+    cs_.user = user;
+    cs_.params = std::move(params);
+    cs_.state_init = std::move(state_init);
+    cs_.state.clear();
+    for (size_t i = 0; i < lot_.size(); ++i) cs_.state.insert(cs_.state.end(), cs_.state_init.begin(), cs_.state_init.end());
+    cs_.orders.assign(orders_cap, OrderRequest{});
+    compiled_ = true;
+    events_on_ = on_event != nullptr;
+}
+
+void Backtester::set_host_buffers(OrderRequest* requests, size_t req_cap, StrategyEvent* events, size_t ev_cap,
+                                  std::function<void(size_t)> on_events) {
+    host_req_ = requests;
+    host_req_cap_ = requests ? req_cap : 0;
+    host_ev_ = events;
+    host_ev_cap_ = events ? ev_cap : 0;
+    on_host_events_ = std::move(on_events);
+    events_on_ = host_ev_ != nullptr && host_ev_cap_ > 0 && static_cast<bool>(on_host_events_);
+}
+
+void Backtester::tick_row(BatchRow& b, const Quote& q, double pred_mid, double pred_std, bool reset, bool warming) const {
+    b.ts = q.ts_recv;
+    b.bid_px = q.bid_px;
+    b.ask_px = q.ask_px;
+    b.bid_sz = q.bid_sz;
+    b.ask_sz = q.ask_sz;
+    b.mid = mid_of(q);
+    b.pred_mid = pred_mid;
+    b.pred_std = pred_std;
+    b.position = position_units(q.instrument);
+    b.target = kNaN;
+    b.instrument = q.instrument;
+    b.reset = reset ? 1 : 0;
+    b.warm = warming ? 0 : 1;
+    b.pad[0] = b.pad[1] = 0;
+}
+
+double Backtester::compiled_decide(const Quote& q, double pred_mid, double pred_std, bool reset, bool warming) {
+    BatchRow b;
+    tick_row(b, q, pred_mid, pred_std, reset, warming);
+    const int64_t n_state = static_cast<int64_t>(cs_.state_init.size());
+    return cs_.on_tick(cs_.user, &b, cs_.params.data(), static_cast<int64_t>(cs_.params.size()), cs_.state.data(),
+                       static_cast<int64_t>(lot_.size()), n_state, cs_.orders.data(),
+                       static_cast<int64_t>(cs_.orders.size()));
+}
+
+void Backtester::dispatch_compiled_events() {
+    if (dispatching_) return;  // requests read inside a dispatch add events this loop reaches
+    dispatching_ = true;
+    const int64_t n_state = static_cast<int64_t>(cs_.state_init.size());
+    while (events_next_ < events_.size()) {
+        const StrategyEvent e = events_[events_next_++];
+        cs_.on_event(cs_.user, &e, cs_.params.data(), static_cast<int64_t>(cs_.params.size()), cs_.state.data(),
+                     static_cast<int64_t>(lot_.size()), n_state, cs_.orders.data(), static_cast<int64_t>(cs_.orders.size()));
+        compiled_requests(e.ts);
+    }
+    events_.clear();
+    events_next_ = 0;
+    dispatching_ = false;
+}
+
+void Backtester::drain_host_events() {
+    size_t k = 0;
+    while (k < events_.size()) {
+        const size_t m = std::min(host_ev_cap_, events_.size() - k);
+        std::copy(events_.begin() + static_cast<std::ptrdiff_t>(k), events_.begin() + static_cast<std::ptrdiff_t>(k + m), host_ev_);
+        k += m;
+        on_host_events_(m);
+    }
+    events_.clear();
+}
+
+// ------------------------------------------------------------------------ ssm_threshold's bracket
+
+namespace {
+constexpr uint64_t kBracketStop = UINT64_MAX - 1;
+constexpr uint64_t kBracketTake = UINT64_MAX - 2;
+}  // namespace
+
+// The stop-loss and take-profit of ssm_threshold as orders, sized to the position and priced from
+// the entry fill: a stop at entry * (1 - dir * stop_loss_bps) and a limit at entry * (1 + dir *
+// take_profit_bps), placed with the order latency at the entry fill. The engine keeps them as a
+// venue keeps a bracket: a fill of one cancels the other at once (OCO); a later fill of the entry
+// order resizes them at once, and they go at once when the position is flat or turns. bracket()
+// sees each fill; what changes the order list waits for bracket_update, before the tick's explicit
+// orders are stepped.
+void Backtester::bracket(uint32_t i, int64_t before_lots, double px, uint64_t client_id) {
+    if (client_id == kBracketStop || client_id == kBracketTake) {
+        for (auto& o : xo_[i])
+            if (o.client_id == (client_id == kBracketStop ? kBracketTake : kBracketStop) && o.remaining_lots != 0) {
+                o.cancel_ts = INT64_MIN;
+                o.cancel_reason = static_cast<uint8_t>(CancelReason::kOco);
+            }
+        strat_.exited(i);
+        return;
+    }
+    const int64_t pos = pos_lots_[i];
+    if (pos != 0 && (before_lots == 0 || (before_lots > 0) != (pos > 0))) {  // a new entry
+        entry_px_[i] = px;
+        bracket_due_[i] = 2;
+    } else if (bracket_due_[i] == 0) {
+        bracket_due_[i] = 1;
+    }
+}
+
+void Backtester::bracket_update(uint32_t i, int64_t ts) {
+    const bool renew = bracket_due_[i] == 2;
+    bracket_due_[i] = 0;
+    const int64_t pos = pos_lots_[i];
+    auto& v = xo_[i];
+    for (auto& o : v) {
+        if (o.client_id != kBracketStop && o.client_id != kBracketTake) continue;
+        if (pos != 0 && !renew) {
+            o.remaining_lots = -pos;
+        } else {
+            emit_cancel(i, o, CancelReason::kRequested, ts);
+            o.remaining_lots = 0;
+        }
+    }
+    v.erase(std::remove_if(v.begin(), v.end(), [](const WorkingOrder& o) { return o.remaining_lots == 0; }), v.end());
+    if (pos == 0 || !renew) return;
+    const double px = entry_px_[i];
+    const double dir = pos > 0 ? 1.0 : -1.0;
+    const StrategyParams& p = strat_.params();
+    const double units = -static_cast<double>(pos) * lot_[i];
+    const auto req = [&](uint64_t id, OrderType type, double limit_px, double stop_px) {
+        return OrderRequest{id, units, limit_px, stop_px, i, static_cast<uint8_t>(RequestAction::kSubmit),
+                            static_cast<uint8_t>(type), static_cast<uint8_t>(TimeInForce::kGtc), 0};
+    };
+    if (p.stop_loss_bps > 0) submit(req(kBracketStop, OrderType::kStop, kNaN, px * (1.0 - dir * p.stop_loss_bps * 1e-4)), ts, 0);
+    if (p.take_profit_bps > 0)
+        submit(req(kBracketTake, OrderType::kLimit, px * (1.0 + dir * p.take_profit_bps * 1e-4), kNaN), ts, 0);
 }
 
 void Backtester::set_rebalance_ns(int64_t period_ns) {
@@ -417,13 +878,21 @@ void Backtester::run_builtin(const Quote* q, size_t n) {
     }
     for (size_t r = 0; r < n; ++r) {
         bool reset = false;
-        if (!begin_tick(q[r], reset)) continue;
+        const bool in = begin_tick(q[r], reset);
+        if (compiled_ && !events_.empty()) dispatch_compiled_events();
+        if (!in) continue;
         if (!two_sided(q[r])) {
             one_sided_tick(q[r]);
             continue;
         }
         const bool warming = sess_[q[r].instrument].warm_left > 0;
-        end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, kNaN, kNaN, reset, warming));
+        if (compiled_) {
+            end_tick(q[r], compiled_decide(q[r], kNaN, kNaN, reset, warming));
+            compiled_requests(q[r].ts_recv);
+            if (!events_.empty()) dispatch_compiled_events();
+        } else {
+            end_tick(q[r], strat_.decide(q[r].instrument, q[r].bid_px, q[r].ask_px, kNaN, kNaN, reset, warming));
+        }
     }
 }
 
@@ -447,7 +916,9 @@ void Backtester::run_grouped(const Quote* q, size_t n) {
         while (e < n && q[e].ts_recv == ts && !in_batch_[q[e].instrument]) {
             in_batch_[q[e].instrument] = 1;
             bool reset = false;
-            if (begin_tick(q[e], reset)) {
+            const bool in = begin_tick(q[e], reset);
+            if (compiled_ && !events_.empty()) dispatch_compiled_events();
+            if (in) {
                 if (two_sided(q[e])) {
                     batch_rows_[nb] = e;
                     row_reset_[nb++] = reset ? 1 : 0;
@@ -461,13 +932,25 @@ void Backtester::run_grouped(const Quote* q, size_t n) {
         if (stamping_) stamps_.state_ns = mono_ns();
         if (nb) signal(q, batch_rows_.data(), row_reset_.data(), nb, pred_.data(), pred_std_.data());
         if (stamping_) stamps_.signal_ns = mono_ns();
-        for (size_t k = 0; k < nb; ++k) {
-            const Quote& x = q[batch_rows_[k]];
-            const bool warming = sess_[x.instrument].warm_left > 0;
-            target_[k] = strat_.decide(x.instrument, x.bid_px, x.ask_px, pred_[k], pred_std_[k], row_reset_[k] != 0, warming);
+        if (compiled_) {
+            // Each row's requests are read right after its target, as in run_builtin's row loop.
+            for (size_t k = 0; k < nb; ++k) {
+                const Quote& x = q[batch_rows_[k]];
+                const bool warming = sess_[x.instrument].warm_left > 0;
+                end_tick(x, compiled_decide(x, pred_[k], pred_std_[k], row_reset_[k] != 0, warming));
+                compiled_requests(x.ts_recv);
+                if (!events_.empty()) dispatch_compiled_events();
+            }
+        } else {
+            for (size_t k = 0; k < nb; ++k) {
+                const Quote& x = q[batch_rows_[k]];
+                const bool warming = sess_[x.instrument].warm_left > 0;
+                target_[k] = strat_.decide(x.instrument, x.bid_px, x.ask_px, pred_[k], pred_std_[k], row_reset_[k] != 0, warming);
+            }
         }
         if (stamping_) stamps_.decision_ns = mono_ns();
-        for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], target_[k]);
+        if (!compiled_)
+            for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], target_[k]);
         if (stamping_) {
             stamps_.order_ns = mono_ns();
             ++stamps_.batches;
@@ -488,20 +971,7 @@ size_t Backtester::next_batch(const Quote* q, size_t n, size_t r, BatchRow* buf,
         if (in_session && !two_sided(x)) {
             one_sided_tick(x);
         } else if (in_session) {
-            BatchRow& b = buf[nb];
-            b.ts = ts;
-            b.bid_px = x.bid_px;
-            b.ask_px = x.ask_px;
-            b.bid_sz = x.bid_sz;
-            b.ask_sz = x.ask_sz;
-            b.mid = mid_of(x);
-            b.pred_mid = kNaN;
-            b.pred_std = kNaN;
-            b.position = position_units(x.instrument);
-            b.target = kNaN;
-            b.instrument = x.instrument;
-            b.reset = reset ? 1 : 0;
-            b.warm = sess_[x.instrument].warm_left > 0 ? 0 : 1;
+            tick_row(buf[nb], x, kNaN, kNaN, reset, sess_[x.instrument].warm_left > 0);
             batch_rows_[nb++] = e;
         }
         ++e;
@@ -534,9 +1004,11 @@ void Backtester::run_batched(const Quote* q, size_t n, BatchRow* buf, size_t cap
     while (r < n) {
         size_t nb = 0;
         const size_t e = next_batch(q, n, r, buf, cap, nb);
+        if (nb && !events_.empty()) drain_host_events();
         if (nb) on_batch(nb);
         if (stamping_) stamps_.decision_ns = mono_ns();
         for (size_t k = 0; k < nb; ++k) end_tick(q[batch_rows_[k]], buf[k].target);
+        if (host_req_cap_ && host_req_[0].action != 0) process_requests(host_req_, host_req_cap_, q[r].ts_recv);
         if (stamping_) {
             stamps_.order_ns = mono_ns();
             ++stamps_.batches;
@@ -607,8 +1079,14 @@ void Backtester::run_portfolio(const Quote* q, size_t n, BatchRow* buf, size_t c
 }
 
 void Backtester::finish() {
-    for (uint32_t i = 0; i < order_.size(); ++i)
+    for (uint32_t i = 0; i < order_.size(); ++i) {
         if (order_[i].working()) cancel(i, c_.cancelled_end, OrderEventKind::kEnd, last_ts_);
+        cancel_all_explicit(i, CancelReason::kEnd, last_ts_);
+    }
+    if (compiled_ && !events_.empty()) dispatch_compiled_events();
+    // A compiled strategy may have answered with requests; the run is over, so they are refused.
+    if (compiled_) for (auto& r : cs_.orders) r.action = 0;
+    if (!compiled_ && !events_.empty() && on_host_events_) drain_host_events();
     if (last_ts_ == INT64_MIN) return;
     if (!eq_ts_.empty() && eq_ts_.back() == last_ts_) {
         eq_val_.back() = equity();

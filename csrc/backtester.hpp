@@ -14,6 +14,13 @@
 // Instruments interact only through cash, so processing a batch row by row or all fills first
 // gives identical results: fills do not depend on batch composition.
 //
+// Explicit orders (csrc/orders.hpp: limit, stop, stop-limit, cancel, replace) live beside the target
+// order: any number per instrument (up to kMaxWorkingOrders), filled at step 3 after the target
+// order, in the order they were placed. Requests are read after the strategy's decision and target
+// order (step 8), in the order written. Events (fills, rejects, cancels, resets, session open and
+// close) go to a compiled strategy's on_event as they happen (its requests are read right after),
+// and to a Python strategy's host before its next batch.
+//
 // A portfolio strategy (run_portfolio) decides at step 6 for every instrument, ticking now or not,
 // at each batch or on a rebalance clock; steps 7-8 are the same rule (order_toward), so an order on
 // an instrument that is not ticking fills at its first tick after the decision plus latency.
@@ -29,6 +36,7 @@
 #include "quote.hpp"
 #include "session.hpp"
 #include "model_backend.hpp"
+#include "orders.hpp"
 #include "strategies.hpp"
 
 namespace nextick {
@@ -62,6 +70,38 @@ struct BookRow {
     uint8_t pad;
 };
 static_assert(sizeof(BookRow) == 80, "BookRow must match BOOK_DTYPE");
+
+// An explicit order working on one instrument (csrc/orders.hpp has the rules it fills by).
+struct WorkingOrder {
+    enum Phase : uint8_t { kWaiting = 0, kResting = 1, kTaking = 2 };
+    uint64_t id = 0;
+    uint64_t client_id = 0;
+    int64_t decision_ts = 0;
+    int64_t active_ts = 0;            // ticks after this see it
+    int64_t cancel_ts = INT64_MAX;    // a cancel (or replace) requested: gone for ticks after this
+    int64_t rest_ts = INT64_MAX;      // resting (maker) fills need a tick after this
+    int64_t remaining_lots = 0;       // signed
+    double limit_px = kNaN;
+    double stop_px = kNaN;
+    double decision_mid = 0.0;
+    OrderType type = OrderType::kLimit;
+    TimeInForce tif = TimeInForce::kGtc;
+    uint8_t phase = kWaiting;         // waiting for arrival / trigger, resting at its limit, or taking at the touch
+    uint8_t cancel_reason = 0;        // CancelReason, once cancel_ts is set
+};
+
+// A compiled strategy (csrc/orders.hpp CompiledTickFn): the functions, their parameters, the state
+// the engine keeps for them ([n_instruments x n_state], a new instrument gets state_init) and the
+// request buffer each call may write.
+struct CompiledStrategy {
+    CompiledTickFn on_tick = nullptr;
+    CompiledEventFn on_event = nullptr;
+    void* user = nullptr;
+    std::vector<double> params;
+    std::vector<double> state_init;
+    std::vector<double> state;
+    std::vector<OrderRequest> orders;
+};
 
 // What a portfolio strategy's targets are: none this time, units, or fractions of equity.
 enum class TargetKind : int { kNone = 0, kUnits = 1, kWeights = 2 };
@@ -119,6 +159,10 @@ struct Counters {
     uint64_t rebalances = 0;         // portfolio strategy calls
     uint64_t targets_skipped = 0;    // portfolio targets (not NaN) on an instrument not tradeable then
     uint64_t resets[5] = {0, 0, 0, 0, 0};
+    uint64_t explicit_orders = 0;    // explicit orders accepted (csrc/orders.hpp)
+    uint64_t orders_rejected = 0;
+    uint64_t explicit_cancelled = 0; // explicit orders cancelled, for any reason
+    uint64_t maker_fills = 0;
 };
 
 class Backtester {
@@ -152,7 +196,20 @@ public:
     // MANUAL reset of i at its first in-session tick with ts_recv >= at_ns.
     void request_reset(uint32_t i, int64_t at_ns);
 
-    // Runs rows through a built-in strategy.
+    // A compiled strategy decides per tick (run_builtin runs it). `state_init` is one instrument's
+    // initial state row; its length is n_state.
+    void set_compiled_strategy(CompiledTickFn on_tick, CompiledEventFn on_event, void* user, std::vector<double> params,
+                               std::vector<double> state_init, size_t orders_cap);
+    const CompiledStrategy& compiled() const { return cs_; }
+    // A Python strategy's host: requests it writes during a batch are read after the batch's targets;
+    // events are copied into `events` (ev_cap at a time) and on_events(n) is called before the next
+    // batch. Without a host (nullptr), events are not recorded.
+    void set_host_buffers(OrderRequest* requests, size_t req_cap, StrategyEvent* events, size_t ev_cap,
+                          std::function<void(size_t)> on_events);
+    // Explicit orders working on i (not yet gone), in placement order.
+    const std::vector<WorkingOrder>& working_orders(uint32_t i) const { return xo_[i]; }
+
+    // Runs rows through a built-in or compiled strategy.
     void run_builtin(const Quote* q, size_t n);
     // Runs rows through a Python strategy: batches of rows sharing ts_recv (each instrument at
     // most once per batch) are written to `buf` and `on_batch(n_rows)` is called once per batch.
@@ -225,6 +282,46 @@ private:
     void signal(const Quote* q, const size_t* rows, const uint8_t* reset, size_t n, double* pred_mid, double* pred_std);
     void fill(uint32_t i, const Quote& q);
     void book_fill(uint32_t i, int64_t lots, double px, double fee, int64_t ts);
+    // Books a fill of `lots` at px: position, cash, the fills table, the fill event, the built-in's bracket.
+    void record_fill(uint32_t i, uint64_t order_id, uint64_t client_id, int64_t decision_ts, double decision_mid,
+                     int64_t lots, double px, bool maker, OrderType type, int64_t ts);
+    // The explicit orders of i against tick q (cancels due, arrivals, triggers, fills), in placement order.
+    void fill_explicit(uint32_t i, const Quote& q);
+    // One working order against q; true when it is done (filled, cancelled or rejected).
+    bool step_order(uint32_t i, WorkingOrder& o, const Quote& q);
+    // Takes at the touch (market, triggered stop, crossing limit) at most the shown size; returns lots filled.
+    void take(uint32_t i, WorkingOrder& o, const Quote& q, bool maker, double px);
+    void emit_cancel(uint32_t i, const WorkingOrder& o, CancelReason why, int64_t ts);
+    void cancel_explicit(uint32_t i, size_t k, CancelReason why, int64_t ts);
+    void cancel_all_explicit(uint32_t i, CancelReason why, int64_t ts);
+    // Requests from a strategy's buffer, decided at ts; the buffer is cleared.
+    void process_requests(OrderRequest* req, size_t cap, int64_t ts);
+    void submit(const OrderRequest& r, int64_t ts, uint64_t reuse_client_id);
+    void reject(const OrderRequest& r, RejectReason why, int64_t ts);
+    int find_order(uint32_t i, uint64_t client_id) const;
+    int64_t order_latency([[maybe_unused]] uint32_t i) { return cfg_.exec.latency_ns; }
+    void emit(const StrategyEvent& e) {
+        if (events_on_) events_.push_back(e);
+    }
+    void emit_simple(EventKind kind, uint32_t i, int64_t ts, uint8_t reason);
+    // A compiled strategy's on_event for each event recorded, its requests read after each.
+    void dispatch_compiled_events();
+    // A Python host's events, before its next batch.
+    void drain_host_events();
+    // The strategy's view of tick q (BatchRow), pred_mid / pred_std from the signal.
+    void tick_row(BatchRow& b, const Quote& q, double pred_mid, double pred_std, bool reset, bool warming) const;
+    double compiled_decide(const Quote& q, double pred_mid, double pred_std, bool reset, bool warming);
+    void compiled_requests(int64_t ts) {
+        if (!cs_.orders.empty() && cs_.orders[0].action != 0) process_requests(cs_.orders.data(), cs_.orders.size(), ts);
+    }
+    // ssm_threshold with stop_loss_bps / take_profit_bps: a stop and a take-profit limit around the
+    // position from its entry fill, kept in step with the position as fills come (see backtester.cpp).
+    void bracket(uint32_t i, int64_t before_lots, double px, uint64_t client_id);
+    void bracket_update(uint32_t i, int64_t ts);
+    bool brackets() const {
+        const StrategyParams& p = strat_.params();
+        return p.kind == StrategyKind::kSsmThreshold && (p.stop_loss_bps > 0 || p.take_profit_bps > 0);
+    }
     void cancel(uint32_t i, uint64_t& counter, OrderEventKind why, int64_t ts);
     void log_order(const Order& o, uint32_t i, OrderEventKind kind, int64_t ts, int64_t lots);
     // The grouped loop: one timestamp's instruments through state, signal, decision and orders.
@@ -248,6 +345,9 @@ private:
     std::vector<uint8_t> in_batch_;
     std::vector<uint8_t> reset_pending_;  // a reset met on a one-sided tick, for the next two-sided one
     std::vector<FeatureState> feat_;
+    std::vector<std::vector<WorkingOrder>> xo_;  // explicit orders
+    std::vector<double> entry_px_;                // bracket: the entry fill's price (NaN: none)
+    std::vector<uint8_t> bracket_due_;            // bracket: 1 resize, 2 renew (a new entry) before the next step
 
     SignalModel sig_;
     bool tap_on_ = false;
@@ -260,6 +360,18 @@ private:
     std::vector<uint8_t> reset_;
     std::vector<double> pred_, pred_std_;
     std::vector<uint8_t> row_reset_;
+
+    CompiledStrategy cs_;
+    bool compiled_ = false;
+    bool events_on_ = false;
+    std::vector<StrategyEvent> events_;
+    size_t events_next_ = 0;
+    bool dispatching_ = false;
+    OrderRequest* host_req_ = nullptr;
+    size_t host_req_cap_ = 0;
+    StrategyEvent* host_ev_ = nullptr;
+    size_t host_ev_cap_ = 0;
+    std::function<void(size_t)> on_host_events_;
 
     bool order_log_on_ = false;
     std::vector<OrderEvent> order_log_;

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -130,13 +132,110 @@ py::dict params_dict(const StrategyParams& p) {
     return d;
 }
 
+// The uncompiled path of a compiled strategy: the same C signature, calling the Python functions with
+// numpy views of the engine's buffers (a record array for the tick, so tick.mid and tick["mid"] both
+// read as they do under numba). Views are rebuilt only when a buffer moves.
+struct PyStrategy {
+    py::object on_tick, on_event;
+    py::array tick_rows, event_rows;  // one record each: the record the function gets is a copy
+    py::object tick, event;           // tick_rows[0] / event_rows[0] as np.record
+    const void* state_ptr = nullptr;
+    int64_t n_instruments = -1;
+    py::array state, params, orders;
+    const void* params_ptr = nullptr;
+    const void* orders_ptr = nullptr;
+
+    void views(const double* p, int64_t n_params, double* st, int64_t n_inst, int64_t n_state, OrderRequest* o,
+               int64_t cap) {
+        if (st != state_ptr || n_inst != n_instruments) {
+            state = py::array_t<double>({static_cast<py::ssize_t>(n_inst), static_cast<py::ssize_t>(n_state)}, st,
+                                        py::none());
+            state_ptr = st;
+            n_instruments = n_inst;
+        }
+        if (p != params_ptr) {
+            params = py::array_t<double>(static_cast<py::ssize_t>(n_params), p, py::none());
+            params.attr("flags").attr("writeable") = false;
+            params_ptr = p;
+        }
+        if (o != orders_ptr) {
+            orders = py::array_t<OrderRequest>(static_cast<py::ssize_t>(cap), o, py::none())
+                         .attr("view")(py::module_::import("numpy").attr("recarray"));
+            orders_ptr = o;
+        }
+    }
+};
+
+// One call of a Python function with a copy of `rec` in `rows` (viewed as `view`). GIL taken here: the
+// loop runs without it.
+template <class Rec>
+py::object call_python(void* user, const py::object PyStrategy::*fn, py::array PyStrategy::*rows,
+                       const py::object PyStrategy::*view, const Rec* rec, const double* params, int64_t n_params,
+                       double* state, int64_t n_inst, int64_t n_state, OrderRequest* orders, int64_t cap) {
+    auto* u = static_cast<PyStrategy*>(user);
+    u->views(params, n_params, state, n_inst, n_state, orders, cap);
+    std::memcpy((u->*rows).mutable_data(), rec, sizeof(Rec));
+    return (u->*fn)(u->*view, u->params, u->state, u->orders);
+}
+
+double py_on_tick(void* user, const BatchRow* tick, const double* params, int64_t n_params, double* state,
+                  int64_t n_inst, int64_t n_state, OrderRequest* orders, int64_t cap) {
+    py::gil_scoped_acquire gil;
+    const py::object t = call_python(user, &PyStrategy::on_tick, &PyStrategy::tick_rows, &PyStrategy::tick, tick, params,
+                                     n_params, state, n_inst, n_state, orders, cap);
+    return t.is_none() ? kNaN : py::cast<double>(t);
+}
+
+void py_on_event(void* user, const StrategyEvent* ev, const double* params, int64_t n_params, double* state,
+                 int64_t n_inst, int64_t n_state, OrderRequest* orders, int64_t cap) {
+    py::gil_scoped_acquire gil;
+    call_python(user, &PyStrategy::on_event, &PyStrategy::event_rows, &PyStrategy::event, ev, params, n_params, state,
+                n_inst, n_state, orders, cap);
+}
+
+// Function addresses (ints) run as they are; Python functions run through PyStrategy, which the
+// Backtester's Python object keeps alive (its `_py_strategy` attribute).
+void set_compiled_strategy(py::object self, const py::object& on_tick, const py::object& on_event,
+                           py::array_t<double, py::array::c_style | py::array::forcecast> params,
+                           py::array_t<double, py::array::c_style | py::array::forcecast> state_init, size_t orders_cap) {
+    Backtester& b = self.cast<Backtester&>();
+    std::vector<double> p(params.data(), params.data() + params.size());
+    std::vector<double> s0(state_init.data(), state_init.data() + state_init.size());
+    const bool native = py::isinstance<py::int_>(on_tick);
+    if (!on_event.is_none() && native != py::isinstance<py::int_>(on_event))
+        throw py::value_error("set_compiled_strategy: on_tick and on_event must both be addresses or both be Python functions");
+    if (native) {
+        const auto tick_fn = reinterpret_cast<CompiledTickFn>(py::cast<uintptr_t>(on_tick));
+        const auto event_fn = on_event.is_none() ? nullptr : reinterpret_cast<CompiledEventFn>(py::cast<uintptr_t>(on_event));
+        b.set_compiled_strategy(tick_fn, event_fn, nullptr, std::move(p), std::move(s0), orders_cap);
+        self.attr("_py_strategy") = py::none();
+        return;
+    }
+    auto holder = std::make_unique<PyStrategy>();
+    const py::object recarray = py::module_::import("numpy").attr("recarray");
+    holder->on_tick = on_tick;
+    holder->on_event = on_event;
+    holder->tick_rows = py::array_t<BatchRow>(1);
+    holder->event_rows = py::array_t<StrategyEvent>(1);
+    holder->tick = holder->tick_rows.attr("view")(recarray)[py::int_(0)];
+    holder->event = holder->event_rows.attr("view")(recarray)[py::int_(0)];
+    PyStrategy* raw = holder.get();
+    b.set_compiled_strategy(&py_on_tick, on_event.is_none() ? nullptr : &py_on_event, raw, std::move(p), std::move(s0),
+                            orders_cap);
+    self.attr("_py_strategy") = py::capsule(holder.release(), [](void* x) { delete static_cast<PyStrategy*>(x); });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "nextick compiled core: conflator, session tracker, tick loop, fill simulator";
 
     PYBIND11_NUMPY_DTYPE(Quote, ts_event, ts_recv, bid_px, ask_px, bid_sz, ask_sz, seq, instrument, flags);
-    PYBIND11_NUMPY_DTYPE(Fill, order_id, decision_ts, fill_ts, px, sz, fee, decision_mid, slippage_bps, instrument);
+    PYBIND11_NUMPY_DTYPE(Fill, order_id, decision_ts, fill_ts, px, sz, fee, decision_mid, slippage_bps, instrument, liquidity,
+                         order_type);
+    PYBIND11_NUMPY_DTYPE(OrderRequest, client_id, units, limit_px, stop_px, instrument, action, type, tif, pad);
+    PYBIND11_NUMPY_DTYPE(StrategyEvent, ts, order_id, client_id, px, units, position, fee, instrument, kind, reason,
+                         order_type, liquidity);
     PYBIND11_NUMPY_DTYPE(Trade, entry_ts, exit_ts, pnl, max_units, instrument, fills);
     PYBIND11_NUMPY_DTYPE(ResetEvent, ts, instrument, reason);
     PYBIND11_NUMPY_DTYPE(OrderEvent, order_id, ts, active_ts, units, decision_mid, instrument, kind);
@@ -194,11 +293,16 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("quotes_in", &Conflator::quotes_in)
         .def_property_readonly("snapshots_out", &Conflator::snapshots_out);
 
-    py::class_<Backtester>(m, "Backtester", "The tick loop and fill simulator; see csrc/backtester.hpp.")
+    py::class_<Backtester>(m, "Backtester", "The tick loop and fill simulator; see csrc/backtester.hpp.", py::dynamic_attr())
         .def(py::init([](int64_t latency_ns, double fee_bps, double fee_per_fill, bool size_cap,
                          bool cancel_remainder, bool flatten_at_close, int64_t flatten_lead_ns,
-                         double initial_capital, int64_t bar_ns) {
+                         double initial_capital, int64_t bar_ns, double maker_fee_bps, const std::string& queue) {
                  EngineConfig c;
+                 if (queue != "through" && queue != "touch")
+                     throw py::value_error("queue must be 'through' (resting limits fill when the price trades through "
+                                           "them) or 'touch' (also when it touches them), not '" + queue + "'");
+                 c.exec.queue = static_cast<uint8_t>(queue == "touch" ? QueueModel::kTouch : QueueModel::kThrough);
+                 c.exec.maker_fee_bps = maker_fee_bps;
                  c.exec.latency_ns = latency_ns;
                  c.exec.fee_bps = fee_bps;
                  c.exec.fee_per_fill = fee_per_fill;
@@ -213,7 +317,8 @@ PYBIND11_MODULE(_core, m) {
              py::kw_only(), py::arg("latency_ns") = 0, py::arg("fee_bps") = 0.0, py::arg("fee_per_fill") = 0.0,
              py::arg("size_cap") = false, py::arg("cancel_remainder") = false, py::arg("flatten_at_close") = false,
              py::arg("flatten_lead_ns") = 60'000'000'000LL, py::arg("initial_capital") = 1'000'000.0,
-             py::arg("bar_ns") = 60'000'000'000LL)
+             py::arg("bar_ns") = 60'000'000'000LL, py::arg("maker_fee_bps") = std::numeric_limits<double>::quiet_NaN(),
+             py::arg("queue") = "through")
         .def("add_instrument",
              [](Backtester& b, double lot_size, int64_t gap_ns, int32_t warmup_ticks) {
                  return b.add_instrument(InstrumentSpec{lot_size, gap_ns, warmup_ticks});
@@ -290,6 +395,31 @@ PYBIND11_MODULE(_core, m) {
              },
              py::arg("quotes").noconvert(), py::arg("buffer").noconvert(), py::arg("on_batch"),
              "Run quotes through a Python strategy called once per tick batch.")
+        .def("set_host_buffers",
+             [](Backtester& b, py::array_t<OrderRequest, py::array::c_style> requests,
+                py::array_t<StrategyEvent, py::array::c_style> events, std::function<void(size_t)> on_events) {
+                 b.set_host_buffers(requests.mutable_data(), static_cast<size_t>(requests.size()), events.mutable_data(),
+                                    static_cast<size_t>(events.size()), std::move(on_events));
+             },
+             py::arg("requests").noconvert(), py::arg("events").noconvert(), py::arg("on_events"),
+             py::keep_alive<1, 2>(), py::keep_alive<1, 3>(),
+             "A Python strategy's order requests (read after each batch's targets, then cleared) and its event "
+             "buffer: before a batch, pending events are copied in and on_events(n) is called.")
+        .def("set_compiled_strategy", &set_compiled_strategy, py::arg("on_tick"), py::arg("on_event"), py::arg("params"),
+             py::arg("state_init"), py::arg("orders_cap") = 16,
+             "A compiled strategy decides per tick in run(): on_tick and on_event are C function addresses (ints, "
+             "csrc/orders.hpp CompiledTickFn / CompiledEventFn, e.g. numba cfunc .address) or Python functions "
+             "called with the same arguments as numpy views (the uncompiled path); on_event may be None.")
+        .def("compiled_state",
+             [](const Backtester& b) {
+                 const CompiledStrategy& cs = b.compiled();
+                 const auto n_state = static_cast<py::ssize_t>(cs.state_init.size());
+                 const auto n_inst = static_cast<py::ssize_t>(b.n_instruments());
+                 py::array_t<double> out({n_inst, n_state});
+                 if (!cs.state.empty()) std::memcpy(out.mutable_data(), cs.state.data(), cs.state.size() * sizeof(double));
+                 return out;
+             },
+             "A copy of the compiled strategy's state, [n_instruments, n_state].")
         .def("set_rebalance_ns", &Backtester::set_rebalance_ns, py::arg("period_ns"),
              "Portfolio strategies: 0 = decide at every tick batch, else at the first batch at or after each "
              "multiple of period_ns since the UTC epoch.")
@@ -375,6 +505,10 @@ PYBIND11_MODULE(_core, m) {
             d["flatten_missed"] = c.flatten_missed;
             d["rebalances"] = c.rebalances;
             d["targets_skipped"] = c.targets_skipped;
+            d["explicit_orders"] = c.explicit_orders;
+            d["orders_rejected"] = c.orders_rejected;
+            d["explicit_cancelled"] = c.explicit_cancelled;
+            d["maker_fills"] = c.maker_fills;
             py::dict r;
             const char* names[5] = {"SESSION_OPEN", "GAP", "RECONNECT", "STALE", "MANUAL"};
             for (int k = 0; k < 5; ++k) r[names[k]] = c.resets[k];

@@ -7,17 +7,20 @@
 // in. Quantities are integer lots, so positions never drift.
 #pragma once
 #include <cstdint>
+#include <limits>
 
 namespace nextick {
 
 struct ExecConfig {
     int64_t latency_ns = 0;
-    double fee_bps = 0.0;          // of notional, per fill (all simulated fills cross the spread)
+    double fee_bps = 0.0;          // of notional, per taking fill (market orders, limits that cross)
+    double maker_fee_bps = std::numeric_limits<double>::quiet_NaN();  // resting limit fills; NaN: fee_bps
     double fee_per_fill = 0.0;     // fixed, currency
     bool size_cap = false;         // cap each fill at the displayed size of the filling tick
     bool cancel_remainder = false; // with size_cap: cancel what the displayed size did not fill
     bool flatten_at_close = false; // target flat from close - flatten_lead_ns on
     int64_t flatten_lead_ns = 60'000'000'000;
+    uint8_t queue = 0;             // QueueModel (csrc/orders.hpp): 0 fill resting limits on a trade-through, 1 on a touch
 };
 
 struct Order {
@@ -40,7 +43,9 @@ struct Fill {
     double decision_mid;
     double slippage_bps;    // (px - decision_mid)/decision_mid in bps, signed so that a cost is > 0
     uint32_t instrument;
-    uint32_t pad;
+    uint8_t liquidity;      // 0 taker, 1 maker (a resting limit)
+    uint8_t order_type;     // OrderType (csrc/orders.hpp): 0 market (target orders and explicit ones)
+    uint8_t pad[2];
 };
 
 // What became of an order, for the live journal and reconciliation: one event when it is placed and

@@ -90,11 +90,18 @@ public:
         ema_b_.resize(n, 0.0);
         dir_.resize(n, 0);
         target_.resize(n, kNaN);
-        entry_mid_.resize(n, kNaN);
         held_.resize(n, 0);
         blocked_.resize(n, 0);
     }
     const StrategyParams& params() const { return p_; }
+
+    // ssm_threshold: a stop-loss or take-profit order filled. The trade is over; the strategy keeps
+    // whatever the exit order is still doing (NaN target) and waits for its signal to lapse.
+    void exited(uint32_t i) {
+        if (dir_[i] != 0) blocked_[i] = dir_[i];
+        dir_[i] = 0;
+        target_[i] = kNaN;
+    }
 
     // `reset`: this tick starts fresh state (session open, gap, reconnect...). `warming`: still in
     // the warm-up after a reset; features update but no direction is taken, so the first position
@@ -167,10 +174,11 @@ private:
 
     // Trade the SSM's predicted mid against the touch, the rule of published studies of model
     // signals on 1 s NBBO / 100 ms BBO with next-tick fills: long when the prediction clears the
-    // ask by threshold_bps, short when it is under the bid by threshold_bps; otherwise hold. Exits
-    // (stop-loss, take-profit, holding limit) are measured from the mid at the entry decision, and
-    // after one the same direction is not re-entered until its signal has lapsed once, so a stale
-    // prediction cannot buy straight back into a stopped-out trade. A reset forgets the trade (its
+    // ask by threshold_bps, short when it is under the bid by threshold_bps; otherwise hold. The
+    // stop-loss and take-profit are real orders the engine keeps around the position (a stop and a
+    // limit from the entry fill's price: Backtester::bracket); the holding limit is a target of 0.
+    // After an exit the same direction is not re-entered until its signal has lapsed once, so a
+    // stale prediction cannot buy straight back into a stopped-out trade. A reset forgets the trade (its
     // entry belongs to discarded state): the strategy answers "keep" until its next signal, so a
     // position carried through a reset is neither dumped nor managed by stale exits.
     // With MC dropout the signal is gated by the model's own uncertainty: the prediction must clear
@@ -191,12 +199,8 @@ private:
 
         int8_t& dir = dir_[i];
         if (dir != 0) {
-            const double move_bps = dir * (mid - entry_mid_[i]) / entry_mid_[i] * 1e4;
             ++held_[i];
-            const bool stop = p_.stop_loss_bps > 0 && move_bps <= -p_.stop_loss_bps;
-            const bool take = p_.take_profit_bps > 0 && move_bps >= p_.take_profit_bps;
-            const bool expire = p_.hold_ticks > 0 && held_[i] >= p_.hold_ticks && signal != dir;
-            if (stop || take || expire) {
+            if (p_.hold_ticks > 0 && held_[i] >= p_.hold_ticks && signal != dir) {
                 blocked_[i] = dir;
                 dir = 0;
                 target_[i] = 0.0;
@@ -206,13 +210,12 @@ private:
         }
         if (!warming && signal != 0 && signal != dir && signal != blocked_[i]) {
             dir = signal;
-            entry_mid_[i] = mid;
             held_[i] = 0;
             double units = size_units(mid);
             if (p_.max_units > 0) units = std::fmin(units, p_.max_units);
             target_[i] = dir * units;
         }
-        return target_[i];  // NaN until the first signal after a reset, 0 after an exit
+        return target_[i];  // NaN until the first signal after a reset or a bracket exit, 0 after a holding-limit exit
     }
 
     inline double buy_hold(uint32_t i, double mid) {
@@ -224,7 +227,6 @@ private:
     double a_fast_ = 0, a_slow_ = 0, a_mr_ = 0;
     std::vector<double> ema_a_, ema_b_, target_;
     std::vector<int8_t> dir_, blocked_;
-    std::vector<double> entry_mid_;
     std::vector<int64_t> held_;
 };
 

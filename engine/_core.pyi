@@ -242,12 +242,16 @@ class Backtester:
     """
     The tick loop and fill simulator; see csrc/backtester.hpp.
     """
-    def __init__(self, *, latency_ns: int = 0, fee_bps: float = 0.0, fee_per_fill: float = 0.0, size_cap: bool = False, cancel_remainder: bool = False, flatten_at_close: bool = False, flatten_lead_ns: int = 60000000000, initial_capital: float = 1000000.0, bar_ns: int = 60000000000) -> None:
+    def __init__(self, *, latency_ns: int = 0, fee_bps: float = 0.0, fee_per_fill: float = 0.0, size_cap: bool = False, cancel_remainder: bool = False, flatten_at_close: bool = False, flatten_lead_ns: int = 60000000000, initial_capital: float = 1000000.0, bar_ns: int = 60000000000, maker_fee_bps: float = float("nan"), queue: str = "through") -> None:
         ...
     def add_instrument(self, *, lot_size: float, gap_ns: int, warmup_ticks: int) -> int:
         ...
     def add_sessions(self, instrument: int, opens_ns: ArrayLike, closes_ns: ArrayLike) -> None:
         ...
+    def compiled_state(self) -> NDArray[np.float64]:
+        """
+        A copy of the compiled strategy's state, [n_instruments, n_state].
+        """
     def counters(self) -> dict:
         ...
     def equity_curve(self) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
@@ -297,6 +301,14 @@ class Backtester:
     def run_portfolio(self, quotes: Records, buffer: Records, book: Records, targets: NDArray[np.float64], on_rebalance: Callable[[int, int, float, float], int]) -> None:
         """
         Run quotes through a portfolio strategy: on_rebalance(n_rows, ts_ns, cash, equity) reads the book and the batch, writes targets (one per instrument) and returns 0 (none), 1 (units) or 2 (weights).
+        """
+    def set_compiled_strategy(self, on_tick: int | Callable[..., float], on_event: int | Callable[..., None] | None, params: ArrayLike, state_init: ArrayLike, orders_cap: int = 16) -> None:
+        """
+        A compiled strategy decides per tick in run(): on_tick and on_event are C function addresses (ints, csrc/orders.hpp CompiledTickFn / CompiledEventFn, e.g. numba cfunc .address) or Python functions called with the same arguments as numpy views (the uncompiled path); on_event may be None.
+        """
+    def set_host_buffers(self, requests: Records, events: Records, on_events: Callable[[int], None]) -> None:
+        """
+        A Python strategy's order requests (read after each batch's targets, then cleared) and its event buffer: before a batch, pending events are copied in and on_events(n) is called.
         """
     def set_model(self, model: Any, *, mean: ArrayLike, std: ArrayLike, target_mean: float, target_std: float, variants: int = 1) -> None:
         """

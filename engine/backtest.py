@@ -30,12 +30,16 @@ from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie
 from engine.mid_trace import MidTrace
 from strategies.base import BatchHost, Strategy
 from strategies.builtin import BUILTINS, builtin_spec, is_builtin
+from strategies.compiled import CompiledStrategy
+from strategies.events import EventRelay, overridden_callbacks
+from strategies.orders import EVENT_DTYPE
 from strategies.portfolio import PortfolioHost, PortfolioStrategy
 
 INTERVALS_NS: dict[str, int | None] = {"raw": None, "100ms": 100_000_000, "1s": SECOND_NS}
 RESET_REASONS: tuple[str, ...] = tuple(_core.RESET_REASONS)
-# A Python strategy: per tick batch (Strategy) or for the whole book (PortfolioStrategy).
-AnyStrategy = Strategy | PortfolioStrategy
+# A Python strategy: per tick batch (Strategy), for the whole book (PortfolioStrategy), or per tick
+# inside the compiled loop (CompiledStrategy).
+AnyStrategy = Strategy | PortfolioStrategy | CompiledStrategy
 
 
 class BacktestConfig(msgspec.Struct, kw_only=True):
@@ -45,7 +49,9 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
     strategy_params: dict[str, Any] = msgspec.field(default_factory=dict)
     interval: str = "1s"  # conflation: "100ms", "1s" or "raw"
     latency_ns: int = 0  # decision to order-active delay
-    fee_bps: float = 1.0
+    fee_bps: float = 1.0  # taking liquidity: market orders, limits that cross on arrival, triggered stops
+    maker_fee_bps: float | None = None  # resting limit fills; None: fee_bps
+    queue: str = "through"  # resting limits fill on a trade-through of their price, or also on a "touch"
     fee_per_fill: float = 0.0
     size_cap: bool = False
     cancel_remainder: bool = False
@@ -74,6 +80,8 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
             raise ValueError(f"interval must be one of {', '.join(INTERVALS_NS)}, not {self.interval!r}")
         if self.latency_ns < 0:
             raise ValueError("latency_ns must be >= 0")
+        if self.queue not in ("through", "touch"):
+            raise ValueError(f"queue must be 'through' or 'touch', not {self.queue!r}")
         if self.mc_samples < 0 or self.mc_samples == 1:
             raise ValueError(f"mc_samples must be 0 (off) or >= 2 variants, got {self.mc_samples}")
         if self.mc_variant is not None and (self.mc_variant < 0 or self.mc_samples):
@@ -147,8 +155,11 @@ def load_strategy(spec: str, params: dict[str, Any]) -> AnyStrategy:
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot load strategy {spec!r}: {e}") from None
     strategy = cls(**params)
-    if not isinstance(strategy, (Strategy, PortfolioStrategy)):
-        raise TypeError(f"{spec} is neither a strategies.base.Strategy nor a strategies.portfolio.PortfolioStrategy")
+    if not isinstance(strategy, (Strategy, PortfolioStrategy, CompiledStrategy)):
+        raise TypeError(
+            f"{spec} is not a strategies.base.Strategy, strategies.portfolio.PortfolioStrategy or "
+            "strategies.compiled.CompiledStrategy"
+        )
     return strategy
 
 
@@ -180,13 +191,19 @@ class Engine:
             flatten_lead_ns=c.flatten_lead_ns,
             initial_capital=c.initial_capital,
             bar_ns=c.bar_ns,
+            maker_fee_bps=math.nan if c.maker_fee_bps is None else c.maker_fee_bps,
+            queue=c.queue,
         )
         self.strategy = strategy
         self.host: BatchHost | PortfolioHost | None = None
+        self.relay: EventRelay | None = None
         if isinstance(strategy, PortfolioStrategy):
             self.host = PortfolioHost(strategy, instruments)
-        elif strategy is not None:
+        elif isinstance(strategy, Strategy):
             self.host = BatchHost(strategy, len(instruments))
+            self.relay = EventRelay(strategy)
+            events = self.relay.events if overridden_callbacks(strategy, Strategy) else self.relay.events[:0]
+            self.core.set_host_buffers(self.relay.requests, np.asarray(events).view(EVENT_DTYPE), self.relay)
         self.started = False
         self.covered_hi_ns: list[int] = []
         self.calendars: list[SessionCalendar] = []
@@ -252,7 +269,9 @@ class Engine:
         n = max(len(self.instruments), 1)
         spec = None if self.strategy is not None else builtin_spec(self.config.strategy, self.config.strategy_params)
         self._load_model(needed=self.record or self.model_backend is not None or (spec is not None and spec.needs_model))
-        if self.strategy is not None:
+        if isinstance(self.strategy, CompiledStrategy):
+            self.strategy.bind(self.core, self.instruments, initial_capital=self.config.initial_capital)
+        elif self.strategy is not None:
             self.core.set_python_strategy()
             if isinstance(self.host, PortfolioHost):
                 self.core.set_rebalance_ns(int(self.strategy.rebalance_ns))
@@ -316,7 +335,7 @@ class Engine:
             self._sync_sessions(int(ts[0]), hi + self.session_lookahead_ns)
         t0 = time.perf_counter()
         host = self.host
-        if host is None:
+        if host is None:  # a built-in or a compiled strategy
             self.core.run(ticks)
         elif isinstance(host, PortfolioHost):
             self.core.run_portfolio(ticks, host.buffer, host.book, host.targets, host)

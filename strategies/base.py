@@ -118,9 +118,17 @@ class TickBatch(QuoteRows):
 
 
 class Strategy(abc.ABC):
-    """Base class of Python strategies."""
+    """Base class of Python strategies.
+
+    Beside targets, a strategy may send explicit orders (limit, stop, stop-limit, cancel, replace)
+    by writing requests into ``self.orders`` with the functions of ``strategies.orders``, in
+    ``on_batch`` or in an event callback; the engine reads them after the batch's targets. Events
+    (fills, rejects, cancels, resets, sessions) reach the ``on_*`` callbacks below before the next
+    batch, in the order they happened; each gets one ``strategies.orders.EVENT_DTYPE`` record.
+    """
 
     name: str = "python"
+    orders: np.ndarray  # the request buffer (strategies.orders.REQUEST_DTYPE), set by the engine before on_start
 
     def on_start(self, instruments: InstrumentTable, *, initial_capital: float) -> None:
         """Called once before the first batch; size per-instrument state here."""
@@ -128,6 +136,24 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def on_batch(self, batch: TickBatch) -> np.ndarray | None:
         """Target positions (units) for the rows of ``batch``; NaN or None = keep."""
+
+    def on_fill(self, event: np.void) -> None:
+        """A fill of any of its orders (``units`` signed, ``px``, ``fee``, ``liquidity``, ``position`` after)."""
+
+    def on_order_rejected(self, event: np.void) -> None:
+        """An explicit order refused (``reason``: strategies.orders.REJECT_REASONS)."""
+
+    def on_order_cancelled(self, event: np.void) -> None:
+        """An explicit order gone unfilled (``reason``: strategies.orders.CANCEL_REASONS)."""
+
+    def on_reset(self, event: np.void) -> None:
+        """The instrument's state was reset (``reason``: engine RESET_REASONS) at ``ts``."""
+
+    def on_session_open(self, event: np.void) -> None:
+        """The instrument's first tick of a new session."""
+
+    def on_session_close(self, event: np.void) -> None:
+        """The instrument's first tick after its session closed (its orders are cancelled then)."""
 
 
 class StrategyError(RuntimeError):

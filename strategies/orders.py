@@ -24,6 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
+try:  # the writers run as plain Python, and inside numba-compiled strategies (strategies.compiled)
+    from numba.extending import register_jitable as _jitable
+except ImportError:  # pragma: no cover - numba is an optional extra
+
+    def _jitable(fn):
+        return fn
+
 # csrc/orders.hpp RequestAction, OrderType, TimeInForce
 NONE, SUBMIT, CANCEL, REPLACE, CANCEL_ALL = 0, 1, 2, 3, 4
 MARKET, LIMIT, STOP, STOP_LIMIT = 0, 1, 2, 3
@@ -76,6 +83,7 @@ EVENT_DTYPE = np.dtype(
 assert EVENT_DTYPE.itemsize == 64
 
 
+@_jitable
 def _put(orders, action, instrument, units, limit_px, stop_px, client_id, order_type, tif):
     # The first free slot; the engine clears the buffer after reading it.
     for k in range(orders.shape[0]):
@@ -92,31 +100,38 @@ def _put(orders, action, instrument, units, limit_px, stop_px, client_id, order_
     return False
 
 
+@_jitable
 def market(orders, instrument, units, client_id):
     return _put(orders, SUBMIT, instrument, units, np.nan, np.nan, client_id, MARKET, GTC)
 
 
+@_jitable
 def limit(orders, instrument, units, limit_px, client_id, tif=GTC):
     return _put(orders, SUBMIT, instrument, units, limit_px, np.nan, client_id, LIMIT, tif)
 
 
+@_jitable
 def stop(orders, instrument, units, stop_px, client_id):
     return _put(orders, SUBMIT, instrument, units, np.nan, stop_px, client_id, STOP, GTC)
 
 
+@_jitable
 def stop_limit(orders, instrument, units, stop_px, limit_px, client_id):
     return _put(orders, SUBMIT, instrument, units, limit_px, stop_px, client_id, STOP_LIMIT, GTC)
 
 
+@_jitable
 def cancel(orders, instrument, client_id):
     return _put(orders, CANCEL, instrument, np.nan, np.nan, np.nan, client_id, MARKET, GTC)
 
 
+@_jitable
 def replace(orders, instrument, client_id, units, limit_px, stop_px):
     """A new order in place of ``client_id`` (same client id, a new engine id, active after the
     latency like any order); NaN keeps the old value."""
     return _put(orders, REPLACE, instrument, units, limit_px, stop_px, client_id, MARKET, GTC)
 
 
+@_jitable
 def cancel_all(orders, instrument):
     return _put(orders, CANCEL_ALL, instrument, np.nan, np.nan, np.nan, 0, MARKET, GTC)

@@ -95,13 +95,14 @@ def test_without_a_model_predictions_are_nan():
     assert np.isnan(list(rec.pred.values())).all()
 
 
-def reference_threshold(tap: np.ndarray, thr_bps: float, sl_bps: float, tp_bps: float, hold: int, notional: float):
-    """The ssm_threshold rule restated row by row (warm-up 0): the targets it sets, by (instrument, ts)."""
+def reference_threshold(tap: np.ndarray, thr_bps: float, hold: int, notional: float):
+    """The ssm_threshold rule restated row by row (warm-up 0, no stop-loss or take-profit: those are
+    orders, tested below): the targets it sets, by (instrument, ts)."""
     state: dict[int, dict] = {}
     targets = {}
     for r in tap:
         i = int(r["instrument"])
-        s = state.setdefault(i, {"dir": 0, "blocked": 0, "entry": 0.0, "held": 0, "target": np.nan})
+        s = state.setdefault(i, {"dir": 0, "blocked": 0, "held": 0, "target": np.nan})
         bid, ask, mid, pred = r["bid_px"], r["ask_px"], r["mid"], r["pred_mid"]
         if r["reset"]:
             s.update(dir=0, blocked=0, target=np.nan)
@@ -110,28 +111,27 @@ def reference_threshold(tap: np.ndarray, thr_bps: float, sl_bps: float, tp_bps: 
             s["blocked"] = 0
         exited = False
         if s["dir"] != 0:
-            move = s["dir"] * (mid - s["entry"]) / s["entry"] * 1e4
             s["held"] += 1
-            if (sl_bps > 0 and move <= -sl_bps) or (tp_bps > 0 and move >= tp_bps) or (hold > 0 and s["held"] >= hold and sig != s["dir"]):
+            if hold > 0 and s["held"] >= hold and sig != s["dir"]:
                 s.update(blocked=s["dir"], dir=0, target=0.0)
                 exited = True
             elif sig == s["dir"]:
                 s["held"] = 0
         if not exited and sig != 0 and sig != s["dir"] and sig != s["blocked"]:
-            s.update(dir=sig, entry=mid, held=0, target=sig * np.floor(notional / mid))
+            s.update(dir=sig, held=0, target=sig * np.floor(notional / mid))
         targets[(i, int(r["ts"]))] = s["target"]
     return targets
 
 
 def test_ssm_threshold_follows_its_rule(model_path):
     path, _ = model_path
-    params = {"threshold_bps": 0.5, "stop_loss_bps": 3.0, "take_profit_bps": 4.0, "hold_ticks": 30}
+    params = {"threshold_bps": 0.5, "hold_ticks": 30}
     config = BacktestConfig(strategy="ssm_threshold", strategy_params=params, model=str(path), warmup_ticks=0, fee_bps=0.0)
     engine, tap = tapped_run(path, config)
     fills = engine.core.fills()
     assert len(fills) > 20, "the test model should trade"
     notional = config.initial_capital / MARKET.n_instruments
-    targets = reference_threshold(tap, 0.5, 3.0, 4.0, 30, notional)
+    targets = reference_threshold(tap, 0.5, 30, notional)
     # replay the targets into positions: every fill's decision is a tick where the target changed
     position = {i: 0.0 for i in range(MARKET.n_instruments)}
     expected_orders = []
@@ -148,6 +148,36 @@ def test_ssm_threshold_follows_its_rule(model_path):
     same = [f["sz"] == sizes[(int(f["instrument"]), int(f["decision_ts"]))] for f in fills]
     assert all(np.sign(f["sz"]) == np.sign(sizes[(int(f["instrument"]), int(f["decision_ts"]))]) for f in fills)
     assert np.mean(same) >= 0.9  # sizes differ only after an order a reset cancelled
+
+
+def test_ssm_threshold_stop_loss_and_take_profit_are_orders_priced_from_the_entry_fill(model_path):
+    path, _ = model_path
+    sl_bps, tp_bps = 3.0, 4.0
+    params = {"threshold_bps": 0.5, "stop_loss_bps": sl_bps, "take_profit_bps": tp_bps}
+    config = BacktestConfig(strategy="ssm_threshold", strategy_params=params, model=str(path), warmup_ticks=0, fee_bps=0.0)
+    engine, _ = tapped_run(path, config)
+    fills = engine.core.fills()
+    stops = takes = 0
+    for i in range(MARKET.n_instruments):
+        pos, entry = 0.0, np.nan
+        for f in fills[fills["instrument"] == i]:
+            before, pos = pos, pos + f["sz"]
+            if f["order_type"] == 0:  # the strategy's own (target) order
+                if pos != 0 and (before == 0 or np.sign(before) != np.sign(pos)):
+                    entry = f["px"]
+                continue
+            side = -np.sign(f["sz"])  # the position it closes: +1 long
+            assert side == np.sign(before) and pos == 0, "a bracket order closes the whole position"
+            if f["order_type"] == 2:  # the stop: triggered at or beyond its price, filled at the touch, taking
+                stops += 1
+                assert f["liquidity"] == 0
+                assert side * (f["px"] - entry * (1 - side * sl_bps * 1e-4)) <= 0
+            else:  # the take-profit limit: resting, filled at its price
+                takes += 1
+                assert f["order_type"] == 1 and f["liquidity"] == 1
+                assert f["px"] == entry * (1 + side * tp_bps * 1e-4)
+    assert stops > 0 and takes > 0, (stops, takes)
+    assert engine.core.counters()["explicit_orders"] >= stops + takes
 
 
 def test_ssm_strategy_needs_a_model_file(tmp_path):

@@ -1,0 +1,126 @@
+"""Python strategies at compiled speed: two plain functions, compiled with numba and called from the
+C++ tick loop through C function pointers, with no Python object per tick.
+
+    def on_tick(tick, params, state, orders):           # -> target units (NaN: keep)
+        s = state[tick.instrument]                      # this instrument's row of the strategy's state
+        ...
+    def on_event(event, params, state, orders): ...     # optional: fills, rejects, cancels, resets, sessions
+
+    strategy = CompiledStrategy(on_tick, on_event, params=np.array([...]), state_init=np.array([...]))
+    run_backtest(source, config, strategy=strategy)
+
+``tick`` is one ``strategies.base.BATCH_DTYPE`` record (``tick.mid``, ``tick.reset``, ``tick.warm``,
+``tick.position``, ...), ``params`` the strategy's read-only float64 parameters, ``state`` its float64
+``[n_instruments, len(state_init)]`` array (a new instrument's row starts as ``state_init``),
+``orders`` a ``strategies.orders.REQUEST_DTYPE`` buffer for explicit orders (write with the functions
+of ``strategies.orders``). ``event`` is one ``strategies.orders.EVENT_DTYPE`` record.
+
+With numba installed (``pip install -e '.[compiled]'``) the functions are compiled (``numba.njit``)
+and wrapped in ``numba.cfunc``s of the C signature in csrc/orders.hpp; without it, or with
+``compile=False``, the core calls the same Python functions per tick: slow, and the same results bit
+for bit, since the engine runs the same loop and the functions do the same float operations.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from engine.domain.instrument import InstrumentTable
+from strategies.base import BATCH_DTYPE
+from strategies.orders import EVENT_DTYPE, REQUEST_DTYPE
+
+ORDERS_CAPACITY = 16  # requests one call may write
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _signatures():
+    from numba import from_dtype, types
+
+    req = types.CPointer(from_dtype(REQUEST_DTYPE))
+    f64p = types.CPointer(types.float64)
+    i64 = types.int64
+    tick_sig = types.float64(types.voidptr, types.CPointer(from_dtype(BATCH_DTYPE)), f64p, i64, f64p, i64, i64, req, i64)
+    event_sig = types.void(types.voidptr, types.CPointer(from_dtype(EVENT_DTYPE)), f64p, i64, f64p, i64, i64, req, i64)
+    return tick_sig, event_sig
+
+
+def _compile(on_tick: Callable, on_event: Callable | None) -> tuple[Any, Any]:
+    """numba cfuncs of the C signatures around njit-compiled on_tick / on_event."""
+    from numba import carray, cfunc, njit
+
+    tick_sig, event_sig = _signatures()
+    tick_fn = njit(on_tick)
+
+    @cfunc(tick_sig, nopython=True)
+    def c_tick(user, tick_p, params_p, n_params, state_p, n_inst, n_state, orders_p, cap):  # pragma: no cover - compiled
+        return tick_fn(carray(tick_p, 1)[0], carray(params_p, n_params), carray(state_p, (n_inst, n_state)),
+                       carray(orders_p, cap))
+
+    if on_event is None:
+        return c_tick, None
+    event_fn = njit(on_event)
+
+    @cfunc(event_sig, nopython=True)
+    def c_event(user, ev_p, params_p, n_params, state_p, n_inst, n_state, orders_p, cap):  # pragma: no cover - compiled
+        event_fn(carray(ev_p, 1)[0], carray(params_p, n_params), carray(state_p, (n_inst, n_state)), carray(orders_p, cap))
+
+    return c_tick, c_event
+
+
+class CompiledStrategy:
+    """A per-tick strategy the core calls from its own loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        on_tick: Callable,
+        on_event: Callable | None = None,
+        *,
+        params: Any = (),
+        state_init: Any = (),
+        name: str | None = None,
+        compile: bool | None = None,
+        orders_capacity: int = ORDERS_CAPACITY,
+    ) -> None:
+        """``compile``: True needs numba, False runs the Python functions, None (default) compiles
+        when numba is installed."""
+        if compile and not numba_available():
+            raise ImportError("CompiledStrategy(compile=True) needs numba: pip install -e '.[compiled]'")
+        self.on_tick = on_tick
+        self.on_event = on_event
+        self.params = np.ascontiguousarray(params, dtype=np.float64).reshape(-1)
+        self.state_init = np.ascontiguousarray(state_init, dtype=np.float64).reshape(-1)
+        self.name = name or getattr(on_tick, "__name__", "compiled")
+        self.compile = numba_available() if compile is None else compile
+        self.orders_capacity = orders_capacity
+        self._cfuncs: tuple[Any, Any] | None = None
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile
+
+    def cfuncs(self) -> tuple[Any, Any]:
+        """The numba cfuncs (compiled once per strategy object)."""
+        if self._cfuncs is None:
+            self._cfuncs = _compile(self.on_tick, self.on_event)
+        return self._cfuncs
+
+    def bind(self, core: Any, instruments: InstrumentTable, *, initial_capital: float) -> None:
+        """Hand the functions to ``core`` (an engine._core.Backtester)."""
+        if self.compile:
+            c_tick, c_event = self.cfuncs()
+            on_tick, on_event = c_tick.address, (c_event.address if c_event is not None else None)
+        else:
+            on_tick, on_event = self.on_tick, self.on_event
+        core.set_compiled_strategy(on_tick, on_event, self.params, self.state_init, self.orders_capacity)
