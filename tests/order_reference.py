@@ -8,8 +8,8 @@ The model, as the header states it:
 * A request decided at ``T`` (the ts of the tick batch it was written in) reaches the market at
   ``T + latency_ns``: only ticks with ``ts > T + latency_ns`` see it. That holds for submits, cancels
   and replaces alike, so until then the old order can still fill.
-* A submit is checked when it is decided (size under one lot, missing price, duplicate or unknown
-  client id are rejected then, at ``T``). Its first tick after it is active is its *arrival*:
+* A submit is checked when it is decided (size under one lot, missing price, a client id that an order
+  that can still fill holds are rejected then, at ``T``). Its first tick after it is active is its *arrival*:
   a limit that crosses there (buy: ask <= limit) takes at the touch (taker); post-only is rejected
   (would cross) instead; IOC fills what crosses and cancels the rest; what does not cross rests (IOC:
   cancelled). From the tick after arrival a resting buy fills at its limit when ask < limit, or
@@ -23,10 +23,13 @@ The model, as the header states it:
 * ``size_cap``: each fill takes at most the displayed size (whole lots) of the side it trades against;
   a GTC / market / stop remainder keeps working, an IOC remainder is cancelled.
 * A cancel or replace reaches the market with the latency, before that tick's fills; the order it names
-  (by client id) is then cancelled (reason requested / replaced). A replace puts a new order (same
-  client id, same type and time in force, new fields where not NaN; NaN units keep the old order's
-  remaining units) that arrives at that same tick. If the order named is gone by then (filled), the
-  request is rejected as unknown at that tick.
+  (by client id) is then cancelled (reason requested / replaced). One that names no order, or an order
+  that a cancel (or cancel-all) already on its way ends, is rejected (unknown order) when decided.
+  A cancel whose order filled while it was on its way does nothing (the fill said so). A replace puts
+  a new order in place of the old one (same client id, type and time in force; the new fields where
+  not NaN; NaN units keep what is left of the old order then), arriving at that same tick. If the old
+  order is gone by then (filled), there is nothing to replace: the replace is rejected (unknown order)
+  at that tick, and no new order is placed.
 
 Within a tick: cancels and replaces that reach the market first (in decision order), then each order
 in the order it was placed. Lot size 1, no warm-up, one session, no resets.
@@ -96,7 +99,7 @@ class RefEvent:
 
 @dataclass
 class _Order:
-    seq: int
+    seq: int  # the request that placed it, in decision order
     client_id: int
     type: int
     tif: int
@@ -114,7 +117,7 @@ class _Message:  # a cancel / replace / cancel-all on its way to the market
     decision_ts: int
     reaches_ts: int
     req: Req
-    seqs_then: int  # cancel-all: only orders placed before it was decided
+    seq: int  # its place in decision order: a cancel-all ends the orders placed by requests before it
 
 
 @dataclass
@@ -147,13 +150,14 @@ class Reference:
         self.fee_per_fill = fee_per_fill
         self.book: list[_Order] = []  # placed and not finished, in the order placed
         self.messages: list[_Message] = []
-        self.next_seq = 1
+        self.next_seq = 1  # requests in decision order
         self.out = RefResult()
 
     # -- decisions ---------------------------------------------------------------------------------
 
     def decide(self, ts: int, requests: list[Req]) -> None:
         for req in requests:
+            self.next_seq += 1
             if req.action == SUBMIT:
                 self.submit(ts, req)
             elif req.action in (CANCEL, REPLACE, CANCEL_ALL):
@@ -168,7 +172,7 @@ class Reference:
         if bad is not None:
             self.emit(REJECTED, ts, req.client_id, req.units if math.isfinite(req.units) else 0.0, bad, req.type)
             return
-        self.place(req.client_id, req.type, req.tif, int(req.units), req.limit_px, req.stop_px, ts)
+        self.place(self.next_seq, req.client_id, req.type, req.tif, int(req.units), req.limit_px, req.stop_px, ts)
 
     def bad_fields(self, order_type: int, units: float, limit_px: float, stop_px: float) -> int | None:
         if not (abs(units) >= 1.0):
@@ -179,17 +183,14 @@ class Reference:
             return R_BAD_PRICE
         return None
 
-    def place(self, client_id, order_type, tif, lots, limit_px, stop_px, decision_ts) -> None:
-        self.book.append(_Order(self.next_seq, client_id, order_type, tif, lots, limit_px, stop_px, decision_ts,
+    def place(self, seq, client_id, order_type, tif, lots, limit_px, stop_px, decision_ts) -> None:
+        self.book.append(_Order(seq, client_id, order_type, tif, lots, limit_px, stop_px, decision_ts,
                                 decision_ts + self.latency_ns))
-        self.next_seq += 1
 
     def send(self, ts: int, req: Req) -> None:
-        if req.action != CANCEL_ALL:
-            o = self.working(req.client_id)
-            if o is None:
-                self.emit(REJECTED, ts, req.client_id, 0.0, R_UNKNOWN_ORDER, MARKET)
-                return
+        if req.action != CANCEL_ALL and not self.live(req.client_id):
+            self.emit(REJECTED, ts, req.client_id, 0.0, R_UNKNOWN_ORDER, MARKET)
+            return
         self.messages.append(_Message(ts, ts + self.latency_ns, req, self.next_seq))
 
     def working(self, client_id: int) -> _Order | None:
@@ -197,6 +198,18 @@ class Reference:
             if o.client_id == client_id:
                 return o
         return None
+
+    def live(self, client_id: int) -> bool:
+        """The client id names an order a cancel or replace may still act on: one in the book that no
+        cancel (or cancel-all) on its way already ends. A replace on its way keeps the id alive: its
+        successor takes the id over."""
+        o = self.working(client_id)
+        if o is None:
+            return False
+        for m in self.messages:
+            if m.seq > o.seq and (m.req.action == CANCEL_ALL or (m.req.action == CANCEL and m.req.client_id == client_id)):
+                return False
+        return True
 
     # -- ticks -------------------------------------------------------------------------------------
 
@@ -211,15 +224,16 @@ class Reference:
     def deliver(self, m: _Message, t: Tick) -> None:
         req = m.req
         if req.action == CANCEL_ALL:
-            for o in [o for o in self.book if o.seq < m.seqs_then]:
+            for o in [o for o in self.book if o.seq < m.seq]:
                 self.finish(o, t.ts, C_REQUESTED)
             return
         o = self.working(req.client_id)
-        if o is None:  # filled (or cancelled) while the request was on its way
-            self.emit(REJECTED, t.ts, req.client_id, 0.0, R_UNKNOWN_ORDER, MARKET)
-            return
         if req.action == CANCEL:
-            self.finish(o, t.ts, C_REQUESTED)
+            if o is not None:  # else it filled while the cancel was on its way: the fill said so
+                self.finish(o, t.ts, C_REQUESTED)
+            return
+        if o is None:
+            self.emit(REJECTED, t.ts, req.client_id, 0.0, R_UNKNOWN_ORDER, MARKET)
             return
         units = o.units if math.isnan(req.units) else req.units
         limit_px = o.limit_px if math.isnan(req.limit_px) else req.limit_px
@@ -229,7 +243,7 @@ class Reference:
             self.emit(REJECTED, t.ts, req.client_id, units, bad, o.type)
             return
         self.finish(o, t.ts, C_REPLACED)
-        self.place(o.client_id, o.type, o.tif, int(units), limit_px, stop_px, m.decision_ts)
+        self.place(m.seq, o.client_id, o.type, o.tif, int(units), limit_px, stop_px, m.decision_ts)
 
     def step(self, o: _Order, t: Tick) -> None:
         arrival = not o.arrived

@@ -64,7 +64,9 @@ def write(orders: np.ndarray, req: Req) -> None:
 
 
 def as_dict(ev) -> dict:
-    return {name: ev[name].item() for name in O.EVENT_DTYPE.names}
+    """The event's fields; a NaN (px of a non-fill) as None, so that equal events compare equal."""
+    out = {name: ev[name].item() for name in O.EVENT_DTYPE.names}
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
 
 
 class OrderScript(Strategy):
@@ -220,25 +222,49 @@ configs = st.fixed_dictionaries({
 # -- (a) the engine against the reference model --------------------------------------------------------
 
 
+def explain(ticks, script, cfg, events, ref) -> str:
+    """A failing case as a reader can check it by hand: times in ms from the first tick."""
+    t0 = ticks[0].ts
+
+    def ms(ts):
+        return (ts - t0) / MS
+
+    def req(r):
+        names = {SUBMIT: ("market", "limit", "stop", "stop_limit")[r.type], CANCEL: "cancel", REPLACE: "replace",
+                 CANCEL_ALL: "cancel_all"}
+        tif = f" {O.TIME_IN_FORCE[r.tif]}" if r.action == SUBMIT and r.type == LIMIT else ""
+        return f"{names[r.action]}{tif} id={r.client_id} units={r.units} limit={r.limit_px} stop={r.stop_px}"
+
+    lines = [f"config {cfg}", "tick  ms  bid  ask  bid_sz  ask_sz  | requests decided on it"]
+    for k, t in enumerate(ticks):
+        lines.append(f"{k:3d} {ms(t.ts):6.1f}  {t.bid} {t.ask} {t.bid_sz:g} {t.ask_sz:g}  | "
+                     + "; ".join(req(r) for r in script.get(k, ())))
+    lines.append("events (ms, kind, client_id, units, px, reason, order_type, liquidity): engine | reference")
+    for side, evs in (("engine", events), ("reference", ref.events)):
+        lines += [f"  {side:9s} {(ms(k[0]), *k[1:])}" for k in map(event_key, evs)]
+    return "\n".join(lines)
+
+
 @settings(max_examples=150, deadline=None)
 @given(scenarios(), configs)
 def test_engine_fills_and_events_match_the_reference(scenario, cfg):
     ticks, script = scenario
     fills, strategy, counters = run_engine(ticks, script, **cfg)
     ref = simulate(ticks, script, **cfg)
+    events = order_events(strategy)
+    why = explain(ticks, script, cfg, events, ref)
 
     got = sorted(fill_key(f) for f in fills)
     want = sorted((f.ts, f.decision_ts, f.px, f.units, f.liquidity, f.order_type) for f in ref.fills)
-    assert got == want
-    assert sorted(fills["fee"].tolist()) == pytest.approx(sorted(f.fee for f in ref.fills))
+    assert got == want, why
+    assert sorted(fills["fee"].tolist()) == pytest.approx(sorted(f.fee for f in ref.fills)), why
 
-    events = order_events(strategy)
-    assert sorted(map(event_key, events), key=repr) == sorted(map(event_key, ref.events), key=repr)
+    assert sorted(map(event_key, events), key=repr) == sorted(map(event_key, ref.events), key=repr), why
     # each order's own events in the order they happened
     for cid in {e.client_id for e in ref.events}:
         assert [event_key(e) for e in events if e["client_id"] == cid] == \
-               [event_key(e) for e in ref.events if e.client_id == cid]
-    assert counters["orders_rejected"] == len(ref.rejects)
+               [event_key(e) for e in ref.events if e.client_id == cid], why
+    assert counters["orders_rejected"] == len(ref.rejects), why
 
 
 # -- (b) the rules' invariants, on the engine alone ------------------------------------------------------
@@ -434,10 +460,46 @@ def test_replace_cancels_the_old_order_and_its_successor_arrives_after_the_laten
     assert kinds(s) == [(O.CANCELLED, ticks[2].ts, 5.0, O.CANCEL_REASONS.index("replaced")), (O.FILL, ticks[2].ts, 5.0, 0)]
 
 
+def test_replace_of_an_order_that_filled_before_the_replace_arrived_adds_no_second_order():
+    # latency 2 ms, ticks every 1 ms. The buy decided at t0 arrives at t3 and takes all 5 at the ask;
+    # the replace decided at t1 reaches the market only after t3's ts, when there is nothing left to
+    # replace: the strategy asked for 5 units, it must not get 10.
+    ticks = stream((100, 101), (100, 101), (100, 101), (100, 101), (100, 101), (100, 101))
+    script = {0: [Req(SUBMIT, 1, 5.0, limit_px=101.0, type=LIMIT)], 1: [Req(REPLACE, 1, math.nan, 101.5, math.nan)]}
+    fills, s, _ = run_engine(ticks, script, latency_ns=2 * MS)
+    assert [(f["fill_ts"], f["px"], f["sz"]) for f in fills] == [(ticks[3].ts, 101.0, 5.0)]
+    assert (O.REJECTED, ticks[4].ts, O.REJECT_REASONS.index("unknown_order")) in \
+           [(e["kind"], e["ts"], e["reason"]) for e in order_events(s)]
+
+
+def test_replace_keeping_the_size_replaces_what_is_left_when_it_arrives():
+    # as above with the size cap: the old order takes 2 at t3, so the replace (units NaN: keep) that
+    # reaches the market after t3 puts 3 in its place, and the position ends at 5
+    ticks = stream((100, 101), (100, 101), (100, 101), (100, 101, 9, 2), (100, 101), (100, 101))
+    script = {0: [Req(SUBMIT, 1, 5.0, limit_px=101.0, type=LIMIT)], 1: [Req(REPLACE, 1, math.nan, 101.5, math.nan)]}
+    fills, s, _ = run_engine(ticks, script, latency_ns=2 * MS, size_cap=True)
+    assert [(f["fill_ts"], f["px"], f["sz"]) for f in fills] == [(ticks[3].ts, 101.0, 2.0), (ticks[4].ts, 101.0, 3.0)]
+    assert kinds(s) == [(O.FILL, ticks[3].ts, 2.0, 0), (O.CANCELLED, ticks[4].ts, 3.0, O.CANCEL_REASONS.index("replaced")),
+                        (O.FILL, ticks[4].ts, 3.0, 0)]
+
+
+def test_a_client_id_stays_taken_until_the_cancel_of_its_order_arrives():
+    # latency 2 ms: the buy decided at t0 can fill until its cancel (decided at t1) reaches the market
+    # after t3's ts, and it does take at t3; a submit reusing its client id at t1 is a duplicate
+    ticks = stream((100, 101), (100, 101), (100, 101), (99, 99.5), (99, 99.5), (99, 99.5))
+    script = {0: [Req(SUBMIT, 1, 2.0, limit_px=100.0, type=LIMIT)],
+              1: [Req(CANCEL, 1), Req(SUBMIT, 1, 3.0, limit_px=100.0, type=LIMIT)]}
+    fills, s, _ = run_engine(ticks, script, latency_ns=2 * MS)
+    assert [(f["fill_ts"], f["sz"]) for f in fills] == [(ticks[3].ts, 2.0)]
+    assert [(e["kind"], e["ts"], e["reason"]) for e in order_events(s) if e["kind"] == O.REJECTED] == \
+           [(O.REJECTED, ticks[1].ts, O.REJECT_REASONS.index("duplicate_id"))]
+
+
 def test_cancel_of_an_unknown_client_id_is_rejected_when_decided():
     ticks = stream((100, 101), (100, 101))
     _, s, counters = run_engine(ticks, {0: [Req(CANCEL, 42)]})
-    assert kinds(s) == [(O.REJECTED, ticks[0].ts, 0.0, O.REJECT_REASONS.index("unknown_order"))]
+    assert [(e["kind"], e["ts"], e["client_id"], e["reason"]) for e in order_events(s)] == \
+           [(O.REJECTED, ticks[0].ts, 42, O.REJECT_REASONS.index("unknown_order"))]
     assert counters["orders_rejected"] == 1
 
 
