@@ -19,7 +19,7 @@
 // order, in the order they were placed. Requests are read after the strategy's decision and target
 // order (step 8), in the order written. Events (fills, rejects, cancels, resets, session open and
 // close) go to a compiled strategy's on_event as they happen (its requests are read right after),
-// and to a Python strategy's host before its next batch.
+// and to a Python strategy's host before its next batch (a portfolio's: before its next rebalance).
 //
 // A portfolio strategy (run_portfolio) decides at step 6 for every instrument, ticking now or not,
 // at each batch or on a rebalance clock; steps 7-8 are the same rule (order_toward), so an order on

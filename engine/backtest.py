@@ -201,8 +201,10 @@ class Engine:
             self.host = PortfolioHost(strategy, instruments)
         elif isinstance(strategy, Strategy):
             self.host = BatchHost(strategy, len(instruments))
+        if isinstance(strategy, (Strategy, PortfolioStrategy)):
             self.relay = EventRelay(strategy)
-            events = self.relay.events if overridden_callbacks(strategy, Strategy) else self.relay.events[:0]
+            # The core records events only for a strategy that listens.
+            events = self.relay.events if overridden_callbacks(strategy) else self.relay.events[:0]
             self.core.set_host_buffers(self.relay.requests, np.asarray(events).view(EVENT_DTYPE), self.relay)
         self.started = False
         self.covered_hi_ns: list[int] = []

@@ -289,7 +289,12 @@ def _add_execution_args(b: argparse.ArgumentParser) -> None:
     ex.add_argument("--latency-ns", type=int, default=d.latency_ns,
                     help=f"decision to order-active delay in ns (default {d.latency_ns})")
     ex.add_argument("--fee-bps", type=float, default=d.fee_bps,
-                    help=f"fee in basis points of notional per fill (default {d.fee_bps:g})")
+                    help=f"fee in basis points of notional per taking fill (default {d.fee_bps:g})")
+    ex.add_argument("--maker-fee-bps", type=float, default=d.maker_fee_bps,
+                    help="fee in basis points of notional per resting limit fill; negative = rebate (default: --fee-bps)")
+    ex.add_argument("--queue", choices=["through", "touch"], default=d.queue,
+                    help="resting limit orders fill when the other side trades through their price (through, the "
+                         f"default: the queue ahead is unknown) or also when it touches it (touch) (default {d.queue})")
     ex.add_argument("--fee-per-fill", type=float, default=d.fee_per_fill,
                     help=f"fixed fee per fill, currency (default {d.fee_per_fill:g})")
     ex.add_argument("--size-cap", action="store_true", default=d.size_cap, help="cap fills at the displayed size; the rest waits")

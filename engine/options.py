@@ -103,6 +103,8 @@ class RunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     interval: str = _CONFIG.interval
     latency_ns: int = _CONFIG.latency_ns
     fee_bps: float = _CONFIG.fee_bps
+    maker_fee_bps: float | None = _CONFIG.maker_fee_bps
+    queue: str = _CONFIG.queue
     fee_per_fill: float = _CONFIG.fee_per_fill
     size_cap: bool = _CONFIG.size_cap
     cancel_remainder: bool = _CONFIG.cancel_remainder
@@ -212,6 +214,8 @@ def backtest_config(options: RunOptions | Mapping[str, Any]) -> BacktestConfig:
         interval=o.interval,
         latency_ns=o.latency_ns,
         fee_bps=o.fee_bps,
+        maker_fee_bps=o.maker_fee_bps,
+        queue=o.queue,
         fee_per_fill=o.fee_per_fill,
         size_cap=o.size_cap,
         cancel_remainder=o.cancel_remainder,

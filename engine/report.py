@@ -131,8 +131,10 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
         f"data         {r.quotes_in:,} quotes -> {r.ticks:,} ticks (interval {r.config.interval}){unit}",
         f"days         {r.day_basis}; annualized figures need {MIN_ANNUALIZE_DAYS} days",
         f"execution    latency {r.config.latency_ns:,} ns, fee {r.config.fee_bps:g} bps"
+        f"{'' if r.config.maker_fee_bps is None else f' (maker {r.config.maker_fee_bps:g})'}"
         f"{f' + {r.config.fee_per_fill:g}/fill' if r.config.fee_per_fill else ''}, fills at the next tick"
-        f"{', size-capped' if r.config.size_cap else ''}{', flatten at close' if r.config.flatten_at_close else ''}",
+        f"{', size-capped' if r.config.size_cap else ''}{', flatten at close' if r.config.flatten_at_close else ''}"
+        f", resting limits fill on a {'touch' if r.config.queue == 'touch' else 'trade-through'}",
     ]
     for x in results:
         if x.model is not None:
@@ -160,6 +162,14 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
         f"orders       {c['orders']:,} sent, {c['orders_replaced']:,} replaced; cancelled: "
         f"{c['cancelled_session_close']:,} at close, {c['cancelled_reset']:,} on reset, "
         f"{c['cancelled_remainder']:,} remainders, {c['cancelled_end']:,} at end",
+        *(
+            [
+                f"explicit     {c['explicit_orders']:,} limit/stop orders accepted, {c['orders_rejected']:,} rejected, "
+                f"{c['explicit_cancelled']:,} cancelled; {c['maker_fills']:,} fills resting (maker)"
+            ]
+            if c["explicit_orders"] or c["orders_rejected"]
+            else []
+        ),
         f"fills        {len(r.fills):,}, mean slippage vs decision mid {_num(slip)} bps"
         + (f", flatten missed {c['flatten_missed']:,}" if r.config.flatten_at_close else ""),
         "resets       " + ", ".join(f"{k} {c['resets'][k]:,}" for k in RESET_REASONS),

@@ -24,6 +24,7 @@ import abc
 import numpy as np
 
 from engine.domain.instrument import InstrumentTable
+from strategies.events import StrategyCallbacks
 
 # Layout of csrc/backtester.hpp BatchRow; the core writes rows in place, the strategy reads them.
 BATCH_DTYPE = np.dtype(
@@ -117,7 +118,7 @@ class TickBatch(QuoteRows):
         return self.rows["reset"].view(np.bool_)
 
 
-class Strategy(abc.ABC):
+class Strategy(StrategyCallbacks, abc.ABC):
     """Base class of Python strategies.
 
     Beside targets, a strategy may send explicit orders (limit, stop, stop-limit, cancel, replace)
@@ -128,7 +129,6 @@ class Strategy(abc.ABC):
     """
 
     name: str = "python"
-    orders: np.ndarray  # the request buffer (strategies.orders.REQUEST_DTYPE), set by the engine before on_start
 
     def on_start(self, instruments: InstrumentTable, *, initial_capital: float) -> None:
         """Called once before the first batch; size per-instrument state here."""
@@ -136,24 +136,6 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def on_batch(self, batch: TickBatch) -> np.ndarray | None:
         """Target positions (units) for the rows of ``batch``; NaN or None = keep."""
-
-    def on_fill(self, event: np.void) -> None:
-        """A fill of any of its orders (``units`` signed, ``px``, ``fee``, ``liquidity``, ``position`` after)."""
-
-    def on_order_rejected(self, event: np.void) -> None:
-        """An explicit order refused (``reason``: strategies.orders.REJECT_REASONS)."""
-
-    def on_order_cancelled(self, event: np.void) -> None:
-        """An explicit order gone unfilled (``reason``: strategies.orders.CANCEL_REASONS)."""
-
-    def on_reset(self, event: np.void) -> None:
-        """The instrument's state was reset (``reason``: engine RESET_REASONS) at ``ts``."""
-
-    def on_session_open(self, event: np.void) -> None:
-        """The instrument's first tick of a new session."""
-
-    def on_session_close(self, event: np.void) -> None:
-        """The instrument's first tick after its session closed (its orders are cancelled then)."""
 
 
 class StrategyError(RuntimeError):

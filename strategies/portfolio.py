@@ -51,6 +51,7 @@ import numpy as np
 
 from engine.domain.instrument import InstrumentTable
 from strategies.base import BATCH_DTYPE, QuoteRows, StrategyError, TickBatch
+from strategies.events import StrategyCallbacks
 
 # Layout of csrc/backtester.hpp BookRow: one row per instrument, written by the core.
 BOOK_DTYPE = np.dtype(
@@ -156,8 +157,9 @@ class Book(QuoteRows):
         return value / self.equity
 
 
-class PortfolioStrategy(abc.ABC):
-    """Base class of strategies that decide for every instrument at once (see the module doc)."""
+class PortfolioStrategy(StrategyCallbacks, abc.ABC):
+    """Base class of strategies that decide for every instrument at once (see the module doc). Explicit
+    orders and event callbacks work as for ``strategies.base.Strategy``."""
 
     name: str = "portfolio"
     # 0: decide at every tick batch; else at the first batch at or after each multiple of this
