@@ -67,6 +67,7 @@ uint32_t Backtester::add_instrument(const InstrumentSpec& spec) {
     xo_.back().reserve(4);
     entry_px_.push_back(kNaN);
     bracket_due_.push_back(0);
+    lat_k_.push_back(0);
     if (compiled_) cs_.state.insert(cs_.state.end(), cs_.state_init.begin(), cs_.state_init.end());
     strat_.resize(n);
     if (sig_.model) sig_.model->grow(static_cast<int>(n) * sig_.variants);

@@ -410,6 +410,15 @@ PYBIND11_MODULE(_core, m) {
              "A compiled strategy decides per tick in run(): on_tick and on_event are C function addresses (ints, "
              "csrc/orders.hpp CompiledTickFn / CompiledEventFn, e.g. numba cfunc .address) or Python functions "
              "called with the same arguments as numpy views (the uncompiled path); on_event may be None.")
+        .def("set_order_latency",
+             [](Backtester& b, py::array_t<int64_t, py::array::c_style | py::array::forcecast> quantiles_ns, uint64_t seed) {
+                 if (quantiles_ns.size() == 0) throw py::value_error("set_order_latency: the table is empty");
+                 b.set_order_latency(std::vector<int64_t>(quantiles_ns.data(), quantiles_ns.data() + quantiles_ns.size()),
+                                     seed);
+             },
+             py::arg("quantiles_ns"), py::arg("seed"),
+             "Each order, cancel or replace waits a delay drawn from this sorted quantile table (ns) instead of "
+             "latency_ns: the k-th of instrument i waits table[draw(seed, i, k)] (engine/domain/latency_model.py).")
         .def("compiled_state",
              [](const Backtester& b) {
                  const CompiledStrategy& cs = b.compiled();

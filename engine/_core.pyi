@@ -306,6 +306,10 @@ class Backtester:
         """
         A compiled strategy decides per tick in run(): on_tick and on_event are C function addresses (ints, csrc/orders.hpp CompiledTickFn / CompiledEventFn, e.g. numba cfunc .address) or Python functions called with the same arguments as numpy views (the uncompiled path); on_event may be None.
         """
+    def set_order_latency(self, quantiles_ns: ArrayLike, seed: int) -> None:
+        """
+        Each order, cancel or replace waits a delay drawn from this sorted quantile table (ns) instead of latency_ns: the k-th of instrument i waits table[draw(seed, i, k)] (engine/domain/latency_model.py).
+        """
     def set_host_buffers(self, requests: Records, events: Records, on_events: Callable[[int], None]) -> None:
         """
         A Python strategy's order requests (read after each batch's targets, then cleared) and its event buffer: before a batch, pending events are copied in and on_events(n) is called.
