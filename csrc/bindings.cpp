@@ -183,7 +183,18 @@ double py_on_tick(void* user, const BatchRow* tick, const double* params, int64_
     py::gil_scoped_acquire gil;
     const py::object t = call_python(user, &PyStrategy::on_tick, &PyStrategy::tick_rows, &PyStrategy::tick, tick, params,
                                      n_params, state, n_inst, n_state, orders, cap);
-    return t.is_none() ? kNaN : py::cast<double>(t);
+    if (t.is_none()) return kNaN;
+    const double target = PyFloat_AsDouble(t.ptr());  // what py::cast<double> does, with an error that names the function
+    if (target == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        const py::object fn = static_cast<PyStrategy*>(user)->on_tick;
+        const std::string name = py::hasattr(fn, "__qualname__") ? py::str(fn.attr("__qualname__")).cast<std::string>()
+                                                                 : py::repr(fn).cast<std::string>();
+        throw py::type_error("compiled strategy on_tick " + name + " returned " +
+                             py::str(py::type::of(t).attr("__name__")).cast<std::string>() +
+                             "; return the target position in units (a float), or NaN / None to keep the target");
+    }
+    return target;
 }
 
 void py_on_event(void* user, const StrategyEvent* ev, const double* params, int64_t n_params, double* state,
