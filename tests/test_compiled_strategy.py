@@ -19,7 +19,7 @@ from engine.model.weights import DEFAULT_MODEL_PATH
 from feeds.memory import ArraySource
 from feeds.synthetic import SyntheticConfig, SyntheticMarket
 from strategies import orders as O
-from strategies.compiled import CompiledStrategy
+from strategies.compiled import CompiledStrategy, CompiledStrategyError
 from strategies.ema_cross_compiled import EmaCrossCompiled, ema_cross_compiled
 from tests.test_strategies import random_walk
 
@@ -254,6 +254,41 @@ def test_a_plain_on_tick_returning_a_non_number_is_a_type_error_naming_the_funct
     with pytest.raises(TypeError, match=r"wrong_return.*str"):
         run_backtest(random_walk_source(1), BacktestConfig(interval="raw"),
                      strategy=CompiledStrategy(wrong_return, compile=False))
+
+
+def raise_at_50th_tick(tick, params, state, orders):
+    s = state[tick.instrument]
+    s[0] += 1.0
+    if s[0] == 50.0:
+        raise ValueError("bad tick")
+    return 1.0
+
+
+def raise_on_fill(event, params, state, orders):
+    if event.kind == O.FILL:
+        raise ValueError("no handler for fills")
+
+
+@needs_numba
+def test_an_exception_in_compiled_on_tick_is_raised_after_the_run_with_where_it_happened():
+    """numba cannot raise through the core: the cfunc records the first failure, keeps the target
+    (NaN), and the engine raises once the core's run returns."""
+    strategy = CompiledStrategy(raise_at_50th_tick, state_init=[0.0], compile=True)
+    with pytest.raises(CompiledStrategyError, match=r"on_tick raised at the tick ts=\d+ of instrument 0 \(1 failed.*compile=False"):
+        run_backtest(random_walk_source(1), BacktestConfig(interval="raw"), strategy=strategy)
+    plain = CompiledStrategy(raise_at_50th_tick, state_init=[0.0], compile=False)
+    with pytest.raises(ValueError, match="bad tick"):
+        run_backtest(random_walk_source(1), BacktestConfig(interval="raw"), strategy=plain)
+    again = run_backtest(random_walk_source(1), BacktestConfig(interval="raw"), strategy=ema_cross_compiled())
+    assert again.ticks > 0
+
+
+@needs_numba
+def test_an_exception_in_compiled_on_event_is_raised_after_the_run():
+    strategy = CompiledStrategy(bracket_on_tick, raise_on_fill, params=[7.0, 10.0, 20e-4], state_init=np.zeros(N_STATE),
+                                compile=True)
+    with pytest.raises(CompiledStrategyError, match="on_event raised"):
+        run_backtest(random_walk_source(1), BacktestConfig(interval="raw"), strategy=strategy)
 
 
 @needs_numba
