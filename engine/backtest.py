@@ -359,6 +359,8 @@ class Engine:
         host = self.host
         if host is None:  # a built-in or a compiled strategy
             self.core.run(ticks)
+            if isinstance(self.strategy, CompiledStrategy):
+                self.strategy.check()  # compiled code cannot raise through the core: it records, this raises
         elif isinstance(host, PortfolioHost):
             self.core.run_portfolio(ticks, host.buffer, host.book, host.targets, host)
         else:
@@ -492,6 +494,8 @@ def run_backtest(
             on_progress(n_quotes)
     core = engine.core
     core.finish()
+    if isinstance(strategy, CompiledStrategy):
+        strategy.check()  # on_event calls made by finish (orders cancelled at the end)
     unknown = {sym for _, sym in config.manual_resets} - set(source.instruments.symbols)
     if unknown:
         raise ValueError(f"manual_resets name symbols the source never had: {', '.join(sorted(unknown))}")

@@ -637,7 +637,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="output folder (default runs/bench)")
     bn.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every suite (about a minute)")
     bn.add_argument("--suite", action="append", metavar="NAME",
-                    help="run only this suite (repeatable): ssm_step, ssm_precision, ssm_vs_transformer, e2e_loopback, backtest, peers")
+                    help="run only this suite (repeatable): ssm_step, ssm_precision, ssm_vs_transformer, e2e_loopback, backtest, compiled, peers")
     bn.set_defaults(func=cmd_bench)
 
     rp = sub.add_parser(
