@@ -20,6 +20,7 @@ decides for every instrument at once, ticking or not, is a ``strategies.portfoli
 from __future__ import annotations
 
 import abc
+import math
 
 import numpy as np
 
@@ -50,71 +51,88 @@ assert BATCH_DTYPE.itemsize == 88
 class QuoteRows:
     """Column views of rows that carry a quote and a position: a tick batch, a portfolio's book."""
 
-    __slots__ = ("rows",)
+    # The views are taken once, here: a host hands the same object to every batch of one size, so
+    # reading a column in the per-tick path allocates nothing.
+    __slots__ = ("_ask_px", "_ask_sz", "_bid_px", "_bid_sz", "_instrument", "_mid", "_position", "_warm", "rows")
 
     def __init__(self, rows: np.ndarray) -> None:
         self.rows = rows
+        self._instrument = rows["instrument"]
+        self._bid_px = rows["bid_px"]
+        self._ask_px = rows["ask_px"]
+        self._bid_sz = rows["bid_sz"]
+        self._ask_sz = rows["ask_sz"]
+        self._mid = rows["mid"]
+        self._position = rows["position"]
+        self._warm = rows["warm"].view(np.bool_)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def instrument(self) -> np.ndarray:
-        return self.rows["instrument"]
+        return self._instrument
 
     @property
     def bid_px(self) -> np.ndarray:
-        return self.rows["bid_px"]
+        return self._bid_px
 
     @property
     def ask_px(self) -> np.ndarray:
-        return self.rows["ask_px"]
+        return self._ask_px
 
     @property
     def bid_sz(self) -> np.ndarray:
-        return self.rows["bid_sz"]
+        return self._bid_sz
 
     @property
     def ask_sz(self) -> np.ndarray:
-        return self.rows["ask_sz"]
+        return self._ask_sz
 
     @property
     def mid(self) -> np.ndarray:
-        return self.rows["mid"]
+        return self._mid
 
     @property
     def position(self) -> np.ndarray:
         """Units held."""
-        return self.rows["position"]
+        return self._position
 
     @property
     def warm(self) -> np.ndarray:
-        return self.rows["warm"].view(np.bool_)
+        return self._warm
 
 
 class TickBatch(QuoteRows):
     """Read-only views of one tick batch (length = number of instruments ticking now)."""
 
-    __slots__ = ()
+    __slots__ = ("_pred_mid", "_pred_std", "_reset", "_ts")
+
+    def __init__(self, rows: np.ndarray) -> None:
+        super().__init__(rows)
+        self._ts = rows["ts"]
+        self._pred_mid = rows["pred_mid"]
+        self._pred_std = rows["pred_std"]
+        self._reset = rows["reset"].view(np.bool_)
 
     @property
     def ts_ns(self) -> int:
-        return int(self.rows["ts"][0])
+        return int(self._ts[0])
 
     @property
     def pred_mid(self) -> np.ndarray:
         """The model's expected mid at its horizon (``BacktestConfig.model``); NaN without a model."""
-        return self.rows["pred_mid"]
+        return self._pred_mid
 
     @property
     def pred_std(self) -> np.ndarray:
         """MC dropout (``BacktestConfig.mc_samples``): the spread of pred_mid across the model's
         variants, the epistemic part of its uncertainty; 0 with one variant, NaN without a model."""
-        return self.rows["pred_std"]
+        return self._pred_std
 
     @property
     def reset(self) -> np.ndarray:
-        return self.rows["reset"].view(np.bool_)
+        return self._reset
 
 
 class Strategy(abc.ABC):
@@ -139,25 +157,40 @@ class BatchHost:
 
     def __init__(self, strategy: Strategy, capacity: int) -> None:
         self.strategy = strategy
-        self.buffer = np.zeros(max(capacity, 1), dtype=BATCH_DTYPE)
         self.batches = 0
+        self._set_buffer(np.zeros(max(capacity, 1), dtype=BATCH_DTYPE))
 
     def grow(self, capacity: int) -> None:
         if capacity > len(self.buffer):
-            self.buffer = np.zeros(capacity, dtype=BATCH_DTYPE)
+            self._set_buffer(np.zeros(capacity, dtype=BATCH_DTYPE))
+
+    def _set_buffer(self, buffer: np.ndarray) -> None:
+        self.buffer = buffer
+        # Per batch size n: the TickBatch of buffer[:n] and its target column, made on first use.
+        # Views into an old buffer must not survive it, hence a fresh table with each buffer.
+        self._views: list[tuple[TickBatch, np.ndarray] | None] = [None] * (len(buffer) + 1)
+
+    def _batch_views(self, n: int) -> tuple[TickBatch, np.ndarray]:
+        rows = self.buffer[:n]
+        views = self._views[n] = (TickBatch(rows), rows["target"])
+        return views
 
     def __call__(self, n: int) -> None:
-        rows = self.buffer[:n]
         self.batches += 1
-        targets = self.strategy.on_batch(TickBatch(rows))
-        if targets is None:
-            return
+        batch, target = self._views[n] or self._batch_views(n)
+        targets = self.strategy.on_batch(batch)
+        if targets is not None:
+            self._write_targets(targets, target)
+
+    def _write_targets(self, targets: object, target: np.ndarray) -> None:
         t = np.asarray(targets, dtype=np.float64)
-        if t.shape != (n,):
+        if t.shape != target.shape:
             raise StrategyError(
-                f"{type(self.strategy).__name__}.on_batch returned shape {t.shape} for a batch of {n} rows; "
+                f"{type(self.strategy).__name__}.on_batch returned shape {t.shape} for a batch of {len(target)} rows; "
                 "return one target per row (NaN to keep)"
             )
-        if np.isinf(t).any():
+        # t . t is finite when every target is: one cheap call in the usual case. NaN (keep) and
+        # overflow make it non-finite too, so only then the exact test decides.
+        if not math.isfinite(t.dot(t)) and np.isinf(t).any():
             raise StrategyError(f"{type(self.strategy).__name__}.on_batch returned an infinite target")
-        rows["target"] = t
+        target[...] = t

@@ -3,6 +3,11 @@
 Same arithmetic in the same order, vectorized over the tick batch, so on the same quotes it gives
 the same fills bit for bit. It exists to measure what a Python strategy costs against the built-in
 and to prove the Python strategy interface is exact.
+
+Most batches hold one row (raw ticks rarely share a timestamp), so the cost is the number of numpy
+calls per batch, not their width: each instrument's state is one row of one array (gathered and
+scattered once per batch), the work arrays are made once per batch size and filled with ``out=``,
+and the rare steps (a reset, a cross) run only when some row needs them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,52 @@ from strategies.builtin import BuiltinSpec
 
 _MOMENTUM = BuiltinSpec(kind="momentum")
 
+# Columns of EmaCross.state, one row per instrument. TARGET is NaN whenever DIRECTION is 0 (as
+# the built-in answers NaN then), so the target column is the answer as it stands.
+FAST, SLOW, DIRECTION, TARGET = range(4)
+_FLAT = np.array([0.0, np.nan])  # (DIRECTION, TARGET) after a reset
+
+
+class _Work:
+    """Work arrays for batches of n rows: the gathered state and the intermediate results.
+
+    Every numpy call here has operands of one shape (a broadcast or a Python scalar takes numpy's
+    slower general path) and, on 1-row arrays, an output apart from its inputs (numpy 2.4 takes
+    about 3x longer to write a 1-element result over its own input)."""
+
+    __slots__ = (
+        "a_fast",
+        "a_slow",
+        "crossed",
+        "d",
+        "direction",
+        "fast",
+        "flip",
+        "held",
+        "slow",
+        "state",
+        "target",
+        "u",
+        "v",
+        "zeros",
+    )
+
+    def __init__(self, n: int, a_fast: float, a_slow: float) -> None:
+        self.state = np.empty((n, 4))
+        self.fast = self.state[:, FAST]
+        self.slow = self.state[:, SLOW]
+        self.held = self.state[:, DIRECTION:]
+        self.direction = self.state[:, DIRECTION]
+        self.target = self.state[:, TARGET]
+        self.a_fast = np.full(n, a_fast)
+        self.a_slow = np.full(n, a_slow)
+        self.u = np.empty(n)
+        self.v = np.empty(n)
+        self.d = np.empty(n)
+        self.zeros = np.zeros(n)
+        self.crossed = np.empty(n, np.bool_)
+        self.flip = np.empty(n, np.bool_)
+
 
 class EmaCross(Strategy):
     name = "ema_cross"
@@ -25,17 +76,15 @@ class EmaCross(Strategy):
         self.a_fast = 2.0 / (fast_span + 1.0)
         self.a_slow = 2.0 / (slow_span + 1.0)
         self.notional = notional
-        self._grow(0)
+        self.state = np.empty((0, 4))
+        self._work: dict[int, _Work] = {}
 
     def _grow(self, n: int) -> None:
-        old = getattr(self, "fast", np.empty(0))
-        k = len(old)
-        if n <= k and k:
-            return
-        self.fast = np.concatenate([old, np.zeros(n - k)])
-        self.slow = np.concatenate([getattr(self, "slow", np.empty(0)), np.zeros(n - k)])
-        self.direction = np.concatenate([getattr(self, "direction", np.empty(0, np.int8)), np.zeros(n - k, np.int8)])
-        self.target = np.concatenate([getattr(self, "target", np.empty(0)), np.full(n - k, np.nan)])
+        k = len(self.state)
+        if n > k:
+            fresh = np.zeros((n - k, 4))
+            fresh[:, DIRECTION:] = _FLAT
+            self.state = np.concatenate([self.state, fresh])
 
     def on_start(self, instruments: InstrumentTable, *, initial_capital: float) -> None:
         if self.notional is None:
@@ -44,22 +93,50 @@ class EmaCross(Strategy):
 
     def on_batch(self, batch: TickBatch) -> np.ndarray:
         i = batch.instrument
-        if i.max() >= len(self.fast):
-            self._grow(int(i.max()) + 1)
         mid = batch.mid
-        reset = batch.reset
-        fast = self.fast[i]
-        slow = self.slow[i]
-        fast = np.where(reset, mid, fast + self.a_fast * (mid - fast))
-        slow = np.where(reset, mid, slow + self.a_slow * (mid - slow))
-        self.fast[i] = fast
-        self.slow[i] = slow
+        n = len(i)
+        w = self._work.get(n) or self._work.setdefault(n, _Work(n, self.a_fast, self.a_slow))
+        try:
+            self.state.take(i, axis=0, out=w.state)
+        except IndexError:  # an instrument added after on_start (a live run): checked only when it happens
+            self._grow(int(i.max()) + 1)
+            self.state.take(i, axis=0, out=w.state)
+        self._update_emas(w, mid, batch.reset)
+        self._follow_cross(w, mid, batch.warm)
+        self.state[i] = w.state
+        return w.target
 
-        d = np.sign(fast - slow).astype(np.int8)
-        direction = np.where(reset, 0, self.direction[i]).astype(np.int8)
-        flip = (d != 0) & (d != direction) & ~reset & batch.warm  # no direction taken during warm-up
-        direction = np.where(flip, d, direction)
-        target = np.where(flip, d * np.floor(self.notional / mid), self.target[i])
-        self.direction[i] = direction
-        self.target[i] = target
-        return np.where(direction == 0, np.nan, target)
+    def _update_emas(self, w: _Work, mid: np.ndarray, reset: np.ndarray) -> None:
+        """Both EMAs take a step toward mid; a reset row restarts at mid, flat."""
+        self._ema_step(w, w.fast, w.a_fast, mid)
+        self._ema_step(w, w.slow, w.a_slow, mid)
+        if np.count_nonzero(reset):
+            # fast == slow afterwards, so the row cannot cross below: the built-in's early return.
+            np.copyto(w.fast, mid, where=reset)
+            np.copyto(w.slow, mid, where=reset)
+            np.copyto(w.held, _FLAT, where=reset[:, None])
+
+    @staticmethod
+    def _ema_step(w: _Work, ema: np.ndarray, alpha: np.ndarray, mid: np.ndarray) -> None:
+        """ema += alpha * (mid - ema), the built-in's operations in its order."""
+        np.subtract(mid, ema, out=w.u)
+        np.multiply(alpha, w.u, out=w.v)
+        np.add(ema, w.v, out=w.u)
+        ema[...] = w.u
+
+    def _follow_cross(self, w: _Work, mid: np.ndarray, warm: np.ndarray) -> None:
+        """A warm row whose EMA order differs from its direction takes the new direction and
+        d * floor(notional / mid) units; d is +1 while fast > slow, -1 while fast < slow."""
+        d = w.d
+        np.subtract(w.fast, w.slow, out=w.u)
+        np.sign(w.u, out=d)
+        # d and direction are -1, 0 or 1: d * (d - direction) > 0 exactly when d != 0 and d != direction.
+        np.subtract(d, w.direction, out=w.u)
+        np.multiply(w.u, d, out=w.v)
+        np.greater(w.v, w.zeros, out=w.crossed)
+        np.logical_and(w.crossed, warm, out=w.flip)  # no direction taken during warm-up
+        if np.count_nonzero(w.flip):
+            np.copyto(w.direction, d, where=w.flip)
+            np.divide(self.notional, mid, out=w.target, where=w.flip)
+            np.floor(w.target, out=w.target, where=w.flip)
+            np.multiply(d, w.target, out=w.target, where=w.flip)
