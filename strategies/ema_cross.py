@@ -12,6 +12,8 @@ and the rare steps (a reset, a cross) run only when some row needs them.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from engine.domain.instrument import InstrumentTable
@@ -27,7 +29,8 @@ _FLAT = np.array([0.0, np.nan])  # (DIRECTION, TARGET) after a reset
 
 
 class _Work:
-    """Work arrays for batches of n rows: the gathered state and the intermediate results.
+    """Work arrays for batches of n rows: the rows' state (a gathered copy, or for a 1-row batch a
+    view of the instrument's own row) and the intermediate results.
 
     Every numpy call here has operands of one shape (a broadcast or a Python scalar takes numpy's
     slower general path) and, on 1-row arrays, an output apart from its inputs (numpy 2.4 takes
@@ -50,13 +53,9 @@ class _Work:
         "zeros",
     )
 
-    def __init__(self, n: int, a_fast: float, a_slow: float) -> None:
-        self.state = np.empty((n, 4))
-        self.fast = self.state[:, FAST]
-        self.slow = self.state[:, SLOW]
-        self.held = self.state[:, DIRECTION:]
-        self.direction = self.state[:, DIRECTION]
-        self.target = self.state[:, TARGET]
+    def __init__(self, state: np.ndarray, a_fast: float, a_slow: float) -> None:
+        n = len(state)
+        self._view(state)
         self.a_fast = np.full(n, a_fast)
         self.a_slow = np.full(n, a_slow)
         self.u = np.empty(n)
@@ -65,6 +64,20 @@ class _Work:
         self.zeros = np.zeros(n)
         self.crossed = np.empty(n, np.bool_)
         self.flip = np.empty(n, np.bool_)
+
+    def _view(self, state: np.ndarray) -> None:
+        self.state = state
+        self.fast = state[:, FAST]
+        self.slow = state[:, SLOW]
+        self.held = state[:, DIRECTION:]
+        self.direction = state[:, DIRECTION]
+        self.target = state[:, TARGET]
+
+    def on(self, state: np.ndarray) -> _Work:
+        """The same work arrays over other rows of the same count (a _Work per instrument costs only views)."""
+        w = copy.copy(self)
+        w._view(state)
+        return w
 
 
 class EmaCross(Strategy):
@@ -77,7 +90,9 @@ class EmaCross(Strategy):
         self.a_slow = 2.0 / (slow_span + 1.0)
         self.notional = notional
         self.state = np.empty((0, 4))
-        self._work: dict[int, _Work] = {}
+        self._gathered: dict[int, _Work] = {}  # by batch size
+        self._in_place: dict[int, _Work] = {}  # by instrument, views of self.state
+        self._one_row = _Work(np.empty((1, 4)), self.a_fast, self.a_slow)  # the work arrays the _in_place share
 
     def _grow(self, n: int) -> None:
         k = len(self.state)
@@ -85,6 +100,7 @@ class EmaCross(Strategy):
             fresh = np.zeros((n - k, 4))
             fresh[:, DIRECTION:] = _FLAT
             self.state = np.concatenate([self.state, fresh])
+            self._in_place.clear()  # views of the old array
 
     def on_start(self, instruments: InstrumentTable, *, initial_capital: float) -> None:
         if self.notional is None:
@@ -93,18 +109,30 @@ class EmaCross(Strategy):
 
     def on_batch(self, batch: TickBatch) -> np.ndarray:
         i = batch.instrument
-        mid = batch.mid
         n = len(i)
-        w = self._work.get(n) or self._work.setdefault(n, _Work(n, self.a_fast, self.a_slow))
+        if n == 1:  # the usual batch: the rule works on the instrument's own state row, nothing to copy
+            w = self._in_place.get(int(i[0])) or self._row_work(int(i[0]))
+            self._decide(w, batch)
+            return w.target
+        w = self._gathered.get(n) or self._gathered.setdefault(n, _Work(np.empty((n, 4)), self.a_fast, self.a_slow))
         try:
             self.state.take(i, axis=0, out=w.state)
         except IndexError:  # an instrument added after on_start (a live run): checked only when it happens
             self._grow(int(i.max()) + 1)
             self.state.take(i, axis=0, out=w.state)
-        self._update_emas(w, mid, batch.reset)
-        self._follow_cross(w, mid, batch.warm)
+        self._decide(w, batch)
         self.state[i] = w.state
         return w.target
+
+    def _row_work(self, k: int) -> _Work:
+        self._grow(k + 1)
+        w = self._in_place[k] = self._one_row.on(self.state[k : k + 1])
+        return w
+
+    def _decide(self, w: _Work, batch: TickBatch) -> None:
+        """The built-in's momentum rule on the rows of w, state updated in w.state."""
+        self._update_emas(w, batch.mid, batch.reset)
+        self._follow_cross(w, batch.mid, batch.warm)
 
     def _update_emas(self, w: _Work, mid: np.ndarray, reset: np.ndarray) -> None:
         """Both EMAs take a step toward mid; a reset row restarts at mid, flat."""
