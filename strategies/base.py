@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import math
+from functools import cached_property
 
 import numpy as np
 
@@ -51,88 +52,77 @@ assert BATCH_DTYPE.itemsize == 88
 class QuoteRows:
     """Column views of rows that carry a quote and a position: a tick batch, a portfolio's book."""
 
-    # The views are taken once, here: a host hands the same object to every batch of one size, so
-    # reading a column in the per-tick path allocates nothing.
-    __slots__ = ("_ask_px", "_ask_sz", "_bid_px", "_bid_sz", "_instrument", "_mid", "_position", "_warm", "rows")
+    # A column's view is made on its first read and then found in the instance dict, with no call:
+    # a host hands the same object to every batch of one size, so the per-tick path makes no views.
+    __slots__ = ("__dict__", "rows")
 
     def __init__(self, rows: np.ndarray) -> None:
         self.rows = rows
-        self._instrument = rows["instrument"]
-        self._bid_px = rows["bid_px"]
-        self._ask_px = rows["ask_px"]
-        self._bid_sz = rows["bid_sz"]
-        self._ask_sz = rows["ask_sz"]
-        self._mid = rows["mid"]
-        self._position = rows["position"]
-        self._warm = rows["warm"].view(np.bool_)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
+    @cached_property
     def instrument(self) -> np.ndarray:
-        return self._instrument
+        return self.rows["instrument"]
 
-    @property
+    @cached_property
     def bid_px(self) -> np.ndarray:
-        return self._bid_px
+        return self.rows["bid_px"]
 
-    @property
+    @cached_property
     def ask_px(self) -> np.ndarray:
-        return self._ask_px
+        return self.rows["ask_px"]
 
-    @property
+    @cached_property
     def bid_sz(self) -> np.ndarray:
-        return self._bid_sz
+        return self.rows["bid_sz"]
 
-    @property
+    @cached_property
     def ask_sz(self) -> np.ndarray:
-        return self._ask_sz
+        return self.rows["ask_sz"]
 
-    @property
+    @cached_property
     def mid(self) -> np.ndarray:
-        return self._mid
+        return self.rows["mid"]
 
-    @property
+    @cached_property
     def position(self) -> np.ndarray:
         """Units held."""
-        return self._position
+        return self.rows["position"]
 
-    @property
+    @cached_property
     def warm(self) -> np.ndarray:
-        return self._warm
+        return self.rows["warm"].view(np.bool_)
 
 
 class TickBatch(QuoteRows):
     """Read-only views of one tick batch (length = number of instruments ticking now)."""
 
-    __slots__ = ("_pred_mid", "_pred_std", "_reset", "_ts")
-
-    def __init__(self, rows: np.ndarray) -> None:
-        super().__init__(rows)
-        self._ts = rows["ts"]
-        self._pred_mid = rows["pred_mid"]
-        self._pred_std = rows["pred_std"]
-        self._reset = rows["reset"].view(np.bool_)
+    __slots__ = ()
 
     @property
     def ts_ns(self) -> int:
         return int(self._ts[0])
 
-    @property
+    @cached_property
+    def _ts(self) -> np.ndarray:
+        return self.rows["ts"]
+
+    @cached_property
     def pred_mid(self) -> np.ndarray:
         """The model's expected mid at its horizon (``BacktestConfig.model``); NaN without a model."""
-        return self._pred_mid
+        return self.rows["pred_mid"]
 
-    @property
+    @cached_property
     def pred_std(self) -> np.ndarray:
         """MC dropout (``BacktestConfig.mc_samples``): the spread of pred_mid across the model's
         variants, the epistemic part of its uncertainty; 0 with one variant, NaN without a model."""
-        return self._pred_std
+        return self.rows["pred_std"]
 
-    @property
+    @cached_property
     def reset(self) -> np.ndarray:
-        return self._reset
+        return self.rows["reset"].view(np.bool_)
 
 
 class Strategy(abc.ABC):
