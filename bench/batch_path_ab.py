@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     shapes = {
         "1 instrument, 1-row batches": random_walk_quotes(a.quotes, 1),
         "100 instruments, 1-row batches": random_walk_quotes(a.quotes, 100),
-        "100 instruments, 100-row batches": whole_book_quotes(a.quotes * 10, 100),
+        "100 instruments, 100-row batches": whole_book_quotes(a.quotes, 100),
     }
     print(f"base {a.base} vs working tree; best of {a.rounds} rounds")
     for shape, (quotes, table) in shapes.items():

@@ -5,9 +5,10 @@ the same fills bit for bit. It exists to measure what a Python strategy costs ag
 and to prove the Python strategy interface is exact.
 
 Most batches hold one row (raw ticks rarely share a timestamp), so the cost is the number of numpy
-calls per batch, not their width: each instrument's state is one row of one array (gathered and
-scattered once per batch), the work arrays are made once per batch size and filled with ``out=``,
-and the rare steps (a reset, a cross) run only when some row needs them.
+calls per batch, not their width (bench/RESULTS.md, "Issue 16"): each instrument's state is one row
+of one array, which a 1-row batch works on through views and a wider batch gathers and scatters once;
+the work arrays are made once per batch size (or instrument) and filled with ``out=``; and the rare
+steps (a reset, a cross) run only when some row needs them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class _Work:
         "fast",
         "flip",
         "held",
+        "notional",
         "slow",
         "state",
         "target",
@@ -53,11 +55,12 @@ class _Work:
         "zeros",
     )
 
-    def __init__(self, state: np.ndarray, a_fast: float, a_slow: float) -> None:
+    def __init__(self, state: np.ndarray, a_fast: float, a_slow: float, notional: float) -> None:
         n = len(state)
         self._view(state)
         self.a_fast = np.full(n, a_fast)
         self.a_slow = np.full(n, a_slow)
+        self.notional = np.full(n, notional)
         self.u = np.empty(n)
         self.v = np.empty(n)
         self.d = np.empty(n)
@@ -92,7 +95,7 @@ class EmaCross(Strategy):
         self.state = np.empty((0, 4))
         self._gathered: dict[int, _Work] = {}  # by batch size
         self._in_place: dict[int, _Work] = {}  # by instrument, views of self.state
-        self._one_row = _Work(np.empty((1, 4)), self.a_fast, self.a_slow)  # the work arrays the _in_place share
+        self._one_row: _Work | None = None  # the work arrays the _in_place share
 
     def _grow(self, n: int) -> None:
         k = len(self.state)
@@ -114,7 +117,7 @@ class EmaCross(Strategy):
             w = self._in_place.get(int(i[0])) or self._row_work(int(i[0]))
             self._decide(w, batch)
             return w.target
-        w = self._gathered.get(n) or self._gathered.setdefault(n, _Work(np.empty((n, 4)), self.a_fast, self.a_slow))
+        w = self._gathered.get(n) or self._gathered.setdefault(n, self._work(np.empty((n, 4))))
         try:
             self.state.take(i, axis=0, out=w.state)
         except IndexError:  # an instrument added after on_start (a live run): checked only when it happens
@@ -126,8 +129,13 @@ class EmaCross(Strategy):
 
     def _row_work(self, k: int) -> _Work:
         self._grow(k + 1)
+        self._one_row = self._one_row or self._work(np.empty((1, 4)))
         w = self._in_place[k] = self._one_row.on(self.state[k : k + 1])
         return w
+
+    def _work(self, state: np.ndarray) -> _Work:
+        assert self.notional is not None, "on_start sets the notional before the first batch"
+        return _Work(state, self.a_fast, self.a_slow, self.notional)
 
     def _decide(self, w: _Work, batch: TickBatch) -> None:
         """The built-in's momentum rule on the rows of w, state updated in w.state."""
@@ -152,7 +160,8 @@ class EmaCross(Strategy):
         np.add(ema, w.v, out=w.u)
         ema[...] = w.u
 
-    def _follow_cross(self, w: _Work, mid: np.ndarray, warm: np.ndarray) -> None:
+    @staticmethod
+    def _follow_cross(w: _Work, mid: np.ndarray, warm: np.ndarray) -> None:
         """A warm row whose EMA order differs from its direction takes the new direction and
         d * floor(notional / mid) units; d is +1 while fast > slow, -1 while fast < slow."""
         d = w.d
@@ -164,7 +173,9 @@ class EmaCross(Strategy):
         np.greater(w.v, w.zeros, out=w.crossed)
         np.logical_and(w.crossed, warm, out=w.flip)  # no direction taken during warm-up
         if np.count_nonzero(w.flip):
+            # Worked out for every row, kept for the flipping ones: a masked ufunc costs twice a plain one.
+            np.divide(w.notional, mid, out=w.u)
+            np.floor(w.u, out=w.v)
+            np.multiply(d, w.v, out=w.u)
+            np.copyto(w.target, w.u, where=w.flip)
             np.copyto(w.direction, d, where=w.flip)
-            np.divide(self.notional, mid, out=w.target, where=w.flip)
-            np.floor(w.target, out=w.target, where=w.flip)
-            np.multiply(d, w.target, out=w.target, where=w.flip)
