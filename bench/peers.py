@@ -68,7 +68,7 @@ class PeerResult(msgspec.Struct, kw_only=True):
     cross; 0 for quote-only runs. ``orders``/``fills`` as the engine counts them.
     """
 
-    engine: str  # "nextick", "nautilus_trader", "hftbacktest"
+    engine: str  # "nextick", "nextick (compiled Python)", "nautilus_trader", "hftbacktest"
     strategy: str  # "ema_cross" or "quote_only"
     quotes: int
     wall_s: float
@@ -191,7 +191,10 @@ def _nextick_table() -> InstrumentTable:
     return InstrumentTable([Instrument(symbol="PEER", calendar="24x7", gap_ns=_FAR_FUTURE_GAP_NS, warmup_ticks=0)])
 
 
-def _nextick(quotes: np.ndarray, strategy: str, params: dict[str, float], label: str) -> PeerResult:
+def _nextick(quotes: np.ndarray, strategy: str, params: dict[str, float], label: str, *,
+             compiled: Any = None) -> PeerResult:
+    """``compiled``: a strategies.compiled.CompiledStrategy run instead of the built-in ``strategy``;
+    its numba compilation happens before the timing (``extra["compile_s"]``)."""
     from engine.backtest import BacktestConfig, run_backtest
     from feeds.memory import ArraySource
 
@@ -199,13 +202,19 @@ def _nextick(quotes: np.ndarray, strategy: str, params: dict[str, float], label:
     config = BacktestConfig(
         strategy=strategy, strategy_params=params, interval="raw", fee_bps=0.0, fee_per_fill=0.0, warmup_ticks=0
     )
+    extra: dict[str, float] = {}
+    if compiled is not None and compiled.compiled:
+        compiled.cfuncs()
+        extra["compile_s"] = compiled.compile_s
     t0 = time.perf_counter()
-    result = run_backtest(ArraySource(quotes, _nextick_table()), config)
+    result = run_backtest(ArraySource(quotes, _nextick_table()), config, strategy=compiled)
     wall_s = time.perf_counter() - t0
     counters = result.counters
     resets = sum(counters["resets"].values())
+    what = ("built-in strategy in the compiled loop" if compiled is None else
+            f"Python strategy {'compiled by numba' if compiled.compiled else 'run uncompiled'}, called from the loop")
     notes = [
-        ("built-in strategy in the compiled loop; raw ticks (no conflation), fee 0, latency 0 "
+        (f"{what}; raw ticks (no conflation), fee 0, latency 0 "
          "(fills at the next quote, at the touch, whole size)"),
         "wall_s: ArraySource + run_backtest end to end (incl. metrics); run_s: the compiled loop (core_s)",
     ]
@@ -213,7 +222,7 @@ def _nextick(quotes: np.ndarray, strategy: str, params: dict[str, float], label:
         notes.append(f"{resets} state resets (expected 1, the session open): flip counts can differ from peers")
     orders = int(counters["orders"])
     return PeerResult(
-        engine="nextick",
+        engine="nextick" if compiled is None else "nextick (compiled Python)",
         strategy=label,
         quotes=len(quotes),
         wall_s=wall_s,
@@ -225,7 +234,7 @@ def _nextick(quotes: np.ndarray, strategy: str, params: dict[str, float], label:
         notes=notes,
         version=_version("nextick"),
         extra={"resets": float(resets), "round_trips": float(len(result.trades)),
-               "run_backtest_wall_s": result.wall_s},
+               "run_backtest_wall_s": result.wall_s, **extra},
     )
 
 
@@ -234,6 +243,17 @@ def nextick_ema_cross(quotes: np.ndarray, fast_span: float = 20.0, slow_span: fl
     """Built-in ``momentum`` (the EMA cross), warm-up 0, raw ticks, no fees."""
     params = {"fast_span": float(fast_span), "slow_span": float(slow_span), "notional": float(notional)}
     return _nextick(quotes, "momentum", params, "ema_cross")
+
+
+def nextick_compiled_ema_cross(quotes: np.ndarray, fast_span: float = 20.0, slow_span: float = 100.0,
+                               *, notional: float = DEFAULT_NOTIONAL, compile: bool | None = None) -> PeerResult:
+    """The EMA cross written in Python (strategies/ema_cross_compiled.py), compiled with numba and
+    called from nextick's loop through a C function pointer: the same decisions and fills as
+    ``nextick_ema_cross``. Compile time is excluded from run_s and wall_s (``extra["compile_s"]``)."""
+    from strategies.ema_cross_compiled import ema_cross_compiled
+
+    strategy = ema_cross_compiled(float(fast_span), float(slow_span), float(notional), compile=compile)
+    return _nextick(quotes, "momentum", {}, "ema_cross", compiled=strategy)
 
 
 def nextick_quote_only(quotes: np.ndarray) -> PeerResult:

@@ -32,3 +32,13 @@ def random_walk_quotes(n: int, n_instruments: int, seed: int = 1) -> tuple[np.nd
         Instrument(symbol=f"B{i:04d}", calendar="24x7", gap_ns=3600 * S, warmup_ticks=50) for i in range(n_instruments)
     )
     return q, table
+
+
+def whole_book_quotes(n: int, n_instruments: int, seed: int = 1) -> tuple[np.ndarray, InstrumentTable]:
+    """random_walk_quotes with every instrument ticking at each timestamp, in instrument order: the
+    batches hold every instrument, as conflated ticks give, where raw random-walk ticks give 1-row
+    batches."""
+    q, table = random_walk_quotes(n, n_instruments, seed)
+    q["ts_recv"] = q["ts_event"] = np.repeat(q["ts_recv"][::n_instruments], n_instruments)[:n]
+    q["instrument"] = np.resize(np.arange(n_instruments), n)
+    return q, table

@@ -228,6 +228,7 @@ SUITE_TITLES = {
     "ssm_vs_transformer": "SSM O(1) step vs Transformer O(L) window",
     "e2e_loopback": "End to end over loopback (exchange simulator -> paper trader)",
     "backtest": "Backtest loop throughput",
+    "compiled": "Compiled Python strategy (numba, through a C function pointer) vs the built-in",
     "peers": "Peer engines on the same quotes",
 }
 
@@ -241,6 +242,8 @@ KNOWN_TARGETS = (
     ("ssm_step", "SSM step, batch 16 ns/instrument over batch 1", "<=", 1.0, "x"),
     ("ssm_step", "SSM step, batch 1,024 ns/instrument over batch 1", "<=", 1.0, "x"),
     ("e2e_loopback", "frame receipt -> decision p99 at 1k quotes/s (2 symbols)", "<=", 200.0, "us"),
+    ("compiled", "compiled Python EMA cross, 1 instrument", ">=", 20e6, "quotes/s"),
+    ("compiled", "compiled Python / built-in EMA cross, 100 instruments", ">=", 0.2, "x"),
     ("peers", "nextick / nautilus, EMA cross", ">=", 100.0, "x"),
     ("peers", "nextick / nautilus, quotes only", ">=", 20.0, "x"),
     ("peers", "nextick / hftbacktest, EMA cross", ">=", 2.0, "x"),
@@ -266,7 +269,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_sections(results: dict[str, Any]) -> list[Section]:
     builders = {"ssm_step": _ssm_step, "ssm_precision": _ssm_precision, "ssm_vs_transformer": _ssm_vs_transformer, "e2e_loopback": _e2e,
-                "backtest": _backtest, "peers": _peers}
+                "backtest": _backtest, "compiled": _compiled, "peers": _peers}
     sections = []
     for name, res in results.get("suites", {}).items():
         sec = Section(name, SUITE_TITLES.get(name, name))
@@ -451,6 +454,20 @@ def _backtest(r: dict[str, Any], sec: Section) -> None:
         rs = [x for x in rows if x["strategy"] == kind]
         series.append(Series(names.get(kind, kind), [x["instruments"] for x in rs], [x["quotes_per_s"] for x in rs]))
     sec.charts.append(Chart("Backtest quotes/s vs instruments", "instruments", "quotes/s", series, log_x=True, log_y=True))
+
+
+def _compiled(r: dict[str, Any], sec: Section) -> None:
+    rows = r.get("rows", [])
+    if not rows:
+        return
+    how = f"{r.get('ticks')}; best of {r.get('rounds')}; numba compile {r.get('compile_s', float('nan')):.2f} s (not in the rates)"
+    sec.note = "; ".join(x for x in [sec.note, how] if x)
+    sec.tables.append(Table("EMA cross: quotes/s through the loop (Engine.run on preloaded quotes)",
+                            ["instruments", "quotes", "built-in", "compiled Python", "compiled / built-in", "fills",
+                             "fills identical", "uncompiled (quotes)", "uncompiled quotes/s", "uncompiled fills identical"],
+                            [[x["instruments"], x["quotes"], x["builtin_quotes_per_s"], x["compiled_quotes_per_s"],
+                              x["compiled_over_builtin"], x["fills"], x["fills_identical"], x["uncompiled_quotes"],
+                              x["uncompiled_quotes_per_s"], x["uncompiled_fills_identical"]] for x in rows]))
 
 
 def _peers(r: dict[str, Any], sec: Section) -> None:

@@ -67,6 +67,7 @@ uint32_t Backtester::add_instrument(const InstrumentSpec& spec) {
     xo_.back().reserve(4);
     entry_px_.push_back(kNaN);
     bracket_due_.push_back(0);
+    lat_k_.push_back(0);
     if (compiled_) cs_.state.insert(cs_.state.end(), cs_.state_init.begin(), cs_.state_init.end());
     strat_.resize(n);
     if (sig_.model) sig_.model->grow(static_cast<int>(n) * sig_.variants);
@@ -1058,6 +1059,7 @@ void Backtester::run_portfolio(const Quote* q, size_t n, BatchRow* buf, size_t c
                 x.warm = ok && sess_[i].warm_left == 0 ? 1 : 0;
             }
             ++c_.rebalances;
+            if (!events_.empty()) drain_host_events();
             const int kind = on_rebalance(nb, ts, cash_, equity());
             if (kind != static_cast<int>(TargetKind::kNone)) {
                 if (kind != static_cast<int>(TargetKind::kUnits) && kind != static_cast<int>(TargetKind::kWeights))
@@ -1065,6 +1067,7 @@ void Backtester::run_portfolio(const Quote* q, size_t n, BatchRow* buf, size_t c
                                                 "; 0 none, 1 units, 2 weights");
                 place_targets(targets, n_inst, static_cast<TargetKind>(kind), ts);
             }
+            if (host_req_cap_ && host_req_[0].action != 0) process_requests(host_req_, host_req_cap_, ts);
         }
         if (stamping_) stamps_.decision_ns = mono_ns();
         // Decided above with the rest; here the ticking rows' warm-up advances and flatten-at-close

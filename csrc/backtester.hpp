@@ -19,7 +19,7 @@
 // order, in the order they were placed. Requests are read after the strategy's decision and target
 // order (step 8), in the order written. Events (fills, rejects, cancels, resets, session open and
 // close) go to a compiled strategy's on_event as they happen (its requests are read right after),
-// and to a Python strategy's host before its next batch.
+// and to a Python strategy's host before its next batch (a portfolio's: before its next rebalance).
 //
 // A portfolio strategy (run_portfolio) decides at step 6 for every instrument, ticking now or not,
 // at each batch or on a rebalance clock; steps 7-8 are the same rule (order_toward), so an order on
@@ -33,6 +33,7 @@
 
 #include "execution.hpp"
 #include "features.hpp"
+#include "latency.hpp"
 #include "quote.hpp"
 #include "session.hpp"
 #include "model_backend.hpp"
@@ -208,6 +209,9 @@ public:
                           std::function<void(size_t)> on_events);
     // Explicit orders working on i (not yet gone), in placement order.
     const std::vector<WorkingOrder>& working_orders(uint32_t i) const { return xo_[i]; }
+    // Order latency drawn per message from a quantile table (engine/domain/latency_model.py): the
+    // k-th message of instrument i waits draw(i, k), whatever the other instruments do.
+    void set_order_latency(std::vector<int64_t> quantiles_ns, uint64_t seed) { order_lat_.set(std::move(quantiles_ns), seed); }
 
     // Runs rows through a built-in or compiled strategy.
     void run_builtin(const Quote* q, size_t n);
@@ -269,8 +273,7 @@ private:
     // stale, i.e. a tick after ts + latency would not come more than its gap threshold after its
     // last tick (that tick would reset it for the GAP and cancel the order before any fill).
     bool tradeable(uint32_t i, int64_t ts) const {
-        return mark_[i] > 0.0 && in_session(i, ts) &&
-               ts + cfg_.exec.latency_ns - sess_[i].last_tick_ns < sess_[i].gap_ns;
+        return mark_[i] > 0.0 && in_session(i, ts) && ts + typical_latency() - sess_[i].last_tick_ns < sess_[i].gap_ns;
     }
     // One batch from row r (consecutive rows at one timestamp, each instrument at most once, at most
     // cap rows) through sessions, fills, marks and the signal; the in-session two-sided rows go to buf
@@ -299,7 +302,11 @@ private:
     void submit(const OrderRequest& r, int64_t ts, uint64_t reuse_client_id);
     void reject(const OrderRequest& r, RejectReason why, int64_t ts);
     int find_order(uint32_t i, uint64_t client_id) const;
-    int64_t order_latency([[maybe_unused]] uint32_t i) { return cfg_.exec.latency_ns; }
+    // The delay of the next message (order, cancel, replace) instrument i sends: the k-th draw of
+    // the order-latency table, or the constant latency_ns without one.
+    int64_t order_latency(uint32_t i) { return order_lat_.empty() ? cfg_.exec.latency_ns : order_lat_.draw(i, lat_k_[i]++); }
+    // What "latency" means where one figure is needed (the staleness check of tradeable()).
+    int64_t typical_latency() const { return order_lat_.empty() ? cfg_.exec.latency_ns : order_lat_.median_ns(); }
     void emit(const StrategyEvent& e) {
         if (events_on_) events_.push_back(e);
     }
@@ -347,7 +354,9 @@ private:
     std::vector<FeatureState> feat_;
     std::vector<std::vector<WorkingOrder>> xo_;  // explicit orders
     std::vector<double> entry_px_;                // bracket: the entry fill's price (NaN: none)
-    std::vector<uint8_t> bracket_due_;            // bracket: 1 resize, 2 renew (a new entry) before the next step
+    std::vector<uint8_t> bracket_due_;
+    LatencyTable order_lat_;
+    std::vector<uint64_t> lat_k_;                 // messages sent per instrument (order latency draws)            // bracket: 1 resize, 2 renew (a new entry) before the next step
 
     SignalModel sig_;
     bool tap_on_ = false;

@@ -183,7 +183,18 @@ double py_on_tick(void* user, const BatchRow* tick, const double* params, int64_
     py::gil_scoped_acquire gil;
     const py::object t = call_python(user, &PyStrategy::on_tick, &PyStrategy::tick_rows, &PyStrategy::tick, tick, params,
                                      n_params, state, n_inst, n_state, orders, cap);
-    return t.is_none() ? kNaN : py::cast<double>(t);
+    if (t.is_none()) return kNaN;
+    const double target = PyFloat_AsDouble(t.ptr());  // what py::cast<double> does, with an error that names the function
+    if (target == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        const py::object fn = static_cast<PyStrategy*>(user)->on_tick;
+        const std::string name = py::hasattr(fn, "__qualname__") ? py::str(fn.attr("__qualname__")).cast<std::string>()
+                                                                 : py::repr(fn).cast<std::string>();
+        throw py::type_error("compiled strategy on_tick " + name + " returned " +
+                             py::str(py::type::of(t).attr("__name__")).cast<std::string>() +
+                             "; return the target position in units (a float), or NaN / None to keep the target");
+    }
+    return target;
 }
 
 void py_on_event(void* user, const StrategyEvent* ev, const double* params, int64_t n_params, double* state,
@@ -197,7 +208,8 @@ void py_on_event(void* user, const StrategyEvent* ev, const double* params, int6
 // Backtester's Python object keeps alive (its `_py_strategy` attribute).
 void set_compiled_strategy(py::object self, const py::object& on_tick, const py::object& on_event,
                            py::array_t<double, py::array::c_style | py::array::forcecast> params,
-                           py::array_t<double, py::array::c_style | py::array::forcecast> state_init, size_t orders_cap) {
+                           py::array_t<double, py::array::c_style | py::array::forcecast> state_init, size_t orders_cap,
+                           const py::object& user) {
     Backtester& b = self.cast<Backtester&>();
     std::vector<double> p(params.data(), params.data() + params.size());
     std::vector<double> s0(state_init.data(), state_init.data() + state_init.size());
@@ -207,8 +219,16 @@ void set_compiled_strategy(py::object self, const py::object& on_tick, const py:
     if (native) {
         const auto tick_fn = reinterpret_cast<CompiledTickFn>(py::cast<uintptr_t>(on_tick));
         const auto event_fn = on_event.is_none() ? nullptr : reinterpret_cast<CompiledEventFn>(py::cast<uintptr_t>(on_event));
-        b.set_compiled_strategy(tick_fn, event_fn, nullptr, std::move(p), std::move(s0), orders_cap);
+        // `user` (an int64 array, say, where compiled code records a failure) stays alive with the core.
+        void* user_ptr = nullptr;
+        if (!user.is_none()) {
+            py::array a = user.cast<py::array>();
+            if (!a.writeable()) throw py::value_error("set_compiled_strategy: user must be a writable array");
+            user_ptr = a.mutable_data();
+        }
+        b.set_compiled_strategy(tick_fn, event_fn, user_ptr, std::move(p), std::move(s0), orders_cap);
         self.attr("_py_strategy") = py::none();
+        self.attr("_compiled_user") = user;
         return;
     }
     auto holder = std::make_unique<PyStrategy>();
@@ -406,10 +426,20 @@ PYBIND11_MODULE(_core, m) {
              "A Python strategy's order requests (read after each batch's targets, then cleared) and its event "
              "buffer: before a batch, pending events are copied in and on_events(n) is called.")
         .def("set_compiled_strategy", &set_compiled_strategy, py::arg("on_tick"), py::arg("on_event"), py::arg("params"),
-             py::arg("state_init"), py::arg("orders_cap") = 16,
+             py::arg("state_init"), py::arg("orders_cap") = 16, py::arg("user") = py::none(),
              "A compiled strategy decides per tick in run(): on_tick and on_event are C function addresses (ints, "
              "csrc/orders.hpp CompiledTickFn / CompiledEventFn, e.g. numba cfunc .address) or Python functions "
-             "called with the same arguments as numpy views (the uncompiled path); on_event may be None.")
+             "called with the same arguments as numpy views (the uncompiled path); on_event may be None. user: a "
+             "numpy array whose data pointer the addresses get as their `user` argument (kept alive with the core).")
+        .def("set_order_latency",
+             [](Backtester& b, py::array_t<int64_t, py::array::c_style | py::array::forcecast> quantiles_ns, uint64_t seed) {
+                 if (quantiles_ns.size() == 0) throw py::value_error("set_order_latency: the table is empty");
+                 b.set_order_latency(std::vector<int64_t>(quantiles_ns.data(), quantiles_ns.data() + quantiles_ns.size()),
+                                     seed);
+             },
+             py::arg("quantiles_ns"), py::arg("seed"),
+             "Each order, cancel or replace waits a delay drawn from this sorted quantile table (ns) instead of "
+             "latency_ns: the k-th of instrument i waits table[draw(seed, i, k)] (engine/domain/latency_model.py).")
         .def("compiled_state",
              [](const Backtester& b) {
                  const CompiledStrategy& cs = b.compiled();

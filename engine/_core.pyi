@@ -302,9 +302,13 @@ class Backtester:
         """
         Run quotes through a portfolio strategy: on_rebalance(n_rows, ts_ns, cash, equity) reads the book and the batch, writes targets (one per instrument) and returns 0 (none), 1 (units) or 2 (weights).
         """
-    def set_compiled_strategy(self, on_tick: int | Callable[..., float], on_event: int | Callable[..., None] | None, params: ArrayLike, state_init: ArrayLike, orders_cap: int = 16) -> None:
+    def set_compiled_strategy(self, on_tick: int | Callable[..., float], on_event: int | Callable[..., None] | None, params: ArrayLike, state_init: ArrayLike, orders_cap: int = 16, user: NDArray[Any] | None = None) -> None:
         """
-        A compiled strategy decides per tick in run(): on_tick and on_event are C function addresses (ints, csrc/orders.hpp CompiledTickFn / CompiledEventFn, e.g. numba cfunc .address) or Python functions called with the same arguments as numpy views (the uncompiled path); on_event may be None.
+        A compiled strategy decides per tick in run(): on_tick and on_event are C function addresses (ints, csrc/orders.hpp CompiledTickFn / CompiledEventFn, e.g. numba cfunc .address) or Python functions called with the same arguments as numpy views (the uncompiled path); on_event may be None. user: a numpy array whose data pointer the addresses get as their `user` argument (kept alive with the core).
+        """
+    def set_order_latency(self, quantiles_ns: ArrayLike, seed: int) -> None:
+        """
+        Each order, cancel or replace waits a delay drawn from this sorted quantile table (ns) instead of latency_ns: the k-th of instrument i waits table[draw(seed, i, k)] (engine/domain/latency_model.py).
         """
     def set_host_buffers(self, requests: Records, events: Records, on_events: Callable[[int], None]) -> None:
         """

@@ -23,11 +23,13 @@ import numpy as np
 from engine import _core
 from engine.domain.calendar import SessionCalendar
 from engine.domain.instrument import InstrumentTable
+from engine.domain.latency_model import FEED_STREAM, ORDER_STREAM, LatencyDistribution, parse_spec, stream_seed
 from engine.domain.quote import QUOTE_DTYPE
 from engine.domain.source import QuoteSource, SourceStats
 from engine.domain.timestamps import DAY_NS, SECOND_NS, local_date
 from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie_memmel
 from engine.mid_trace import MidTrace
+from feeds.restamp import FeedLatencySource, latency_from_spec
 from strategies.base import BatchHost, Strategy
 from strategies.builtin import BUILTINS, builtin_spec, is_builtin
 from strategies.compiled import CompiledStrategy
@@ -74,6 +76,13 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
     mc_samples: int = 0
     mc_variant: int | None = None
     mc_seed: int = 0
+    # Latency models (engine.domain.latency_model specs: "const:5ms", "lognormal:2ms,0.5",
+    # "empirical:PATH", "jitter:PATH"). feed_latency redraws every quote's ts_recv from ts_event
+    # (feeds.restamp); order_latency draws each order's delay instead of latency_ns. latency_seed
+    # seeds both (separate streams). None: no model, as before.
+    feed_latency: str | None = None
+    order_latency: str | None = None
+    latency_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.interval not in INTERVALS_NS:
@@ -86,6 +95,9 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
             raise ValueError(f"mc_samples must be 0 (off) or >= 2 variants, got {self.mc_samples}")
         if self.mc_variant is not None and (self.mc_variant < 0 or self.mc_samples):
             raise ValueError("mc_variant must be >= 0 and excludes mc_samples: run one variant, or N together")
+        for spec in (self.feed_latency, self.order_latency):
+            if spec is not None:
+                parse_spec(spec)
 
     @property
     def mc_dropout(self) -> bool:
@@ -121,6 +133,8 @@ class BacktestResult(msgspec.Struct, kw_only=True):
     mid_ticks: np.ndarray | None = None
     mid_stride: np.ndarray | None = None
     final_marks: np.ndarray = msgspec.field(default_factory=lambda: np.empty(0))  # the mid each position is valued at
+    # The latency models that ran (latency_summary): {"order": ..., "feed": ... or None}.
+    latency: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
     def quotes_per_s(self) -> float:
@@ -201,8 +215,10 @@ class Engine:
             self.host = PortfolioHost(strategy, instruments)
         elif isinstance(strategy, Strategy):
             self.host = BatchHost(strategy, len(instruments))
+        if isinstance(strategy, (Strategy, PortfolioStrategy)):
             self.relay = EventRelay(strategy)
-            events = self.relay.events if overridden_callbacks(strategy, Strategy) else self.relay.events[:0]
+            # The core records events only for a strategy that listens.
+            events = self.relay.events if overridden_callbacks(strategy) else self.relay.events[:0]
             self.core.set_host_buffers(self.relay.requests, np.asarray(events).view(EVENT_DTYPE), self.relay)
         self.started = False
         self.covered_hi_ns: list[int] = []
@@ -212,6 +228,12 @@ class Engine:
         # Sessions are handed to the core up to the newest tick plus this much. A live run looks a
         # day ahead so the calendar is not recomputed on every small batch.
         self.session_lookahead_ns = 0
+        # Order k of instrument i waits draw(i, k) of the order-latency model instead of latency_ns
+        # (csrc/latency.hpp, the same draw as engine/domain/latency_model.py).
+        self.order_latency: LatencyDistribution | None = None
+        if c.order_latency is not None:
+            self.order_latency = latency_from_spec(c.order_latency)
+            self.core.set_order_latency(self.order_latency.quantiles_ns, stream_seed(c.latency_seed, ORDER_STREAM))
 
     def _load_model(self, needed: bool) -> None:
         if self.config.model is None and not needed:
@@ -337,6 +359,8 @@ class Engine:
         host = self.host
         if host is None:  # a built-in or a compiled strategy
             self.core.run(ticks)
+            if isinstance(self.strategy, CompiledStrategy):
+                self.strategy.check()  # compiled code cannot raise through the core: it records, this raises
         elif isinstance(host, PortfolioHost):
             self.core.run_portfolio(ticks, host.buffer, host.book, host.targets, host)
         else:
@@ -378,6 +402,14 @@ def whole_batches(stream: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[in
     yield 0, held
 
 
+def with_feed_latency(source: QuoteSource, config: BacktestConfig) -> QuoteSource:
+    """``source`` with its receive times redrawn from ``config.feed_latency`` (feeds.restamp), if set."""
+    if config.feed_latency is None:
+        return source
+    dist = latency_from_spec(config.feed_latency)
+    return FeedLatencySource(source, dist, stream_seed(config.latency_seed, FEED_STREAM))
+
+
 def record_predictions(source: QuoteSource, config: BacktestConfig, *, tap: bool = False):
     """Every model step of a run over ``source`` under ``config`` (its model, backend, interval,
     resets and MC-dropout settings; its strategy does not matter: the model sees the same ticks
@@ -386,6 +418,7 @@ def record_predictions(source: QuoteSource, config: BacktestConfig, *, tap: bool
     ``tap``, also every in-session tick as the signal saw it (the core's feature tap: ts, mid,
     pred_mid, pred_std, reset, ...): returns ``(tape, tap)``."""
     config = msgspec.structs.replace(config, strategy="none", strategy_params={})
+    source = with_feed_latency(source, config)
     engine = Engine(config, source.instruments, None, record=True)
     engine.core.set_tap(tap)
     taps = []
@@ -436,6 +469,7 @@ def run_backtest(
     because it passes over every tick in numpy, which costs about as much again as the compiled
     loop itself."""
     config = config or BacktestConfig()
+    source = with_feed_latency(source, config)
     if strategy is None and not is_builtin(config.strategy):
         strategy = load_strategy(config.strategy, config.strategy_params)
     strategy_name = strategy.name if strategy is not None else config.strategy
@@ -460,6 +494,8 @@ def run_backtest(
             on_progress(n_quotes)
     core = engine.core
     core.finish()
+    if isinstance(strategy, CompiledStrategy):
+        strategy.check()  # on_event calls made by finish (orders cancelled at the end)
     unknown = {sym for _, sym in config.manual_resets} - set(source.instruments.symbols)
     if unknown:
         raise ValueError(f"manual_resets name symbols the source never had: {', '.join(sorted(unknown))}")
@@ -511,7 +547,21 @@ def run_backtest(
         mid_ticks=trace.ticks if trace is not None else None,
         mid_stride=trace.stride if trace is not None else None,
         final_marks=core.marks(),
+        latency=latency_summary(engine, source),
     )
+
+
+def latency_summary(engine: Engine, source: QuoteSource) -> dict[str, Any]:
+    """Which latency models ran: the order delay (constant latency_ns, or a distribution with its
+    seed) and the feed restamping (None, or its model, seed and counts)."""
+    c = engine.config
+    order: dict[str, Any] = {"model": "constant", "latency_ns": c.latency_ns}
+    if engine.order_latency is not None:
+        order = {**engine.order_latency.summary(), "seed": c.latency_seed}
+    feed = None
+    if isinstance(source, FeedLatencySource):
+        feed = {**source.dist.summary(), "seed": c.latency_seed, **source.restamp}
+    return {"order": order, "feed": feed}
 
 
 def trading_day_starts(calendars: list[SessionCalendar], ts_ns: np.ndarray) -> tuple[np.ndarray | None, str]:

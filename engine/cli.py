@@ -15,6 +15,7 @@ from typing import Any
 from engine.backtest import INTERVALS_NS
 from engine.compare import FIVE_WAY_FEE_BPS, MONTH_S
 from engine.domain.instrument import Instrument
+from engine.domain.latency_model import SPEC_HELP as LATENCY_SPEC_HELP
 from engine.domain.timestamps import SECOND_NS, UNITS
 from engine.model.zoo_config import ZOO_HEADS, ZOO_KINDS, ZOO_WINDOW
 from engine.options import (
@@ -288,8 +289,21 @@ def _add_execution_args(b: argparse.ArgumentParser) -> None:
     ex.add_argument("--interval", default=d.interval, choices=list(INTERVALS_NS), help=f"conflation interval (default {d.interval})")
     ex.add_argument("--latency-ns", type=int, default=d.latency_ns,
                     help=f"decision to order-active delay in ns (default {d.latency_ns})")
+    ex.add_argument("--feed-latency", default=d.feed_latency, metavar="SPEC",
+                    help="redraw every quote's receive time as ts_event + a delay from this model: "
+                         f"{LATENCY_SPEC_HELP}; jitter: is a recording's delays less their minimum (default: as recorded)")
+    ex.add_argument("--order-latency", default=d.order_latency, metavar="SPEC",
+                    help="draw each order's decision to order-active delay from this model instead of --latency-ns "
+                         "(same forms as --feed-latency)")
+    ex.add_argument("--latency-seed", type=int, default=d.latency_seed, metavar="N",
+                    help=f"seed of the latency draws (default {d.latency_seed})")
     ex.add_argument("--fee-bps", type=float, default=d.fee_bps,
-                    help=f"fee in basis points of notional per fill (default {d.fee_bps:g})")
+                    help=f"fee in basis points of notional per taking fill (default {d.fee_bps:g})")
+    ex.add_argument("--maker-fee-bps", type=float, default=d.maker_fee_bps,
+                    help="fee in basis points of notional per resting limit fill; negative = rebate (default: --fee-bps)")
+    ex.add_argument("--queue", choices=["through", "touch"], default=d.queue,
+                    help="resting limit orders fill when the other side trades through their price (through, the "
+                         f"default: the queue ahead is unknown) or also when it touches it (touch) (default {d.queue})")
     ex.add_argument("--fee-per-fill", type=float, default=d.fee_per_fill,
                     help=f"fixed fee per fill, currency (default {d.fee_per_fill:g})")
     ex.add_argument("--size-cap", action="store_true", default=d.size_cap, help="cap fills at the displayed size; the rest waits")
@@ -623,7 +637,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="output folder (default runs/bench)")
     bn.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every suite (about a minute)")
     bn.add_argument("--suite", action="append", metavar="NAME",
-                    help="run only this suite (repeatable): ssm_step, ssm_precision, ssm_vs_transformer, e2e_loopback, backtest, peers")
+                    help="run only this suite (repeatable): ssm_step, ssm_precision, ssm_vs_transformer, e2e_loopback, backtest, compiled, peers")
     bn.set_defaults(func=cmd_bench)
 
     rp = sub.add_parser(

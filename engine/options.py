@@ -25,6 +25,7 @@ import msgspec
 
 from engine.backtest import INTERVALS_NS, BacktestConfig, load_strategy
 from engine.domain.instrument import Instrument
+from engine.domain.latency_model import parse_spec
 from engine.domain.source import QuoteSource
 from engine.domain.timestamps import SECOND_NS, UNITS, seconds_ns
 from engine.domain.validate import ValidationPolicy
@@ -102,7 +103,12 @@ class RunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mc_seed: int = _CONFIG.mc_seed
     interval: str = _CONFIG.interval
     latency_ns: int = _CONFIG.latency_ns
+    feed_latency: str | None = _CONFIG.feed_latency  # a latency model spec (engine.domain.latency_model)
+    order_latency: str | None = _CONFIG.order_latency
+    latency_seed: int = _CONFIG.latency_seed
     fee_bps: float = _CONFIG.fee_bps
+    maker_fee_bps: float | None = _CONFIG.maker_fee_bps
+    queue: str = _CONFIG.queue
     fee_per_fill: float = _CONFIG.fee_per_fill
     size_cap: bool = _CONFIG.size_cap
     cancel_remainder: bool = _CONFIG.cancel_remainder
@@ -189,6 +195,12 @@ def run_options(values: RunOptions | Mapping[str, Any]) -> RunOptions:
         raise _fail("interval", f"{o.interval!r} is not one of {', '.join(INTERVALS_NS)}")
     if o.latency_ns < 0:
         raise _fail("latency_ns", f"must be >= 0, got {o.latency_ns}")
+    for name in ("feed_latency", "order_latency"):
+        if getattr(o, name) is not None:
+            try:
+                parse_spec(getattr(o, name))
+            except ValueError as e:
+                raise _fail(name, str(e)) from None
     if not o.capital > 0:
         raise _fail("capital", f"must be > 0, got {o.capital}")
     if seconds_ns(o.bar_s) < 1:
@@ -211,7 +223,12 @@ def backtest_config(options: RunOptions | Mapping[str, Any]) -> BacktestConfig:
         strategy_params=dict(o.params),
         interval=o.interval,
         latency_ns=o.latency_ns,
+        feed_latency=o.feed_latency,
+        order_latency=o.order_latency,
+        latency_seed=o.latency_seed,
         fee_bps=o.fee_bps,
+        maker_fee_bps=o.maker_fee_bps,
+        queue=o.queue,
         fee_per_fill=o.fee_per_fill,
         size_cap=o.size_cap,
         cancel_remainder=o.cancel_remainder,

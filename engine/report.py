@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from engine import _core
 from engine.backtest import RESET_REASONS, BacktestResult
+from engine.domain.latency_model import format_latency_ns
 from engine.domain.timestamps import DAY_NS, HOUR_NS, MINUTE_NS, format_ns_seconds
 from engine.metrics import MIN_ANNUALIZE_DAYS, JobsonKorkie, Metrics
 
@@ -92,6 +93,27 @@ def activity_rows(r: BacktestResult) -> list[tuple[str, str]]:
     ]
 
 
+def _model_text(d: dict[str, Any]) -> str:
+    return f"{d['model']} (p50 {format_latency_ns(d['p50_ns'])}, p99 {format_latency_ns(d['p99_ns'])})"
+
+
+def order_latency_text(r: BacktestResult) -> str:
+    """The order-latency model of the run, for the execution line."""
+    order = (r.latency or {}).get("order")
+    if not order or order.get("model") == "constant":
+        return f"latency {r.config.latency_ns:,} ns"
+    return f"order latency {_model_text(order)}, seed {order['seed']}"
+
+
+def feed_latency_text(feed: dict[str, Any]) -> str:
+    """The feed-latency model of the run and what restamping did."""
+    text = (f"receive times redrawn from {_model_text(feed)}, seed {feed['seed']}; {feed['rows']:,} rows, "
+            f"{feed['synthetic_kept']:,} without venue time kept as recorded, {feed['clamped']:,} clamped")
+    if feed["clamped"]:
+        text += f" (up to {format_latency_ns(feed['max_clamp_ns'])}: raise hold_ns above {format_latency_ns(feed['hold_ns'])})"
+    return text
+
+
 def _metric_table(results: list[BacktestResult]) -> list[str]:
     """Per-day figures lead, and the annualized ones follow, unless a run is long enough to
     annualize: then they lead. When no run is, one line says so instead of five rows of n/a."""
@@ -130,10 +152,14 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
     lines += [
         f"data         {r.quotes_in:,} quotes -> {r.ticks:,} ticks (interval {r.config.interval}){unit}",
         f"days         {r.day_basis}; annualized figures need {MIN_ANNUALIZE_DAYS} days",
-        f"execution    latency {r.config.latency_ns:,} ns, fee {r.config.fee_bps:g} bps"
+        f"execution    {order_latency_text(r)}, fee {r.config.fee_bps:g} bps"
+        f"{'' if r.config.maker_fee_bps is None else f' (maker {r.config.maker_fee_bps:g})'}"
         f"{f' + {r.config.fee_per_fill:g}/fill' if r.config.fee_per_fill else ''}, fills at the next tick"
-        f"{', size-capped' if r.config.size_cap else ''}{', flatten at close' if r.config.flatten_at_close else ''}",
+        f"{', size-capped' if r.config.size_cap else ''}{', flatten at close' if r.config.flatten_at_close else ''}"
+        f", resting limits fill on a {'touch' if r.config.queue == 'touch' else 'trade-through'}",
     ]
+    if (r.latency or {}).get("feed"):
+        lines.append(f"feed         {feed_latency_text(r.latency['feed'])}")
     for x in results:
         if x.model is not None:
             lines.append(f"model        {x.strategy}: {x.model}")
@@ -160,6 +186,14 @@ def format_summary(results: list[BacktestResult], jk: JobsonKorkie | None = None
         f"orders       {c['orders']:,} sent, {c['orders_replaced']:,} replaced; cancelled: "
         f"{c['cancelled_session_close']:,} at close, {c['cancelled_reset']:,} on reset, "
         f"{c['cancelled_remainder']:,} remainders, {c['cancelled_end']:,} at end",
+        *(
+            [
+                f"explicit     {c['explicit_orders']:,} limit/stop orders accepted, {c['orders_rejected']:,} rejected, "
+                f"{c['explicit_cancelled']:,} cancelled; {c['maker_fills']:,} fills resting (maker)"
+            ]
+            if c["explicit_orders"] or c["orders_rejected"]
+            else []
+        ),
         f"fills        {len(r.fills):,}, mean slippage vs decision mid {_num(slip)} bps"
         + (f", flatten missed {c['flatten_missed']:,}" if r.config.flatten_at_close else ""),
         "resets       " + ", ".join(f"{k} {c['resets'][k]:,}" for k in RESET_REASONS),
@@ -248,6 +282,7 @@ def summary_dict(r: BacktestResult, jk: JobsonKorkie | None = None) -> dict[str,
         "quotes_per_s": r.quotes_per_s,
         "fill_hash": r.fill_hash(),
         "model": r.model,
+        "latency": r.latency,
         # What the daily metrics call a day, and how many a run needs before its annualized
         # metrics are given (null below that, with metrics.annualized false).
         "day_basis": r.day_basis,

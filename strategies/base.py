@@ -20,10 +20,13 @@ decides for every instrument at once, ticking or not, is a ``strategies.portfoli
 from __future__ import annotations
 
 import abc
+import math
+from functools import cached_property
 
 import numpy as np
 
 from engine.domain.instrument import InstrumentTable
+from strategies.events import StrategyCallbacks
 
 # Layout of csrc/backtester.hpp BatchRow; the core writes rows in place, the strategy reads them.
 BATCH_DTYPE = np.dtype(
@@ -50,7 +53,9 @@ assert BATCH_DTYPE.itemsize == 88
 class QuoteRows:
     """Column views of rows that carry a quote and a position: a tick batch, a portfolio's book."""
 
-    __slots__ = ("rows",)
+    # A column's view is made on its first read and then found in the instance dict, with no call:
+    # a host hands the same object to every batch of one size, so the per-tick path makes no views.
+    __slots__ = ("__dict__", "rows")
 
     def __init__(self, rows: np.ndarray) -> None:
         self.rows = rows
@@ -58,36 +63,36 @@ class QuoteRows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
+    @cached_property
     def instrument(self) -> np.ndarray:
         return self.rows["instrument"]
 
-    @property
+    @cached_property
     def bid_px(self) -> np.ndarray:
         return self.rows["bid_px"]
 
-    @property
+    @cached_property
     def ask_px(self) -> np.ndarray:
         return self.rows["ask_px"]
 
-    @property
+    @cached_property
     def bid_sz(self) -> np.ndarray:
         return self.rows["bid_sz"]
 
-    @property
+    @cached_property
     def ask_sz(self) -> np.ndarray:
         return self.rows["ask_sz"]
 
-    @property
+    @cached_property
     def mid(self) -> np.ndarray:
         return self.rows["mid"]
 
-    @property
+    @cached_property
     def position(self) -> np.ndarray:
         """Units held."""
         return self.rows["position"]
 
-    @property
+    @cached_property
     def warm(self) -> np.ndarray:
         return self.rows["warm"].view(np.bool_)
 
@@ -99,25 +104,29 @@ class TickBatch(QuoteRows):
 
     @property
     def ts_ns(self) -> int:
-        return int(self.rows["ts"][0])
+        return int(self._ts[0])
 
-    @property
+    @cached_property
+    def _ts(self) -> np.ndarray:
+        return self.rows["ts"]
+
+    @cached_property
     def pred_mid(self) -> np.ndarray:
         """The model's expected mid at its horizon (``BacktestConfig.model``); NaN without a model."""
         return self.rows["pred_mid"]
 
-    @property
+    @cached_property
     def pred_std(self) -> np.ndarray:
         """MC dropout (``BacktestConfig.mc_samples``): the spread of pred_mid across the model's
         variants, the epistemic part of its uncertainty; 0 with one variant, NaN without a model."""
         return self.rows["pred_std"]
 
-    @property
+    @cached_property
     def reset(self) -> np.ndarray:
         return self.rows["reset"].view(np.bool_)
 
 
-class Strategy(abc.ABC):
+class Strategy(StrategyCallbacks, abc.ABC):
     """Base class of Python strategies.
 
     Beside targets, a strategy may send explicit orders (limit, stop, stop-limit, cancel, replace)
@@ -128,7 +137,6 @@ class Strategy(abc.ABC):
     """
 
     name: str = "python"
-    orders: np.ndarray  # the request buffer (strategies.orders.REQUEST_DTYPE), set by the engine before on_start
 
     def on_start(self, instruments: InstrumentTable, *, initial_capital: float) -> None:
         """Called once before the first batch; size per-instrument state here."""
@@ -136,24 +144,6 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def on_batch(self, batch: TickBatch) -> np.ndarray | None:
         """Target positions (units) for the rows of ``batch``; NaN or None = keep."""
-
-    def on_fill(self, event: np.void) -> None:
-        """A fill of any of its orders (``units`` signed, ``px``, ``fee``, ``liquidity``, ``position`` after)."""
-
-    def on_order_rejected(self, event: np.void) -> None:
-        """An explicit order refused (``reason``: strategies.orders.REJECT_REASONS)."""
-
-    def on_order_cancelled(self, event: np.void) -> None:
-        """An explicit order gone unfilled (``reason``: strategies.orders.CANCEL_REASONS)."""
-
-    def on_reset(self, event: np.void) -> None:
-        """The instrument's state was reset (``reason``: engine RESET_REASONS) at ``ts``."""
-
-    def on_session_open(self, event: np.void) -> None:
-        """The instrument's first tick of a new session."""
-
-    def on_session_close(self, event: np.void) -> None:
-        """The instrument's first tick after its session closed (its orders are cancelled then)."""
 
 
 class StrategyError(RuntimeError):
@@ -165,25 +155,40 @@ class BatchHost:
 
     def __init__(self, strategy: Strategy, capacity: int) -> None:
         self.strategy = strategy
-        self.buffer = np.zeros(max(capacity, 1), dtype=BATCH_DTYPE)
         self.batches = 0
+        self._set_buffer(np.zeros(max(capacity, 1), dtype=BATCH_DTYPE))
 
     def grow(self, capacity: int) -> None:
         if capacity > len(self.buffer):
-            self.buffer = np.zeros(capacity, dtype=BATCH_DTYPE)
+            self._set_buffer(np.zeros(capacity, dtype=BATCH_DTYPE))
+
+    def _set_buffer(self, buffer: np.ndarray) -> None:
+        self.buffer = buffer
+        # Per batch size n: the TickBatch of buffer[:n] and its target column, made on first use.
+        # Views into an old buffer must not survive it, hence a fresh table with each buffer.
+        self._views: list[tuple[TickBatch, np.ndarray] | None] = [None] * (len(buffer) + 1)
+
+    def _batch_views(self, n: int) -> tuple[TickBatch, np.ndarray]:
+        rows = self.buffer[:n]
+        views = self._views[n] = (TickBatch(rows), rows["target"])
+        return views
 
     def __call__(self, n: int) -> None:
-        rows = self.buffer[:n]
         self.batches += 1
-        targets = self.strategy.on_batch(TickBatch(rows))
-        if targets is None:
-            return
+        batch, target = self._views[n] or self._batch_views(n)
+        targets = self.strategy.on_batch(batch)
+        if targets is not None:
+            self._write_targets(targets, target)
+
+    def _write_targets(self, targets: object, target: np.ndarray) -> None:
         t = np.asarray(targets, dtype=np.float64)
-        if t.shape != (n,):
+        if t.shape != target.shape:
             raise StrategyError(
-                f"{type(self.strategy).__name__}.on_batch returned shape {t.shape} for a batch of {n} rows; "
+                f"{type(self.strategy).__name__}.on_batch returned shape {t.shape} for a batch of {len(target)} rows; "
                 "return one target per row (NaN to keep)"
             )
-        if np.isinf(t).any():
+        # t . t is finite when every target is: one cheap call in the usual case. NaN (keep) and
+        # overflow make it non-finite too, so only then the exact test decides.
+        if not math.isfinite(t.dot(t)) and np.isinf(t).any():
             raise StrategyError(f"{type(self.strategy).__name__}.on_batch returned an infinite target")
-        rows["target"] = t
+        target[...] = t

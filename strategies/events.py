@@ -25,9 +25,35 @@ _CALLBACKS = {
 }
 
 
-def overridden_callbacks(strategy: Any, base: type) -> list[str]:
-    """The event callbacks ``strategy`` defines beyond ``base``'s no-ops."""
-    return [name for name in _CALLBACKS.values() if getattr(type(strategy), name, None) is not getattr(base, name, None)]
+class StrategyCallbacks:
+    """The event callbacks of Python strategies (Strategy, PortfolioStrategy): no-ops until overridden.
+    Each gets one ``strategies.orders.EVENT_DTYPE`` record; ``self.orders`` is the request buffer
+    (``strategies.orders.REQUEST_DTYPE``) its explicit orders go into, set by the engine before on_start."""
+
+    orders: np.ndarray
+
+    def on_fill(self, event: np.void) -> None:
+        """A fill of any of its orders (``units`` signed, ``px``, ``fee``, ``liquidity``, ``position`` after)."""
+
+    def on_order_rejected(self, event: np.void) -> None:
+        """An explicit order refused (``reason``: strategies.orders.REJECT_REASONS)."""
+
+    def on_order_cancelled(self, event: np.void) -> None:
+        """An explicit order gone unfilled (``reason``: strategies.orders.CANCEL_REASONS)."""
+
+    def on_reset(self, event: np.void) -> None:
+        """The instrument's state was reset (``reason``: engine RESET_REASONS) at ``ts``."""
+
+    def on_session_open(self, event: np.void) -> None:
+        """The instrument's first tick of a new session."""
+
+    def on_session_close(self, event: np.void) -> None:
+        """The instrument's first tick after its session closed (its orders are cancelled then)."""
+
+
+def overridden_callbacks(strategy: Any) -> list[str]:
+    """The event callbacks ``strategy`` defines beyond the no-ops (the core records events only for those)."""
+    return [name for name in _CALLBACKS.values() if getattr(type(strategy), name) is not getattr(StrategyCallbacks, name)]
 
 
 class EventRelay:

@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Union
 
 import numpy as np
 
 from engine.domain.instrument import InstrumentTable
 from strategies.base import BATCH_DTYPE, QuoteRows, StrategyError, TickBatch
+from strategies.events import StrategyCallbacks
 
 # Layout of csrc/backtester.hpp BookRow: one row per instrument, written by the core.
 BOOK_DTYPE = np.dtype(
@@ -117,35 +119,40 @@ class Book(QuoteRows):
     __slots__ = ("ts_ns", "cash", "equity", "ticking", "symbols")
 
     def __init__(
-        self, ts_ns: int, cash: float, equity: float, rows: np.ndarray, ticking: TickBatch, symbols: list[str]
+        self, ts_ns: int, cash: float, equity: float, rows: np.ndarray, ticking: TickBatch, symbols: list[str],
+        *, views: dict[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__(rows)
+        if views is not None:
+            # The column views made so far by earlier Books over the same rows (the host makes one
+            # Book per rebalance): reading a column then costs a dict lookup, not a view.
+            self.__dict__ = views
         self.ts_ns = ts_ns  # the decision time: the batch's ts_recv, ns UTC
         self.cash = cash  # currency
         self.equity = equity  # cash + positions at their marks
         self.ticking = ticking
         self.symbols = symbols
 
-    @property
+    @cached_property
     def last_ts_ns(self) -> np.ndarray:
         return self.rows["ts"]
 
-    @property
+    @cached_property
     def working(self) -> np.ndarray:
         """Units still to fill on each working order (signed; 0 if none)."""
         return self.rows["working"]
 
-    @property
+    @cached_property
     def pred_mid(self) -> np.ndarray:
         """The model's expected mid at its horizon (``BacktestConfig.model``) as of each instrument's
         last tick (the same value that tick's batch row carried); NaN without a model or a tick."""
         return self.rows["pred_mid"]
 
-    @property
+    @cached_property
     def in_session(self) -> np.ndarray:
         return self.rows["in_session"].view(np.bool_)
 
-    @property
+    @cached_property
     def tradeable(self) -> np.ndarray:
         return self.rows["tradeable"].view(np.bool_)
 
@@ -156,8 +163,9 @@ class Book(QuoteRows):
         return value / self.equity
 
 
-class PortfolioStrategy(abc.ABC):
-    """Base class of strategies that decide for every instrument at once (see the module doc)."""
+class PortfolioStrategy(StrategyCallbacks, abc.ABC):
+    """Base class of strategies that decide for every instrument at once (see the module doc). Explicit
+    orders and event callbacks work as for ``strategies.base.Strategy``."""
 
     name: str = "portfolio"
     # 0: decide at every tick batch; else at the first batch at or after each multiple of this
@@ -204,12 +212,17 @@ class PortfolioHost:
         # The strategy gets read-only views; the core writes through the arrays themselves.
         self._buffer_ro = self.buffer.view()
         self._buffer_ro.flags.writeable = False
+        self._ticking: list[TickBatch | None] = [None] * (len(self.buffer) + 1)  # by row count, made on first use
+        self._book_views: dict[str, np.ndarray] = {}  # shared by the Books over self._book_ro
         self._book_ro = self.book.view()
         self._book_ro.flags.writeable = False
         self.symbols = self.instruments.symbols[:n]
 
     def __call__(self, n_rows: int, ts_ns: int, cash: float, equity: float) -> int:
-        book = Book(ts_ns, cash, equity, self._book_ro, TickBatch(self._buffer_ro[:n_rows]), self.symbols)
+        ticking = self._ticking[n_rows]
+        if ticking is None:  # not `or`: a TickBatch of no rows is falsy
+            ticking = self._ticking[n_rows] = TickBatch(self._buffer_ro[:n_rows])
+        book = Book(ts_ns, cash, equity, self._book_ro, ticking, self.symbols, views=self._book_views)
         out = self.strategy.on_rebalance(book)
         if out is None:
             return Targets.NONE

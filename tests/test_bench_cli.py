@@ -22,7 +22,8 @@ from bench.report import (
 from bench.run import PEERS_HINT, SUITES
 
 # what each suite's results hold when it ran
-RESULT_KEYS = {"ssm_step": "batches", "ssm_precision": "fp32", "ssm_vs_transformer": "rows", "e2e_loopback": "runs", "backtest": "rows", "peers": "engines"}
+RESULT_KEYS = {"ssm_step": "batches", "ssm_precision": "fp32", "ssm_vs_transformer": "rows", "e2e_loopback": "runs", "backtest": "rows", "compiled": "rows",
+               "peers": "engines"}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,14 @@ def test_suite_figures(quick_run):
     assert "recv_to_decision" in e2e["runs"][0]["latency_us"]
     kinds = {r["strategy"] for r in s["backtest"]["rows"]}
     assert kinds == {"momentum", "ema_cross", "ssm_threshold"}
+    comp = s["compiled"]
+    assert ("skipped" in comp) == (importlib.util.find_spec("numba") is None)
+    if "skipped" not in comp:
+        assert [r["instruments"] for r in comp["rows"]] == [1, 100]
+        assert all(r["fills"] > 0 and r["fills_identical"] and r["uncompiled_fills_identical"] for r in comp["rows"])
+        assert {t["name"] for t in comp["targets"]} == {t[1] for t in KNOWN_TARGETS if t[0] == "compiled"}
+        engines = s["peers"]["engines"]  # the compiled twin beside the built-in, peers installed or not
+        assert engines["nextick_compiled_ema_cross"]["orders"] == engines["nextick_ema_cross"]["orders"] > 0
 
 
 def test_machine_description(quick_run):

@@ -51,6 +51,17 @@ def test_nextick(quotes, expected):
     assert q.orders == q.fills == q.trades_or_flips == 0 and q.quotes_per_s > 0
 
 
+@pytest.mark.parametrize("compile", [None, False])
+def test_nextick_compiled_python_makes_the_builtins_orders_and_fills(quotes, expected, compile):
+    short = quotes[:5_000] if compile is False else quotes  # uncompiled: Python per quote
+    builtin = peers.nextick_ema_cross(short, FAST, SLOW)
+    r = peers.nextick_compiled_ema_cross(short, FAST, SLOW, compile=compile)
+    if compile is None:
+        _agrees(r, expected)
+    assert (r.orders, r.fills, r.trades_or_flips) == (builtin.orders, builtin.fills, builtin.trades_or_flips)
+    assert r.engine == "nextick (compiled Python)" and r.extra["resets"] == 1
+
+
 def test_nautilus(quotes, expected):
     pytest.importorskip("nautilus_trader")
     r = peers.nautilus_ema_cross(quotes, FAST, SLOW)

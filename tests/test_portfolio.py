@@ -17,7 +17,7 @@ from engine.domain.instrument import Instrument, InstrumentTable
 from feeds.memory import ArraySource
 from strategies.base import StrategyError
 from strategies.equal_weight import EqualWeight
-from strategies.portfolio import Book, PortfolioStrategy, Targets
+from strategies.portfolio import Book, PortfolioHost, PortfolioStrategy, Targets
 
 H = 3600 * S
 NAN = float("nan")
@@ -451,3 +451,29 @@ def test_a_portfolio_strategy_loads_by_import_path():
     q = random_walk(3000, 2, seed=2, gaps=False)
     r = run(q, table(2), strategy="strategies.equal_weight:EqualWeight", strategy_params={"rebalance_s": 60})
     assert r.strategy == "equal_weight" and r.counters["rebalances"] > 1 and len(r.fills) > 0
+
+
+def test_host_books_read_the_buffers_it_grew_into():
+    """The host reuses its TickBatch per row count and one dict of Book column views: after grow,
+    both must be of the new buffers, and each Book keeps its own time, cash and equity."""
+    seen = []
+
+    class Reader(PortfolioStrategy):
+        def on_rebalance(self, book: Book) -> None:
+            seen.append((book.ts_ns, book.equity, book.mid.tolist(), book.tradeable.tolist(), book.ticking.mid.tolist()))
+
+    inst = instruments({}, {})
+    host = PortfolioHost(Reader(), inst)
+    host.book["mid"] = [1.0, 2.0]
+    host.buffer["mid"][:1] = 5.0
+    host(1, T0, 10.0, 11.0)
+    inst.add(Instrument(symbol="I2", calendar="24x7"))
+    host.grow(3)
+    host.book["mid"][2] = 3.0
+    host.book["tradeable"] = [0, 1, 1]
+    host.buffer["mid"][:1] = 6.0
+    host(1, T0 + S, 10.0, 12.0)
+    assert seen == [
+        (T0, 11.0, [1.0, 2.0], [False, False], [5.0]),
+        (T0 + S, 12.0, [1.0, 2.0, 3.0], [False, True, True], [6.0]),
+    ]

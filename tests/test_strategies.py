@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import MS, T0, S, quotes, run, table
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.backtest import BacktestConfig, load_strategy, run_backtest
+from engine.backtest import BacktestConfig, Engine, load_strategy, run_backtest
+from engine.domain.instrument import Instrument
 from engine.domain.quote import QUOTE_DTYPE
 from feeds.memory import ArraySource
-from strategies.base import Strategy, StrategyError, TickBatch
+from strategies.base import BatchHost, Strategy, StrategyError, TickBatch
 from strategies.ema_cross import EmaCross
 
 
@@ -46,6 +49,55 @@ def test_python_ema_cross_matches_builtin_momentum_bit_for_bit(interval, latency
     assert builtin.fill_hash() == python.fill_hash()
     assert np.array_equal(builtin.equity, python.equity)
     assert builtin.counters == python.counters
+
+
+def split_batches(q: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """q with the rows of about ``share`` of its timestamps moved 1 ns apart per instrument, so
+    those ticks come as 1-row batches and the others as batches of every instrument."""
+    q = q.copy()
+    ts = q["ts_recv"]
+    apart = np.random.default_rng(seed).random(len(ts)) < share
+    first = np.r_[True, ts[1:] != ts[:-1]]
+    offset = np.where(apart[np.cumsum(first) - 1], q["instrument"], 0)  # one draw per timestamp
+    q["ts_recv"] = q["ts_event"] = ts + offset
+    return q
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), n_inst=st.integers(1, 5), share=st.sampled_from([0.0, 0.5, 1.0]),
+       fast_span=st.integers(2, 12), slow_extra=st.integers(1, 30), warmup_ticks=st.integers(0, 20))
+def test_python_ema_cross_matches_builtin_momentum_for_any_batch_shape(seed, n_inst, share, fast_span, slow_extra,
+                                                                     warmup_ticks):
+    """1-row batches (state updated in place) and wider ones (gathered, scattered) give the built-in's fills."""
+    q = split_batches(random_walk(3_000, n_inst, seed=seed), share, seed)
+    inst = table(n_inst, gap_ns=120 * S, warmup_ticks=warmup_ticks)
+    params = {"fast_span": fast_span, "slow_span": fast_span + slow_extra}
+    cfg = {"interval": "raw", "latency_ns": 50 * MS, "strategy_params": params}
+    builtin = run_backtest(ArraySource(q, inst), BacktestConfig(strategy="momentum", **cfg))
+    python = run_backtest(ArraySource(q, inst), BacktestConfig(**cfg), strategy=EmaCross(**params))
+    assert len(builtin.fills) > 0
+    assert builtin.fill_hash() == python.fill_hash()
+    assert builtin.counters == python.counters
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_python_ema_cross_matches_builtin_when_instruments_arrive_after_the_start(share):
+    """A live run adds instruments after on_start: EmaCross grows its state from the batches it sees."""
+    q = split_batches(random_walk(6_000, 3, seed=4, gaps=False), share, seed=4)
+    early = q[: len(q) // 3]
+    early, late = early[early["instrument"] == 0], q[len(q) // 3 :]
+    fills = {}
+    for kind, strategy in (("builtin", None), ("python", EmaCross(fast_span=5, slow_span=20))):
+        inst = table(1)
+        engine = Engine(BacktestConfig(strategy="momentum", strategy_params={"fast_span": 5, "slow_span": 20}), inst,
+                        strategy)
+        engine.run(early)
+        for k in (1, 2):
+            inst.add(Instrument(symbol=f"I{k}", calendar="24x7", gap_ns=3600 * S))
+        engine.run(late)
+        fills[kind] = engine.core.fills()
+    assert len(fills["builtin"]) > 20 and set(fills["builtin"]["instrument"]) == {0, 1, 2}
+    assert np.array_equal(fills["builtin"], fills["python"])
 
 
 def test_fills_do_not_depend_on_chunking():
@@ -114,6 +166,52 @@ class Infinite(Strategy):
 def test_bad_strategy_output_is_an_error_naming_the_strategy(strategy, match):
     with pytest.raises(StrategyError, match=match):
         run(quotes([(T0 + S, 0, 1, 2), (T0 + 2 * S, 0, 1, 2)]), table(1), strategy)
+
+
+class Echo(Strategy):
+    """Answers each row's mid and keeps what it saw: the host's batch views and target writes."""
+
+    def __init__(self) -> None:
+        self.mids: list[list[float]] = []
+
+    def on_batch(self, batch: TickBatch) -> np.ndarray:
+        self.mids.append(batch.mid.tolist())
+        return batch.mid
+
+
+def test_batch_host_reads_the_buffer_it_grew_into():
+    """The host reuses one TickBatch per batch size: after grow, the views must be of the new buffer."""
+    echo = Echo()
+    host = BatchHost(echo, 1)
+    host.buffer["mid"][:1] = 5.0
+    host(1)
+    host.grow(3)
+    host.buffer["mid"][:3] = [6.0, 7.0, 8.0]
+    host(1)
+    host(3)
+    assert echo.mids == [[5.0], [6.0], [6.0, 7.0, 8.0]]
+    assert host.buffer["target"][:3].tolist() == [6.0, 7.0, 8.0]
+    assert host.batches == 3
+
+
+@pytest.mark.parametrize("targets, error", [
+    ([np.nan, 1e200, -1e200], None),  # NaN keeps; squares that overflow are still finite targets
+    ([np.nan, np.inf, 1.0], "infinite"),
+    ([1.0, 2.0, -np.inf], "infinite"),
+    ([1.0, 2.0], "shape"),
+])
+def test_batch_host_writes_finite_or_nan_targets_and_refuses_others(targets, error):
+    class Fixed(Strategy):
+        def on_batch(self, batch: TickBatch):
+            return targets
+
+    host = BatchHost(Fixed(), 3)
+    if error:
+        with pytest.raises(StrategyError, match=f"Fixed.on_batch returned .*{error}"):
+            host(3)
+    else:
+        host(3)
+        assert np.array_equal(host.buffer["target"], targets, equal_nan=True)
 
 
 def test_batches_hold_each_instrument_once_and_share_a_timestamp():

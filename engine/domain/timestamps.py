@@ -2,7 +2,7 @@
 
 The one home of the time constants (``SECOND_NS``, ``DAY_NS``...), of the conversions between
 ``datetime``/``date``/ISO-8601 text/durations in seconds and nanoseconds (``datetime_ns``,
-``parse_time_ns``, ``format_ns``, ``seconds_ns``), of wall-clock time in a zone to UTC
+``parse_time_ns``, ``format_ns``, ``seconds_ns``, ``parse_duration_ns``), of wall-clock time in a zone to UTC
 (``local_ns_to_utc``) and of unit detection: readers meet seconds, milliseconds, microseconds and
 nanoseconds; ``detect_unit`` decides which from the magnitude of the values (epoch times from 1973
 to 2286 are unambiguous across the four units) and says so, so the run summary can report what it saw.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import zoneinfo
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,19 @@ def local_date(ns: int, tz: _dt.tzinfo) -> _dt.date:
 def seconds_ns(seconds: float) -> int:
     """A duration given in seconds (an option such as ``gap_s``) as int ns, truncated toward zero."""
     return int(seconds * SECOND_NS)
+
+
+_DURATION_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ns|us|ms|s)?\s*$")
+
+
+def parse_duration_ns(text: str) -> int:
+    """A duration written with a unit ("5ms", "2.5 us", "1s", "250ns"; a bare number is ns) as int ns,
+    exactly (decimal arithmetic, rounded to the nearest ns). Negative durations are refused."""
+    m = _DURATION_RE.match(str(text))
+    if m is None:
+        raise ValueError(f"cannot read {text!r} as a duration; write a number and a unit: 250ns, 40us, 5ms, 1.5s")
+    scale = NS_PER[m["unit"] or "ns"]
+    return int((Decimal(m["num"]) * scale).to_integral_value(ROUND_HALF_EVEN))
 
 
 def epoch_day(d: _dt.date | str) -> int:
