@@ -500,6 +500,12 @@ void Backtester::reject(const OrderRequest& r, RejectReason why, int64_t ts) {
     emit(e);
 }
 
+// What an order was asked as, for a reject event that comes after its request was read.
+OrderRequest Backtester::request_of(uint32_t i, const WorkingOrder& o, RequestAction action) const {
+    return OrderRequest{o.client_id, static_cast<double>(o.remaining_lots) * lot_[i], o.limit_px, o.stop_px, i,
+                        static_cast<uint8_t>(action), static_cast<uint8_t>(o.type), static_cast<uint8_t>(o.tif), 0};
+}
+
 // Fills at px for at most the shown size (size cap); a taker's fill unless `maker`.
 void Backtester::take(uint32_t i, WorkingOrder& o, const Quote& q, bool maker, double px) {
     const bool buy = o.remaining_lots > 0;
@@ -533,10 +539,7 @@ bool Backtester::step_order(uint32_t i, WorkingOrder& o, const Quote& q) {
             o.rest_ts = ts;
             const bool crosses = have_touch && (buy ? touch <= o.limit_px : touch >= o.limit_px);
             if (crosses && o.tif == TimeInForce::kPostOnly) {
-                reject(OrderRequest{o.client_id, static_cast<double>(o.remaining_lots) * lot_[i], o.limit_px, o.stop_px, i,
-                                    static_cast<uint8_t>(RequestAction::kSubmit), static_cast<uint8_t>(o.type),
-                                    static_cast<uint8_t>(o.tif), 0},
-                       RejectReason::kWouldCross, ts);
+                reject(request_of(i, o, RequestAction::kSubmit), RejectReason::kWouldCross, ts);
                 return true;
             }
             if (crosses) take(i, o, q, false, touch);
@@ -574,12 +577,24 @@ void Backtester::fill_explicit(uint32_t i, const Quote& q) {
     bool any_gone = false;
     for (auto& o : v) {
         if (ts > o.cancel_ts) {  // the cancel reached the venue before this tick
+            if (o.cancel_reason == static_cast<uint8_t>(CancelReason::kReplaced))
+                for (auto& r : v)  // its replacement arrives now (placed after it, so stepped later in this pass)
+                    if (r.replaces == o.id) {
+                        if (r.keep_size) r.remaining_lots = o.remaining_lots;
+                        r.replaces = 0;
+                    }
             emit_cancel(i, o, static_cast<CancelReason>(o.cancel_reason), ts);
             o.remaining_lots = 0;
             any_gone = true;
             continue;
         }
         if (ts <= o.active_ts) continue;
+        if (o.replaces != 0) {  // the order it replaces filled before the replace arrived: nothing to replace
+            reject(request_of(i, o, RequestAction::kReplace), RejectReason::kUnknownOrder, ts);
+            o.remaining_lots = 0;
+            any_gone = true;
+            continue;
+        }
         if (step_order(i, o, q)) {
             o.remaining_lots = 0;
             any_gone = true;
@@ -606,7 +621,12 @@ void Backtester::process_requests(OrderRequest* req, size_t cap, int64_t ts) {
         const uint32_t i = r.instrument;
         switch (static_cast<RequestAction>(r.action)) {
             case RequestAction::kSubmit: {
-                if (r.client_id != 0 && find_order(i, r.client_id) >= 0) {
+                // A client id stays taken until its order is gone, a cancel on its way included: the
+                // old order can still fill under it.
+                const bool taken = r.client_id != 0 && std::any_of(xo_[i].begin(), xo_[i].end(), [&](const WorkingOrder& o) {
+                                       return o.client_id == r.client_id;
+                                   });
+                if (taken) {
                     reject(r, RejectReason::kDuplicateId, ts);
                     break;
                 }
@@ -642,9 +662,14 @@ void Backtester::process_requests(OrderRequest* req, size_t cap, int64_t ts) {
                                0};
                 const size_t before = xo_[i].size();
                 submit(n, ts, old.client_id);
-                if (xo_[i].size() > before) {  // accepted: the old one goes when the replacement arrives
+                if (xo_[i].size() > before) {
+                    // Accepted: the old one goes when the replacement arrives, which then takes what is
+                    // left of it (size NaN) or is refused if it filled on the way.
+                    WorkingOrder& n_order = xo_[i].back();
+                    n_order.replaces = old.id;
+                    n_order.keep_size = std::isnan(r.units);
                     WorkingOrder& o = xo_[i][static_cast<size_t>(k2)];
-                    o.cancel_ts = xo_[i].back().active_ts;
+                    o.cancel_ts = n_order.active_ts;
                     o.cancel_reason = static_cast<uint8_t>(CancelReason::kReplaced);
                 }
                 break;

@@ -89,6 +89,8 @@ struct WorkingOrder {
     TimeInForce tif = TimeInForce::kGtc;
     uint8_t phase = kWaiting;         // waiting for arrival / trigger, resting at its limit, or taking at the touch
     uint8_t cancel_reason = 0;        // CancelReason, once cancel_ts is set
+    bool keep_size = false;           // a replacement sized by what is left of the order it replaces
+    uint64_t replaces = 0;            // a replacement not yet confirmed: the id of the order it replaces
 };
 
 // A compiled strategy (csrc/orders.hpp CompiledTickFn): the functions, their parameters, the state
@@ -301,6 +303,7 @@ private:
     void process_requests(OrderRequest* req, size_t cap, int64_t ts);
     void submit(const OrderRequest& r, int64_t ts, uint64_t reuse_client_id);
     void reject(const OrderRequest& r, RejectReason why, int64_t ts);
+    OrderRequest request_of(uint32_t i, const WorkingOrder& o, RequestAction action) const;
     int find_order(uint32_t i, uint64_t client_id) const;
     // The delay of the next message (order, cancel, replace) instrument i sends: the k-th draw of
     // the order-latency table, or the constant latency_ns without one.

@@ -17,6 +17,9 @@
 //   size cap  with ExecConfig::size_cap a fill takes at most the displayed size on its side.
 // A buy therefore never fills below the ask of its tick, nor above its limit; a sell mirrors it.
 // Cancels and replaces take the order latency too: until decision + latency the old order can fill.
+// A replacement arriving after its order filled is rejected (unknown order); one whose size is NaN
+// takes what is left of the order when it arrives. A client id stays taken until its order is gone
+// (a cancel on its way included), so a fill is never reported under two orders' names.
 #pragma once
 #include <cstdint>
 
@@ -39,7 +42,7 @@ enum class RejectReason : uint8_t {
     kBadPrice = 4,        // limit / stop price missing, NaN or <= 0 where the type needs it
     kWouldCross = 5,      // post-only that would take liquidity on arrival
     kUnknownOrder = 6,    // cancel / replace of a client id with no working order
-    kDuplicateId = 7,     // submit with a client id already working on the instrument
+    kDuplicateId = 7,     // submit with a client id whose order is still working or being cancelled
     kTooManyOrders = 8,   // kMaxWorkingOrders working on the instrument
     kBadRequest = 9,      // unknown action, type or time in force; instrument out of range
 };

@@ -128,7 +128,8 @@ def cancel(orders, instrument, client_id):
 @_jitable
 def replace(orders, instrument, client_id, units, limit_px, stop_px):
     """A new order in place of ``client_id`` (same client id, a new engine id, active after the
-    latency like any order); NaN keeps the old value."""
+    latency like any order); NaN keeps the old value (a NaN size: what is left of the old order when
+    the replacement arrives). Rejected as unknown_order if the old order filled on the way."""
     return _put(orders, REPLACE, instrument, units, limit_px, stop_px, client_id, MARKET, GTC)
 
 
