@@ -33,7 +33,7 @@ from engine import _core
 from engine.backtest import Engine
 
 FORMAT = "nextick-journal"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fills carry liquidity and order_type (explicit orders)
 ORDER_EVENT_KINDS: tuple[str, ...] = tuple(_core.ORDER_EVENT_KINDS)
 RESET_REASONS: tuple[str, ...] = tuple(_core.RESET_REASONS)
 # The order kind a restart journals for an order that was working when the previous process died:
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE TABLE IF NOT EXISTS fills (
     order_id INTEGER NOT NULL, fill_ts_ns INTEGER NOT NULL, segment INTEGER NOT NULL, instrument INTEGER NOT NULL,
     decision_ts_ns INTEGER NOT NULL, px REAL NOT NULL, sz REAL NOT NULL, fee REAL NOT NULL,
-    decision_mid REAL NOT NULL, slippage_bps REAL NOT NULL,
+    decision_mid REAL NOT NULL, slippage_bps REAL NOT NULL, liquidity INTEGER NOT NULL, order_type INTEGER NOT NULL,
     PRIMARY KEY (order_id, fill_ts_ns)
 );
 CREATE TABLE IF NOT EXISTS resets (ts_ns INTEGER NOT NULL, instrument INTEGER NOT NULL, reason TEXT NOT NULL, segment INTEGER NOT NULL);
@@ -189,11 +189,11 @@ class Journal:
                 )
             if fills is not None and len(fills):
                 db.executemany(
-                    "INSERT INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (int(f["order_id"]), int(f["fill_ts"]), s, int(f["instrument"]), int(f["decision_ts"]),
                          float(f["px"]), float(f["sz"]), float(f["fee"]), float(f["decision_mid"]),
-                         float(f["slippage_bps"]))
+                         float(f["slippage_bps"]), int(f["liquidity"]), int(f["order_type"]))
                         for f in fills
                     ],
                 )
@@ -234,12 +234,14 @@ class Journal:
         """Journaled fills in booking order as the core's Fill records."""
         where, args = _segment_filter(before_segment, segment)
         rows = self.db.execute(
-            "SELECT order_id, decision_ts_ns, fill_ts_ns, px, sz, fee, decision_mid, slippage_bps, instrument "
-            f"FROM fills {where} ORDER BY rowid",
+            "SELECT order_id, decision_ts_ns, fill_ts_ns, px, sz, fee, decision_mid, slippage_bps, instrument, liquidity, "
+            f"order_type FROM fills {where} ORDER BY rowid",
             args,
         ).fetchall()
         out = np.zeros(len(rows), dtype=fill_dtype)
-        for k, name in enumerate(("order_id", "decision_ts", "fill_ts", "px", "sz", "fee", "decision_mid", "slippage_bps", "instrument")):
+        names = ("order_id", "decision_ts", "fill_ts", "px", "sz", "fee", "decision_mid", "slippage_bps", "instrument",
+                 "liquidity", "order_type")
+        for k, name in enumerate(names):
             out[name] = [r[k] for r in rows]
         return out
 

@@ -111,6 +111,25 @@ def test_paper_restart_and_reconcile_start_a_segment_from_the_same_state(tmp_pat
     assert same_day and all(RESET_REASONS[r["reason"]] != "SESSION_OPEN" for r in same_day)
 
 
+def test_fills_of_explicit_orders_come_back_from_the_journal_as_booked(tmp_path):
+    """A limit's maker fill and a stop's taker fill keep their liquidity and order type through the
+    journal, so a restart re-books them as they were."""
+    from strategies.dip_buyer import DipBuyer
+
+    instruments, ids = build_instruments(CONFIG)
+    ticks = random_walk(4_000, 2, seed=5, gaps=False)
+    engine = Engine(BacktestConfig(interval="raw", warmup_ticks=0), instruments, DipBuyer(dip_bps=1.0, stop_bps=3.0))
+    engine.session_lookahead_ns = DAY_NS
+    engine.run(ticks)
+    fills = engine.core.fills()
+    assert set(fills["order_type"].tolist()) == {1, 2} and set(fills["liquidity"].tolist()) == {0, 1}
+    journal = Journal.open(tmp_path, run_meta(CONFIG, instruments, ids))
+    journal.begin_segment(int(ticks["ts_recv"][0]) - 1, 0, CONFIG.backtest.initial_capital, [0.0, 0.0])
+    journal.commit(fills=fills, last_ts_ns=int(ticks["ts_recv"][-1]))
+    assert journal.fills(fills.dtype).tobytes() == fills.tobytes()
+    journal.close()
+
+
 # -- no SQL outside engine/journal.py ---------------------------------------------------------------
 
 SQL = re.compile(
