@@ -374,6 +374,7 @@ bool Backtester::begin_tick(const Quote& q, bool& reset) {
     }
     if (order_[i].working() && ts > order_[i].active_ts) fill(i, q);
     if (bracket_due_[i]) bracket_update(i, ts);
+    if (!xo_[i].empty() && flattening(i, ts)) cancel_all_explicit(i, CancelReason::kSessionClose, ts);
     if (!xo_[i].empty()) fill_explicit(i, q);
     if (!two_sided(q)) {
         // No mid: keep the last mark, and hand the reset on to the next two-sided tick, where the
@@ -398,7 +399,7 @@ void Backtester::end_tick(const Quote& q, double target_units) {
 // when it is not (a portfolio decision, or a one-sided tick flattening at the close).
 void Backtester::order_toward(uint32_t i, double target_units, int64_t ts, bool warming) {
     const SessionState& s = sess_[i];
-    if (cfg_.exec.flatten_at_close && ts >= s.close_ns - cfg_.exec.flatten_lead_ns) target_units = 0.0;
+    if (flattening(i, ts)) target_units = 0.0;
     if (std::isnan(target_units)) return;
 
     const int64_t pos = pos_lots_[i];
@@ -713,7 +714,12 @@ void Backtester::submit(const OrderRequest& r, int64_t ts, uint64_t reuse_client
         return;
     }
     const int64_t pos = pos_lots_[i];
-    if (sess_[i].warm_left > 0 && std::llabs(pos + lots) > std::llabs(pos)) {
+    const bool grows = std::llabs(pos + lots) > std::llabs(pos);
+    if (grows && flattening(i, ts)) {  // the engine is taking the position flat for the close
+        reject(r, RejectReason::kNotTradeable, ts);
+        return;
+    }
+    if (grows && sess_[i].warm_left > 0) {
         reject(r, RejectReason::kWarmup, ts);
         return;
     }

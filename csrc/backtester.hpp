@@ -271,6 +271,11 @@ private:
         const SessionState& s = sess_[i];
         return s.open_ns <= ts && ts < s.close_ns;
     }
+    // flatten_at_close: from close - flatten_lead_ns on, targets are flat, explicit orders are
+    // cancelled and new ones may only reduce the position.
+    bool flattening(uint32_t i, int64_t ts) const {
+        return cfg_.exec.flatten_at_close && ts >= sess_[i].close_ns - cfg_.exec.flatten_lead_ns;
+    }
     // An order decided at ts could fill: i is in session, has a mark (the decision mid), and is not
     // stale, i.e. a tick after ts + latency would not come more than its gap threshold after its
     // last tick (that tick would reset it for the GAP and cancel the order before any fill).

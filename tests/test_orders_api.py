@@ -119,3 +119,24 @@ def test_a_portfolio_strategy_sends_orders_and_hears_of_its_fills():
     # mostly resting fills; a limit whose instrument fell through it before it arrived takes at the ask
     assert (f["liquidity"] == 1).mean() > 0.5
     assert s.fills == f["instrument"].tolist()
+
+
+def test_flatten_at_close_cancels_explicit_orders_and_refuses_new_entries_in_its_window():
+    from engine.domain.calendar import SessionCalendar
+
+    cal = "09:30-10:00 America/New_York Mon-Fri"
+    market = SyntheticConfig(n_instruments=2, n_sessions=3, seed=3, quote_rate_hz=2.0, calendar=cal)
+    lead_ns = 5 * 60_000_000_000
+    config = BacktestConfig(interval="1s", warmup_ticks=0, flatten_at_close=True, flatten_lead_ns=lead_ns)
+    s = RecordingDipBuyer(dip_bps=0.5, stop_bps=2.0)
+    r = run_backtest(SyntheticMarket(market), config, strategy=s)
+    f = r.fills
+    _, closes = SessionCalendar.parse(cal).sessions_between(int(r.equity_ts_ns[0]) - 86_400_000_000_000, int(r.equity_ts_ns[-1]))
+    window = np.zeros(len(f), bool)
+    for c in closes:
+        window |= (f["fill_ts"] >= c - lead_ns) & (f["fill_ts"] < c)
+    explicit = f["order_type"] != O.MARKET
+    assert explicit.sum() > 5 and (window & ~explicit).any(), "the test should trade and flatten"
+    assert not (window & explicit).any(), "no explicit order fills in the flatten window"
+    reasons = [e[4] for e in s.events if e[0] in ("cancelled", "rejected")]
+    assert "session_close" in reasons and "not_tradeable" in reasons
