@@ -294,12 +294,7 @@ void Backtester::fill(uint32_t i, const Quote& q) {
     const bool buy = o.remaining_lots > 0;
     const double px = buy ? q.ask_px : q.bid_px;
     if (!(px > 0.0)) return;  // that side of the book is missing: keep waiting
-    int64_t lots = o.remaining_lots;
-    if (cfg_.exec.size_cap) {
-        const double shown = buy ? q.ask_sz : q.bid_sz;
-        const int64_t avail = shown > 0 ? static_cast<int64_t>(std::floor(shown / lot_[i] + 1e-9)) : 0;
-        lots = buy ? std::min(lots, avail) : std::max(lots, -avail);
-    }
+    const int64_t lots = capped(i, q, o.remaining_lots);
     if (lots != 0) {
         o.remaining_lots -= lots;
         record_fill(i, o.id, 0, o.decision_ts, o.decision_mid, lots, px, false, OrderType::kMarket, q.ts_recv);
@@ -372,6 +367,7 @@ bool Backtester::begin_tick(const Quote& q, bool& reset) {
         if (order_[i].working()) cancel(i, c_.cancelled_reset, OrderEventKind::kReset, ts);
         cancel_all_explicit(i, CancelReason::kReset, ts);
     }
+    shown_used_[0] = shown_used_[1] = 0;
     if (order_[i].working() && ts > order_[i].active_ts) fill(i, q);
     if (bracket_due_[i]) bracket_update(i, ts);
     if (!xo_[i].empty() && flattening(i, ts)) cancel_all_explicit(i, CancelReason::kSessionClose, ts);
@@ -507,15 +503,21 @@ OrderRequest Backtester::request_of(uint32_t i, const WorkingOrder& o, RequestAc
                         static_cast<uint8_t>(action), static_cast<uint8_t>(o.type), static_cast<uint8_t>(o.tif), 0};
 }
 
+// With the size cap, what tick q still shows on the side `lots` trades against: the orders of one
+// tick share its displayed size, in the order they fill (the target order first).
+int64_t Backtester::capped(uint32_t i, const Quote& q, int64_t lots) {
+    if (!cfg_.exec.size_cap) return lots;
+    const bool buy = lots > 0;
+    const double shown = buy ? q.ask_sz : q.bid_sz;
+    const int64_t avail = (shown > 0 ? static_cast<int64_t>(std::floor(shown / lot_[i] + 1e-9)) : 0) - shown_used_[buy];
+    lots = buy ? std::min(lots, avail) : std::max(lots, -avail);
+    shown_used_[buy] += buy ? lots : -lots;
+    return lots;
+}
+
 // Fills at px for at most the shown size (size cap); a taker's fill unless `maker`.
 void Backtester::take(uint32_t i, WorkingOrder& o, const Quote& q, bool maker, double px) {
-    const bool buy = o.remaining_lots > 0;
-    int64_t lots = o.remaining_lots;
-    if (cfg_.exec.size_cap) {
-        const double shown = buy ? q.ask_sz : q.bid_sz;
-        const int64_t avail = shown > 0 ? static_cast<int64_t>(std::floor(shown / lot_[i] + 1e-9)) : 0;
-        lots = buy ? std::min(lots, avail) : std::max(lots, -avail);
-    }
+    const int64_t lots = capped(i, q, o.remaining_lots);
     if (lots == 0) return;
     o.remaining_lots -= lots;
     record_fill(i, o.id, o.client_id, o.decision_ts, o.decision_mid, lots, px, maker, o.type, q.ts_recv);

@@ -301,6 +301,7 @@ private:
     bool step_order(uint32_t i, WorkingOrder& o, const Quote& q);
     // Takes at the touch (market, triggered stop, crossing limit) at most the shown size; returns lots filled.
     void take(uint32_t i, WorkingOrder& o, const Quote& q, bool maker, double px);
+    int64_t capped(uint32_t i, const Quote& q, int64_t lots);
     void emit_cancel(uint32_t i, const WorkingOrder& o, CancelReason why, int64_t ts);
     void cancel_explicit(uint32_t i, size_t k, CancelReason why, int64_t ts);
     void cancel_all_explicit(uint32_t i, CancelReason why, int64_t ts);
@@ -364,6 +365,7 @@ private:
     std::vector<double> entry_px_;                // bracket: the entry fill's price (NaN: none)
     std::vector<uint8_t> bracket_due_;
     LatencyTable order_lat_;
+    int64_t shown_used_[2] = {0, 0};             // size cap: lots taken from this tick's bid [0] / ask [1]
     std::vector<uint64_t> lat_k_;                 // messages sent per instrument (order latency draws)            // bracket: 1 resize, 2 renew (a new entry) before the next step
 
     SignalModel sig_;

@@ -14,7 +14,8 @@
 //   stops     a buy stop triggers at a tick whose ask >= stop (sell: bid <= stop), arrival
 //             included, and fills at that tick's ask (bid) like a market order; a stop-limit
 //             turns into a limit there, taking what crosses on that tick and resting from the next.
-//   size cap  with ExecConfig::size_cap a fill takes at most the displayed size on its side.
+//   size cap  with ExecConfig::size_cap the fills of one tick take together at most its displayed
+//             size on their side, in the order they fill (the target order first).
 // A buy therefore never fills below the ask of its tick, nor above its limit; a sell mirrors it.
 // Cancels and replaces take the order latency too: until decision + latency the old order can fill.
 // A replacement arriving after its order filled is rejected (unknown order); one whose size is NaN

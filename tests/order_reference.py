@@ -20,7 +20,8 @@ The model, as the header states it:
 * A market order (and a triggered stop) fills at its first tick with its side present, at the touch.
 * A side is present when its price is > 0 (one-sided ticks carry px 0, sz 0); nothing crosses,
   triggers or trades through a missing side.
-* ``size_cap``: each fill takes at most the displayed size (whole lots) of the side it trades against;
+* ``size_cap``: the fills of one tick take together at most its displayed size (whole lots) on the side they
+  trade against, in the order they fill;
   a GTC / market / stop remainder keeps working, an IOC remainder is cancelled.
 * A cancel or replace reaches the market with the latency, before that tick's fills; the order it names
   (by client id) is then cancelled (reason requested / replaced). One that names no order, or an order
@@ -214,6 +215,7 @@ class Reference:
     # -- ticks -------------------------------------------------------------------------------------
 
     def tick(self, t: Tick) -> None:
+        self.shown_used = {True: 0, False: 0}  # size cap: lots taken from this tick's ask (True) / bid
         for m in [m for m in self.messages if t.ts > m.reaches_ts]:
             self.messages.remove(m)
             self.deliver(m, t)
@@ -282,10 +284,11 @@ class Reference:
     def trade(self, o: _Order, t: Tick, px: float, liquidity: int) -> None:
         buy = o.units > 0
         lots = o.units
-        if self.size_cap:
+        if self.size_cap:  # the tick's displayed size is shared by the orders filling on it, in turn
             shown = t.ask_sz if buy else t.bid_sz
-            avail = math.floor(shown + 1e-9) if shown > 0 else 0
+            avail = (math.floor(shown + 1e-9) if shown > 0 else 0) - self.shown_used[buy]
             lots = min(lots, avail) if buy else max(lots, -avail)
+            self.shown_used[buy] += abs(lots)
         if lots == 0:
             return
         bps = self.maker_fee_bps if liquidity == MAKER and self.maker_fee_bps is not None else self.fee_bps
