@@ -470,12 +470,6 @@ void Backtester::emit_cancel(uint32_t i, const WorkingOrder& o, CancelReason why
     emit(e);
 }
 
-void Backtester::cancel_explicit(uint32_t i, size_t k, CancelReason why, int64_t ts) {
-    auto& v = xo_[i];
-    emit_cancel(i, v[k], why, ts);
-    v.erase(v.begin() + static_cast<std::ptrdiff_t>(k));
-}
-
 void Backtester::cancel_all_explicit(uint32_t i, CancelReason why, int64_t ts) {
     for (const auto& o : xo_[i]) emit_cancel(i, o, why, ts);
     xo_[i].clear();
@@ -803,19 +797,16 @@ double Backtester::compiled_decide(const Quote& q, double pred_mid, double pred_
                        static_cast<int64_t>(cs_.orders.size()));
 }
 
+// Requests read here only add events to the queue this loop is walking (they never dispatch).
 void Backtester::dispatch_compiled_events() {
-    if (dispatching_) return;  // requests read inside a dispatch add events this loop reaches
-    dispatching_ = true;
     const int64_t n_state = static_cast<int64_t>(cs_.state_init.size());
-    while (events_next_ < events_.size()) {
-        const StrategyEvent e = events_[events_next_++];
+    for (size_t k = 0; k < events_.size(); ++k) {
+        const StrategyEvent e = events_[k];  // a copy: compiled_requests may grow events_
         cs_.on_event(cs_.user, &e, cs_.params.data(), static_cast<int64_t>(cs_.params.size()), cs_.state.data(),
                      static_cast<int64_t>(lot_.size()), n_state, cs_.orders.data(), static_cast<int64_t>(cs_.orders.size()));
         compiled_requests(e.ts);
     }
     events_.clear();
-    events_next_ = 0;
-    dispatching_ = false;
 }
 
 void Backtester::drain_host_events() {

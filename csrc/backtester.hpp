@@ -209,8 +209,6 @@ public:
     // batch. Without a host (nullptr), events are not recorded.
     void set_host_buffers(OrderRequest* requests, size_t req_cap, StrategyEvent* events, size_t ev_cap,
                           std::function<void(size_t)> on_events);
-    // Explicit orders working on i (not yet gone), in placement order.
-    const std::vector<WorkingOrder>& working_orders(uint32_t i) const { return xo_[i]; }
     // Order latency drawn per message from a quantile table (engine/domain/latency_model.py): the
     // k-th message of instrument i waits draw(i, k), whatever the other instruments do.
     void set_order_latency(std::vector<int64_t> quantiles_ns, uint64_t seed) { order_lat_.set(std::move(quantiles_ns), seed); }
@@ -303,7 +301,6 @@ private:
     void take(uint32_t i, WorkingOrder& o, const Quote& q, bool maker, double px);
     int64_t capped(uint32_t i, const Quote& q, int64_t lots);
     void emit_cancel(uint32_t i, const WorkingOrder& o, CancelReason why, int64_t ts);
-    void cancel_explicit(uint32_t i, size_t k, CancelReason why, int64_t ts);
     void cancel_all_explicit(uint32_t i, CancelReason why, int64_t ts);
     // Requests from a strategy's buffer, decided at ts; the buffer is cleared.
     void process_requests(OrderRequest* req, size_t cap, int64_t ts);
@@ -384,8 +381,6 @@ private:
     bool compiled_ = false;
     bool events_on_ = false;
     std::vector<StrategyEvent> events_;
-    size_t events_next_ = 0;
-    bool dispatching_ = false;
     OrderRequest* host_req_ = nullptr;
     size_t host_req_cap_ = 0;
     StrategyEvent* host_ev_ = nullptr;

@@ -51,8 +51,8 @@ enum class StrategyKind : uint8_t {
     X(entry_z, 2.0, "mean_reversion: enter against a move beyond this z-score")                          \
     X(exit_z, 0.5, "mean_reversion: go flat under this |z|")                                             \
     X(threshold_bps, 3.0, "ssm_threshold: predicted mid beyond the ask (bid) by this much to buy (sell)") \
-    X(stop_loss_bps, 0.0, "ssm_threshold: exit at this adverse mid move from entry; 0 = off")            \
-    X(take_profit_bps, 0.0, "ssm_threshold: exit at this favourable mid move from entry; 0 = off")       \
+    X(stop_loss_bps, 0.0, "ssm_threshold: a stop order this far against the entry fill's price; 0 = off")     \
+    X(take_profit_bps, 0.0, "ssm_threshold: a limit order this far in favour of the entry fill's price; 0 = off")\
     X(max_units, 0.0, "ssm_threshold: cap on |position| in units; 0 = notional / mid only")              \
     X(hold_ticks, 0.0, "ssm_threshold: exit after this many ticks without a fresh signal; 0 = off")        \
     X(uncertainty_k, 0.0, "ssm_threshold: MC dropout gate: the prediction less k pred_std must clear the touch")

@@ -60,12 +60,10 @@ class EventRelay:
     def __init__(self, strategy: Any) -> None:
         self.requests = np.zeros(REQUEST_CAPACITY, dtype=o.REQUEST_DTYPE)
         self.events = np.zeros(EVENT_CAPACITY, dtype=o.EVENT_DTYPE).view(np.recarray)
-        self.delivered = 0
         self._handlers = {kind: getattr(strategy, name) for kind, name in _CALLBACKS.items()}
         strategy.orders = self.requests
 
     def __call__(self, n: int) -> None:
-        self.delivered += n
         handlers = self._handlers
         events = self.events
         for k in range(n):
