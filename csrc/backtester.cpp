@@ -573,6 +573,14 @@ void Backtester::fill_explicit(uint32_t i, const Quote& q) {
     auto& v = xo_[i];
     bool any_gone = false;
     for (auto& o : v) {
+        // A replacement arriving unconfirmed: the order it replaces filled on the way, so there is
+        // nothing to replace (a cancel arriving with it has nothing to cancel either).
+        if (o.replaces != 0 && ts > o.active_ts) {
+            reject(request_of(i, o, RequestAction::kReplace), RejectReason::kUnknownOrder, ts);
+            o.remaining_lots = 0;
+            any_gone = true;
+            continue;
+        }
         if (ts > o.cancel_ts) {  // the cancel reached the venue before this tick
             if (o.cancel_reason == static_cast<uint8_t>(CancelReason::kReplaced))
                 for (auto& r : v)  // its replacement arrives now (placed after it, so stepped later in this pass)
@@ -586,12 +594,6 @@ void Backtester::fill_explicit(uint32_t i, const Quote& q) {
             continue;
         }
         if (ts <= o.active_ts) continue;
-        if (o.replaces != 0) {  // the order it replaces filled before the replace arrived: nothing to replace
-            reject(request_of(i, o, RequestAction::kReplace), RejectReason::kUnknownOrder, ts);
-            o.remaining_lots = 0;
-            any_gone = true;
-            continue;
-        }
         if (step_order(i, o, q)) {
             o.remaining_lots = 0;
             any_gone = true;

@@ -168,6 +168,10 @@ class CompiledStrategy:
         self.compile_s = 0.0  # time spent compiling (first bind in the process; ~0 after)
         self._failures = np.zeros(FAIL_FIELDS, np.int64)  # the failure record of the latest bind
 
+    @property
+    def compiled(self) -> bool:
+        return self.compile
+
     def cfuncs(self) -> tuple[Any, Any]:
         """The numba cfuncs (compiled once per strategy object)."""
         if self._cfuncs is None:

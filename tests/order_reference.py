@@ -187,6 +187,9 @@ class Reference:
     def place(self, seq, client_id, order_type, tif, lots, limit_px, stop_px, decision_ts) -> None:
         self.book.append(_Order(seq, client_id, order_type, tif, lots, limit_px, stop_px, decision_ts,
                                 decision_ts + self.latency_ns))
+        # Orders are stepped in decision order: a replacement, placed when its replace arrives, takes
+        # the place of the replace request (it matters when orders share a tick's displayed size).
+        self.book.sort(key=lambda o: o.seq)
 
     def send(self, ts: int, req: Req) -> None:
         if req.action != CANCEL_ALL and not self.live(req.client_id):
@@ -201,14 +204,17 @@ class Reference:
         return None
 
     def live(self, client_id: int) -> bool:
-        """The client id names an order a cancel or replace may still act on: one in the book that no
-        cancel (or cancel-all) on its way already ends. A replace on its way keeps the id alive: its
-        successor takes the id over."""
+        """The client id names an order a cancel or replace may still act on: one in the book, or a
+        replacement on its way, that no cancel (or cancel-all) decided after it already ends."""
         o = self.working(client_id)
-        if o is None:
+        # A replacement on its way is an order under the id too, even if the order it replaces has
+        # filled meanwhile (it is then refused when it arrives, and a cancel of it does nothing).
+        replaces = [m.seq for m in self.messages if m.req.action == REPLACE and m.req.client_id == client_id]
+        if o is None and not replaces:
             return False
+        latest = max(replaces + ([o.seq] if o is not None else []))
         for m in self.messages:
-            if m.seq > o.seq and (m.req.action == CANCEL_ALL or (m.req.action == CANCEL and m.req.client_id == client_id)):
+            if m.seq > latest and (m.req.action == CANCEL_ALL or (m.req.action == CANCEL and m.req.client_id == client_id)):
                 return False
         return True
 
