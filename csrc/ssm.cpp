@@ -360,12 +360,12 @@ void SsmModel::build_layout() {
     plan_->conv_slot = static_cast<size_t>(conv_slot_floats(c));
     plan_->ssm_slot = static_cast<size_t>(ssm_slot_floats(c));
     head_w_ = c.kind == SsmKind::kMamba2 ? c.headdim : c.d_inner;
-    // Scratch: one set per row of a block (the matvecs take up to kMaxRows rows at once), plus one
-    // set for the per-row mixer in between, which runs a row at a time.
+    // Scratch: one set per row of a block (the matvecs, the conv and the gate take up to kMaxRows
+    // rows at once), plus one set for the state update, which runs a row at a time.
     const size_t ld_t = plan_->ld_model > plan_->ld_out ? plan_->ld_model : plan_->ld_out;
-    const size_t per_row = 2 * plan_->ld_model + plan_->ld_in + plan_->ld_inner + ld_t;
+    const size_t per_row = 2 * plan_->ld_model + plan_->ld_in + plan_->ld_conv + plan_->ld_inner + ld_t;
     const size_t ld_block_heads = pad16(static_cast<size_t>(kMaxBlockRows) * (c.kind == SsmKind::kMamba2 ? c.nheads : 1));
-    const size_t total = kMaxBlockRows * per_row + plan_->ld_conv + 2 * plan_->ld_inner + 2 * ld_block_heads;
+    const size_t total = kMaxBlockRows * per_row + 2 * plan_->ld_inner + 2 * ld_block_heads;
     scratch_ = std::make_unique<Buffer>(total);
     float* p = scratch_->p;
     auto take = [&](size_t n) {
@@ -377,10 +377,10 @@ void SsmModel::build_layout() {
         plan_->rows[r].h = take(plan_->ld_model);
         plan_->rows[r].u = take(plan_->ld_model);
         plan_->rows[r].v = take(plan_->ld_in);
+        plan_->rows[r].a = take(plan_->ld_conv);
         plan_->rows[r].y = take(plan_->ld_inner);
         plan_->rows[r].t = take(ld_t);
     }
-    plan_->a = take(plan_->ld_conv);
     plan_->xdt = take(plan_->ld_inner);
     plan_->daf = take(plan_->ld_inner);
     plan_->dt = take(ld_block_heads);
@@ -436,6 +436,14 @@ void SsmModel::load(const TensorMap& tensors) {
             for (size_t k = 0; k < cols; ++k) dst[k * ld + r] = read_at(src, r * cols + k);
         return static_cast<const float*>(dst);
     };
+    // A matrix of the matvecs, W [rows][cols] -> W^T [cols][ld] in panels of 16 outputs (panel_at)
+    auto panelled = [&](const std::string& name, size_t rows, size_t cols, size_t ld) {
+        const float* src = get(name).second;
+        float* dst = take(cols * ld);
+        for (size_t r = 0; r < rows; ++r)
+            for (size_t k = 0; k < cols; ++k) dst[panel_at(cols, k, r)] = read_at(src, r * cols + k);
+        return static_cast<const float*>(dst);
+    };
     auto plain = [&](const std::string& name) {
         const Tensor& t = get(name);
         size_t n = 1;
@@ -445,7 +453,7 @@ void SsmModel::load(const TensorMap& tensors) {
         return static_cast<const float*>(dst);
     };
 
-    plan_->enc_wt = transposed("encoder.weight", dm, F, plan_->ld_model);
+    plan_->enc_wt = panelled("encoder.weight", dm, F, plan_->ld_model);
     plan_->enc_b = plain("encoder.bias");
     layers_.resize(c.n_layers);
     plan_->layers = layers_.data();
@@ -453,7 +461,7 @@ void SsmModel::load(const TensorMap& tensors) {
         SsmLayer& L = layers_[l];
         const std::string p = "layers." + std::to_string(l) + ".";
         L.norm_w = plain(p + "norm.weight");
-        L.in_wt = transposed(p + "in_proj.weight", c.d_in_proj(), dm, plan_->ld_in);
+        L.in_wt = panelled(p + "in_proj.weight", c.d_in_proj(), dm, plan_->ld_in);
         if (c.kind == SsmKind::kMamba2) {
             L.conv_wt = transposed(p + "conv1d.weight", c.conv_dim(), c.d_conv, plan_->ld_conv);
             L.conv_b = plain(p + "conv1d.bias");
@@ -470,10 +478,10 @@ void SsmModel::load(const TensorMap& tensors) {
             L.C = transposed(p + "C", di, N, plan_->ld_inner);
             L.D = plain(p + "D");
         }
-        L.out_wt = transposed(p + "out_proj.weight", dm, di, plan_->ld_model);
+        L.out_wt = panelled(p + "out_proj.weight", dm, di, plan_->ld_model);
     }
     plan_->norm_f = plain("norm_f.weight");
-    plan_->head_wt = transposed("head.weight", c.n_out, dm, plan_->ld_out);
+    plan_->head_wt = panelled("head.weight", c.n_out, dm, plan_->ld_out);
     plan_->head_b = plain("head.bias");
     // The footprint validate() measured must be what the layout takes, to the float.
     if (static_cast<size_t>(cur - weights_->p) != total)

@@ -8,8 +8,9 @@
 // where plain loops cannot say it; no intrinsics, so every variant computes the same bits through
 // its own vector width):
 //   * matrices are stored transposed, [in][ld] with ld = outputs rounded up to 16 and zero padding,
-//     so a matvec is `for k: for j: acc[j] += wt[k][j] * u[k]`, vectorized across outputs, and the
-//     accumulators of a block of outputs stay in registers for the whole k loop;
+//     and cut into panels of 16 outputs (panel_at), so a matvec is `for k: for j: acc[j] +=
+//     wt[k][j] * u[k]`, vectorized across outputs, the accumulators of a block of outputs stay in
+//     registers for the whole k loop, and the weights a block reads are a few sequential streams;
 //   * up to max_rows consecutive rows with distinct slots go through each matvec together, so a
 //     weight vector loaded once serves them all (one row alone is bound by streaming the ~225 KB of
 //     weights of the default config from L2); every output keeps its own accumulator and order;
@@ -142,58 +143,45 @@ inline __attribute__((always_inline)) void prefetch_pair(const char* pf, int pf_
 }
 
 // Matvec block for R rows at once: y[r][j0 + j] = init[j0 + j] (or 0) + sum_{k=0}^{K-1}
-// wt[k*ld + j0 + j] * u[r][k], k ascending, for j < JB. JB and R are compile-time so that the R*JB
-// accumulators are registers for the whole k loop; each weight vector is loaded once for R rows
-// (at batch 1 the weights stream from L2 and bound the speed; R rows share that stream), and the
-// R*JB/kMv independent add chains hide the add latency. Each output is still one accumulator
-// summed in the order k = 0..K-1, so the result of a row does not depend on R or on the other
-// rows. Iteration k also prefetches lines 2k and 2k+1 of the run pf[0 : pf_lines) (two per k: a
-// block's matvecs have ~1,000 k steps, the next block's states ~1,300 lines).
+// W[k][j0 + j] * u[r][k], k ascending, for j < JB, W stored in panels (see SsmPlan). JB and R are
+// compile-time so that the R*JB accumulators are registers for the whole k loop; each weight vector
+// is loaded once for R rows (at batch 1 the weights stream from L2 and bound the speed; R rows
+// share that stream), and the R*JB/kMv independent add chains hide the add latency. Each output is
+// still one accumulator summed in the order k = 0..K-1, so the result of a row does not depend on
+// R or on the other rows. Iteration k also prefetches lines 2k and 2k+1 of the run pf[0 : pf_lines)
+// (two per k: a block's matvecs have ~1,000 k steps, the next block's states ~1,300 lines).
 //
-// One row is a plain loop (each weight is used once, and GCC keeps the accumulators in registers);
-// several rows are written in vectors with the weights pinned in registers (pin), which plain
-// loops cannot express.
+// Several rows are written with the weights pinned in registers (pin), which plain loops cannot
+// express; one row lets the compiler fold each weight load into its multiply (each is used once).
 template <int R, int JB>
-inline void mv_block(const float* __restrict wt, size_t ld, const float* const* u, int k_n,
-                     const float* __restrict init, float* const* y, size_t j0, const char* pf, int pf_lines) {
-    if constexpr (R == 1) {
-        float acc[JB];
-        for (int j = 0; j < JB; ++j) acc[j] = init ? init[j0 + j] : 0.0f;
-        const float* u0 = u[0];
-        for (int k = 0; k < k_n; ++k) {
-            prefetch_pair(pf, pf_lines, k);
-            const float* w = wt + static_cast<size_t>(k) * ld + j0;
-            const float uk = u0[k];
-            for (int j = 0; j < JB; ++j) acc[j] += w[j] * uk;
-        }
-        for (int j = 0; j < JB; ++j) y[0][j0 + j] = acc[j];
-    } else {
-        constexpr int NV = JB / kMv;
-        static_assert(JB % kMv == 0, "blocks are whole vectors");
-        vmat acc[R][NV];
-        for (int v = 0; v < NV; ++v) {
-            vmat a0 = vmat{};
-            if (init) a0 = vload<vmat>(init + j0 + v * kMv);
-            for (int r = 0; r < R; ++r) acc[r][v] = a0;
-        }
-        const float* up[R];
-        for (int r = 0; r < R; ++r) up[r] = u[r];
-        for (int k = 0; k < k_n; ++k) {
-            prefetch_pair(pf, pf_lines, k);
-            const float* w = wt + static_cast<size_t>(k) * ld + j0;
-            vmat wv[NV];
-            for (int v = 0; v < NV; ++v) {
-                wv[v] = vload<vmat>(w + v * kMv);
-                pin(wv[v]);
-            }
-            for (int r = 0; r < R; ++r) {
-                const vmat uk = splat<vmat>(up[r][k]);
-                for (int v = 0; v < NV; ++v) acc[r][v] += wv[v] * uk;
-            }
-        }
-        for (int r = 0; r < R; ++r)
-            for (int v = 0; v < NV; ++v) vstore(y[r] + j0 + v * kMv, acc[r][v]);
+inline void mv_block(const float* __restrict wt, const float* const* u, int k_n, const float* __restrict init,
+                     float* const* y, size_t j0, const char* pf, int pf_lines) {
+    constexpr int NV = JB / kMv;
+    static_assert(JB % kMv == 0, "blocks are whole vectors");
+    vmat acc[R][NV];
+    for (int v = 0; v < NV; ++v) {
+        vmat a0 = vmat{};
+        if (init) a0 = vload<vmat>(init + j0 + v * kMv);
+        for (int r = 0; r < R; ++r) acc[r][v] = a0;
     }
+    const float* up[R];
+    for (int r = 0; r < R; ++r) up[r] = u[r];
+    const float* wp[NV];  // vector v's weights at k = 0; kPanel floats further per k
+    for (int v = 0; v < NV; ++v) wp[v] = wt + panel_at(k_n, 0, j0 + v * kMv);
+    for (int k = 0; k < k_n; ++k) {
+        prefetch_pair(pf, pf_lines, k);
+        vmat wv[NV];
+        for (int v = 0; v < NV; ++v) {
+            wv[v] = vload<vmat>(wp[v] + static_cast<size_t>(k) * kPanel);
+            if constexpr (R > 1) pin(wv[v]);
+        }
+        for (int r = 0; r < R; ++r) {
+            const vmat uk = splat<vmat>(up[r][k]);
+            for (int v = 0; v < NV; ++v) acc[r][v] += wv[v] * uk;
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) vstore(y[r] + j0 + v * kMv, acc[r][v]);
 }
 
 // Rows per block and the block width for R rows: the R*JB/kMv accumulators, JB/kMv weight vectors
@@ -207,49 +195,50 @@ constexpr int block_width(int rows) {
     return rows == 1 ? 32 : 16;  // SSE2, NEON: 16 registers of 4
 }
 
-// The last (cols - j0) < block_width(R) outputs, a multiple of kMv (cols and JB are), in one block.
+// One block of `width` outputs from j0 (a multiple of kMv, at most W): mv_block with the width
+// made a compile-time constant.
 template <int R, int W>
-inline void mv_tail(const float* wt, size_t ld, size_t cols, const float* const* u, int k_n, const float* init,
-                    float* const* y, size_t j0, const char* pf, int pf_lines) {
+inline void mv_width(const float* wt, size_t width, const float* const* u, int k_n, const float* init,
+                     float* const* y, size_t j0, const char* pf, int pf_lines) {
     if constexpr (W > 0) {
-        if (cols - j0 == static_cast<size_t>(W))
-            mv_block<R, W>(wt, ld, u, k_n, init, y, j0, pf, pf_lines);
+        if (width == static_cast<size_t>(W))
+            mv_block<R, W>(wt, u, k_n, init, y, j0, pf, pf_lines);
         else
-            mv_tail<R, W - kMv>(wt, ld, cols, u, k_n, init, y, j0, pf, pf_lines);
+            mv_width<R, W - kMv>(wt, width, u, k_n, init, y, j0, pf, pf_lines);
     }
 }
 
+// The cols outputs in blocks of block_width(R), the last one narrower where cols is not a multiple.
+// (Widths spread evenly instead, in_proj's 37 ymm columns as 7 blocks of 4 vectors and 3 of 3 in
+// place of 9 of 4 and one of 1, ran ~6% slower: the blocks of 3 broadcast as often for fewer
+// multiplies.)
 template <int R>
-void mv_rows(const float* wt, size_t ld, size_t cols, const float* const* u, int k_n, const float* init,
-             float* const* y, StatePrefetch* pf) {
+void mv_rows(const float* wt, size_t cols, const float* const* u, int k_n, const float* init, float* const* y,
+             StatePrefetch* pf) {
     constexpr int JB = block_width(R);
     const char* run = nullptr;
-    size_t j = 0;
-    for (; j + JB <= cols; j += JB) {
+    for (size_t j = 0; j < cols; j += JB) {
+        const size_t width = cols - j < static_cast<size_t>(JB) ? cols - j : JB;
         const int n = pf ? take_lines(*pf, 2 * k_n, &run) : 0;
-        mv_block<R, JB>(wt, ld, u, k_n, init, y, j, run, n);
-    }
-    if (j < cols) {
-        const int n = pf ? take_lines(*pf, 2 * k_n, &run) : 0;
-        mv_tail<R, JB - kMv>(wt, ld, cols, u, k_n, init, y, j, run, n);
+        mv_width<R, JB>(wt, width, u, k_n, init, y, j, run, n);
     }
 }
 
-// y[r][0:n] = init (or 0) + wt^T u[r] over k = 0..k_n-1 for r < rows <= kMaxRows, with wt stored
-// [k_n][ld], ld a multiple of 16 and n <= ld. The outputs from n up to the next multiple of kMv
+// y[r][0:n] = init (or 0) + W^T u[r] over k = 0..k_n-1 for r < rows <= kMaxRows, with W [k_n][ld]
+// stored in panels (panel_at), ld a multiple of 16 and n <= ld. The outputs from n up to the next multiple of kMv
 // are computed too (the padding's zero weights give zeros); those beyond are left as they are
 // (nothing reads them). pf (may be null) supplies lines to prefetch on the way.
-void matvec(const float* wt, size_t ld, int n, const float* const* u, int k_n, const float* init, float* const* y,
-            int rows, StatePrefetch* pf) {
+void matvec(const float* wt, int n, const float* const* u, int k_n, const float* init, float* const* y, int rows,
+            StatePrefetch* pf) {
     static_assert(kMaxRows >= 2 && kMaxRows <= 6, "the switch covers 1..kMaxRows rows");
     const size_t cols = (static_cast<size_t>(n) + kMv - 1) / kMv * kMv;
     switch (rows) {
-        case 1: mv_rows<1>(wt, ld, cols, u, k_n, init, y, pf); break;
-        case 2: mv_rows<2>(wt, ld, cols, u, k_n, init, y, pf); break;
-        case 3: if constexpr (kMaxRows >= 3) mv_rows<3>(wt, ld, cols, u, k_n, init, y, pf); break;
-        case 4: if constexpr (kMaxRows >= 4) mv_rows<4>(wt, ld, cols, u, k_n, init, y, pf); break;
-        case 5: if constexpr (kMaxRows >= 5) mv_rows<5>(wt, ld, cols, u, k_n, init, y, pf); break;
-        case 6: if constexpr (kMaxRows >= 6) mv_rows<6>(wt, ld, cols, u, k_n, init, y, pf); break;
+        case 1: mv_rows<1>(wt, cols, u, k_n, init, y, pf); break;
+        case 2: mv_rows<2>(wt, cols, u, k_n, init, y, pf); break;
+        case 3: if constexpr (kMaxRows >= 3) mv_rows<3>(wt, cols, u, k_n, init, y, pf); break;
+        case 4: if constexpr (kMaxRows >= 4) mv_rows<4>(wt, cols, u, k_n, init, y, pf); break;
+        case 5: if constexpr (kMaxRows >= 5) mv_rows<5>(wt, cols, u, k_n, init, y, pf); break;
+        case 6: if constexpr (kMaxRows >= 6) mv_rows<6>(wt, cols, u, k_n, init, y, pf); break;
         default: break;
     }
 }
@@ -312,26 +301,44 @@ void heads_mamba2(const SsmPlan& p, const SsmLayer& L, float* const* v_in, int n
     for (int i = 0; i < lanes; ++i) da_[i] = vm::exp(da_[i]);
 }
 
+#if defined(__AVX512F__)
+// conv4_silu's vector body for the M * 16 channels from ch: the conv of each vector, then silu on
+// all M together (vm::silu16_n).
+template <int M>
+inline __attribute__((always_inline)) void conv4_silu16(float* __restrict win0, float* __restrict win1,
+                                                        float* __restrict win2, const float* __restrict w0,
+                                                        const float* __restrict w1, const float* __restrict w2,
+                                                        const float* __restrict w3, const float* __restrict b,
+                                                        const float* __restrict x, float* __restrict a, int ch) {
+    vfloat acc[M];
+    for (int m = 0; m < M; ++m) {
+        const int c = ch + 16 * m;
+        const vfloat s0 = vload<vfloat>(win0 + c), s1 = vload<vfloat>(win1 + c), s2 = vload<vfloat>(win2 + c);
+        const vfloat xv = vload<vfloat>(x + c);
+        acc[m] = vload<vfloat>(b + c);
+        acc[m] += vload<vfloat>(w0 + c) * s0;
+        acc[m] += vload<vfloat>(w1 + c) * s1;
+        acc[m] += vload<vfloat>(w2 + c) * s2;
+        acc[m] += vload<vfloat>(w3 + c) * xv;
+        vstore(win0 + c, s1);
+        vstore(win1 + c, s2);
+        vstore(win2 + c, xv);
+    }
+    vm::silu16_n<M>(acc);
+    for (int m = 0; m < M; ++m) vstore(a + ch + 16 * m, acc[m]);
+}
+#endif
+
 // Causal depthwise conv for d_conv = 4 in one pass per channel: a = silu(b + w0*win0 + w1*win1 +
 // w2*win2 + w3*x) summed in that order, and the window shifts (win0 <- win1 <- win2 <- x).
 void conv4_silu(float* __restrict win0, float* __restrict win1, float* __restrict win2, const float* __restrict w0,
                 const float* __restrict w1, const float* __restrict w2, const float* __restrict w3,
                 const float* __restrict b, const float* __restrict x, float* __restrict a, int cd) {
     int ch = 0;
-#if defined(__AVX512F__)
-    for (; ch + 16 <= cd; ch += 16) {  // the same operations in the same order, 16 channels at a time
-        const vfloat s0 = vload<vfloat>(win0 + ch), s1 = vload<vfloat>(win1 + ch), s2 = vload<vfloat>(win2 + ch);
-        const vfloat xv = vload<vfloat>(x + ch);
-        vfloat acc = vload<vfloat>(b + ch);
-        acc += vload<vfloat>(w0 + ch) * s0;
-        acc += vload<vfloat>(w1 + ch) * s1;
-        acc += vload<vfloat>(w2 + ch) * s2;
-        acc += vload<vfloat>(w3 + ch) * xv;
-        vstore(win0 + ch, s1);
-        vstore(win1 + ch, s2);
-        vstore(win2 + ch, xv);
-        vstore(a + ch, vm::silu16(acc));
-    }
+#if defined(__AVX512F__)  // the same operations in the same order, 16 channels a vector
+    for (; ch + 64 <= cd; ch += 64) conv4_silu16<4>(win0, win1, win2, w0, w1, w2, w3, b, x, a, ch);
+    for (; ch + 32 <= cd; ch += 32) conv4_silu16<2>(win0, win1, win2, w0, w1, w2, w3, b, x, a, ch);
+    for (; ch + 16 <= cd; ch += 16) conv4_silu16<1>(win0, win1, win2, w0, w1, w2, w3, b, x, a, ch);
 #endif
     for (; ch < cd; ++ch) {
         float acc = b[ch];
@@ -363,22 +370,44 @@ void conv_silu(float* win, const float* wt, size_t ld, int dc, const float* b, c
     vm::vsilu_inplace(a, cd);
 }
 
+// The per-element factors of the state update, exp(dt*A) and dt*xs, for element i of a run
+// (element i belongs to head i / hd). PerHead: read from the heads' dt and exp(dt*A) and the conv
+// output xs as they are used, with a vector never straddling two heads (hd a multiple of kVec);
+// otherwise from the arrays da, xd that row_mamba2 fills first.
+struct UpdateFactors {
+    const float* dt_h;  // [heads of the run]
+    const float* da_h;
+    const float* xs;    // [w]
+    int hd;
+    const float* da;    // [w], when not per head
+    const float* xd;
+};
+
+template <bool PerHead>
+inline __attribute__((always_inline)) void factors_vec(const UpdateFactors& f, int i, vfloat& dav, vfloat& xdv) {
+    if constexpr (PerHead) {
+        const int h = i / f.hd;
+        dav = splat<vfloat>(f.da_h[h]);
+        xdv = splat<vfloat>(f.dt_h[h]) * vload<vfloat>(f.xs + i);
+    } else {
+        dav = vload<vfloat>(f.da + i);
+        xdv = vload<vfloat>(f.xd + i);
+    }
+}
+
 // One group's run of w elements: S[n, i] = da[i]*S[n, i] + xd[i]*B[n]; y[i] = sum_n S[n, i]*C[n]
-// (n ascending, from zero); then y = (y + D*xs) * silu(z), the gate of the spec. Tiles of
-// kTileVecs vectors keep da, xd and the y accumulators in registers across the n loop, so each
-// state vector costs one load and one store.
+// (n ascending, from zero). Tiles of kTileVecs vectors keep da, xd and the y accumulators in
+// registers across the n loop, so each state vector costs one load and one store.
 constexpr int kTileVecs = kVec == 16 ? 4 : 2;  // 3 * kTileVecs live vectors: within 16 or 32 registers
-void ssm_update(float* __restrict S, size_t n_stride, int N, int w, const float* __restrict da,
-                const float* __restrict xd, const float* __restrict B, const float* __restrict C,
-                const float* __restrict D, const float* __restrict xs, const float* __restrict z,
-                float* __restrict y) {
+template <bool PerHead>
+void ssm_update(float* __restrict S, size_t n_stride, int N, int w, const UpdateFactors& f,
+                const float* __restrict B, const float* __restrict C, float* __restrict y) {
     constexpr int TW = kTileVecs * kVec;
     int i0 = 0;
     for (; i0 + TW <= w; i0 += TW) {
         vfloat dav[kTileVecs], xdv[kTileVecs], acc[kTileVecs];
         for (int t = 0; t < kTileVecs; ++t) {
-            dav[t] = vload<vfloat>(da + i0 + t * kVec);
-            xdv[t] = vload<vfloat>(xd + i0 + t * kVec);
+            factors_vec<PerHead>(f, i0 + t * kVec, dav[t], xdv[t]);
             acc[t] = vfloat{};
         }
         for (int n = 0; n < N; ++n) {
@@ -399,55 +428,95 @@ void ssm_update(float* __restrict S, size_t n_stride, int N, int w, const float*
             const float bn = B[n], cn = C[n];
             float* __restrict s = S + static_cast<size_t>(n) * n_stride;
             for (int i = i0; i < w; ++i) {
-                const float v = da[i] * s[i] + xd[i] * bn;
+                const float da = PerHead ? f.da_h[i / f.hd] : f.da[i];
+                const float xd = PerHead ? f.dt_h[i / f.hd] * f.xs[i] : f.xd[i];
+                const float v = da * s[i] + xd * bn;
                 s[i] = v;
                 y[i] += v * cn;
             }
         }
     }
-    int i = 0;
-#if defined(__AVX512F__)
-    for (; i + 16 <= w; i += 16)
-        vstore(y + i, (vload<vfloat>(y + i) + vload<vfloat>(D + i) * vload<vfloat>(xs + i)) * vm::silu16(vload<vfloat>(z + i)));
-#endif
-    for (; i < w; ++i) y[i] = (y[i] + D[i] * xs[i]) * vm::silu(z[i]);
 }
 
+#if defined(__AVX512F__)
+// gate_rows' vector body for the M * 16 elements from i (silu on all M together, vm::silu16_n).
+template <int M>
+inline __attribute__((always_inline)) void gate16(const float* __restrict D, const float* __restrict xs,
+                                                  const float* __restrict z, float* __restrict y, int i) {
+    vfloat g[M];
+    for (int m = 0; m < M; ++m) g[m] = vload<vfloat>(z + i + 16 * m);
+    vm::silu16_n<M>(g);
+    for (int m = 0; m < M; ++m) {
+        const int j = i + 16 * m;
+        vstore(y + j, (vload<vfloat>(y + j) + vload<vfloat>(D + j) * vload<vfloat>(xs + j)) * g[m]);
+    }
+}
+#endif
 
-// From v_in = in_proj output of one row (and its heads' dt, exp(dt*A)) to y_out = the gated,
-// normed input of out_proj, updating the slot's states.
-void row_mamba2(const SsmPlan& P, const SsmLayer& L, int slot, const float* v_in, const float* dt, const float* da,
+// The gate of the spec, y = (y + D*xs) * silu(z) over d_inner, for the nb rows of a block.
+void gate_rows(const float* D, const float* const* xs, const float* const* z, float* const* y, int nb, int di) {
+    for (int q = 0; q < nb; ++q) {
+        int i = 0;
+#if defined(__AVX512F__)
+        for (; i + 64 <= di; i += 64) gate16<4>(D, xs[q], z[q], y[q], i);
+        for (; i + 32 <= di; i += 32) gate16<2>(D, xs[q], z[q], y[q], i);
+        for (; i + 16 <= di; i += 16) gate16<1>(D, xs[q], z[q], y[q], i);
+#endif
+        for (; i < di; ++i) y[q][i] = (y[q][i] + D[i] * xs[q][i]) * vm::silu(z[q][i]);
+    }
+}
+
+// The conv of the nb rows of a block, a = silu(conv(xBC)) into each row's scratch, shifting each
+// slot's window. One pass over all rows: silu is a chain of ~25 dependent operations, and a row's
+// 10 vectors of it are too few to keep the pipes busy (row by row, the conv and the gate ran at
+// about a third of their throughput); the rows' chains are independent and overlap.
+void conv_rows(const SsmPlan& P, const SsmLayer& L, const int* rows, int nb, const int32_t* slots,
+               float* const* v_in) {
+    const SsmConfig& c = P.cfg;
+    const int di = c.d_inner, cd = c.conv_dim(), dc = c.d_conv;
+    for (int q = 0; q < nb; ++q) {
+        float* win = L.conv.get() + P.conv_slot * slots[rows[q]];
+        const float* xbc = v_in[q] + di;
+        float* a = P.rows[q].a;
+        if (dc == 4) {
+            const size_t cds = static_cast<size_t>(cd);
+            conv4_silu(win, win + cds, win + 2 * cds, L.conv_wt, L.conv_wt + P.ld_conv, L.conv_wt + 2 * P.ld_conv,
+                       L.conv_wt + 3 * P.ld_conv, L.conv_b, xbc, a, cd);
+        } else {
+            conv_silu(win, L.conv_wt, P.ld_conv, dc, L.conv_b, xbc, a, cd);
+        }
+    }
+}
+
+// The state update of one row, from a = [xs | B | C] (conv_rows) and its heads' dt, exp(dt*A):
+// y_out = sum_n S*C, before the gate.
+void row_mamba2(const SsmPlan& P, const SsmLayer& L, int slot, const float* a, const float* dt, const float* da,
                 float* y_out) {
     const SsmConfig& c = P.cfg;
-    const int di = c.d_inner, cd = c.conv_dim(), dc = c.d_conv, nh = c.nheads, hd = c.headdim, N = c.d_state;
+    const int di = c.d_inner, nh = c.nheads, hd = c.headdim, N = c.d_state;
     const int G = c.ngroups, heads_per_group = nh / G;
-    const float* z = v_in;
-    const float* xbc = v_in + di;
-
-    float* win = L.conv.get() + P.conv_slot * slot;
-    float* a = P.a;
-    if (dc == 4) {
-        const size_t cds = static_cast<size_t>(cd);
-        conv4_silu(win, win + cds, win + 2 * cds, L.conv_wt, L.conv_wt + P.ld_conv, L.conv_wt + 2 * P.ld_conv,
-                   L.conv_wt + 3 * P.ld_conv, L.conv_b, xbc, a, cd);
-    } else {
-        conv_silu(win, L.conv_wt, P.ld_conv, dc, L.conv_b, xbc, a, cd);
-    }
-
     // Per n, the heads of one group are one contiguous run of the pool ([n][h][p] per slot), so
     // the update runs across the whole run (d_inner for G = 1) with the per-head factors as
-    // vectors (plan.daf, plan.xdt).
-    for (int h = 0; h < nh; ++h)
-        for (int p = 0; p < hd; ++p) {
-            P.xdt[h * hd + p] = dt[h] * a[h * hd + p];
-            P.daf[h * hd + p] = da[h];
-        }
+    // vectors: built as they are used where a vector holds one head's elements, else first
+    // written out per element (plan.daf, plan.xdt).
+    const bool per_head = hd % kVec == 0;
+    if (!per_head)
+        for (int h = 0; h < nh; ++h)
+            for (int p = 0; p < hd; ++p) {
+                P.xdt[h * hd + p] = dt[h] * a[h * hd + p];
+                P.daf[h * hd + p] = da[h];
+            }
     float* S = L.ssm.get() + P.ssm_slot * slot;
     const int run = heads_per_group * hd;
     for (int g = 0; g < G; ++g) {
         const size_t i0 = static_cast<size_t>(g) * run;
-        ssm_update(S + i0, di, N, run, P.daf + i0, P.xdt + i0, a + di + g * N, a + di + G * N + g * N, L.D_elem + i0,
-                   a + i0, z + i0, y_out + i0);
+        const UpdateFactors f{dt + g * heads_per_group, da + g * heads_per_group, a + i0, hd, P.daf + i0, P.xdt + i0};
+        const float* B = a + di + g * N;
+        const float* C = a + di + G * N + g * N;
+        if (per_head)
+            ssm_update<true>(S + i0, di, N, run, f, B, C, y_out + i0);
+        else
+            ssm_update<false>(S + i0, di, N, run, f, B, C, y_out + i0);
     }
 }
 
@@ -486,6 +555,7 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
     float* h[kMaxRows];
     float* u[kMaxRows];
     float* v[kMaxRows];
+    float* a[kMaxRows];
     float* y[kMaxRows];
     float* t[kMaxRows];
     for (int q = 0; q < nb; ++q) {
@@ -493,26 +563,29 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
         h[q] = P.rows[q].h;
         u[q] = P.rows[q].u;
         v[q] = P.rows[q].v;
+        a[q] = P.rows[q].a;
         y[q] = P.rows[q].y;
         t[q] = P.rows[q].t;
     }
 
-    matvec(P.enc_wt, P.ld_model, dm, in, F, P.enc_b, h, nb, pf);
+    matvec(P.enc_wt, dm, in, F, P.enc_b, h, nb, pf);
     for (int l = 0; l < c.n_layers; ++l) {
         const SsmLayer& L = P.layers[l];
         rmsnorm_rows(h, L.norm_w, u, nb, dm, c.norm_eps);
-        matvec(L.in_wt, P.ld_in, c.d_in_proj(), u, dm, nullptr, v, nb, pf);
-        if (c.kind == SsmKind::kMamba2) heads_mamba2(P, L, v, nb);
-        for (int q = 0; q < nb; ++q) {
-            if (c.kind == SsmKind::kMamba2)
-                row_mamba2(P, L, slots[rows[q]], v[q], P.dt + q * c.nheads, P.da + q * c.nheads, y[q]);
-            else
-                row_s4d(P, L, slots[rows[q]], v[q], y[q]);
+        matvec(L.in_wt, c.d_in_proj(), u, dm, nullptr, v, nb, pf);
+        if (c.kind == SsmKind::kMamba2) {
+            heads_mamba2(P, L, v, nb);
+            conv_rows(P, L, rows, nb, slots, v);
+            for (int q = 0; q < nb; ++q)
+                row_mamba2(P, L, slots[rows[q]], a[q], P.dt + q * c.nheads, P.da + q * c.nheads, y[q]);
+            gate_rows(L.D_elem, a, v, y, nb, c.d_inner);
+            // RMSNorm of each row's gated product over all of d_inner at once (the spec's order).
+            rmsnorm_rows(y, L.gnorm_w, y, nb, c.d_inner, c.norm_eps);
+        } else {
+            for (int q = 0; q < nb; ++q) row_s4d(P, L, slots[rows[q]], v[q], y[q]);
         }
-        // mamba2: RMSNorm of each row's gated product over all of d_inner at once (the spec's order).
-        if (c.kind == SsmKind::kMamba2) rmsnorm_rows(y, L.gnorm_w, y, nb, c.d_inner, c.norm_eps);
         // h + out_proj @ y2, the product summed on its own first (as the spec writes it).
-        matvec(L.out_wt, P.ld_model, dm, y, c.d_inner, nullptr, t, nb, pf);
+        matvec(L.out_wt, dm, y, c.d_inner, nullptr, t, nb, pf);
         if (P.drop) {  // h + m * t, as engine/model/ssm.py residual() writes it
             for (int q = 0; q < nb; ++q) {
                 const size_t variant = static_cast<size_t>(slots[rows[q]] % P.n_drop);
@@ -525,7 +598,7 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
         }
     }
     rmsnorm_rows(h, P.norm_f, u, nb, dm, c.norm_eps);
-    matvec(P.head_wt, P.ld_out, n_out, u, dm, P.head_b, t, nb, pf);
+    matvec(P.head_wt, n_out, u, dm, P.head_b, t, nb, pf);
     for (int q = 0; q < nb; ++q)
         for (int j = 0; j < n_out; ++j) out[static_cast<size_t>(rows[q]) * n_out + j] = t[q][j];
 }

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "ssm.hpp"
+#include "weight_panels.hpp"
 
 namespace nextick {
 
@@ -25,7 +26,7 @@ constexpr int kMaxBlockRows = 8;
 struct SsmLayer {
     // mamba2 uses norm_w..out_wt; s4d uses norm_w, in_wt, dA, dB, C, D, out_wt.
     const float* norm_w = nullptr;   // [ld_model]
-    const float* in_wt = nullptr;    // [d_model][ld_in]
+    const float* in_wt = nullptr;    // [d_model][ld_in] in panels
     const float* conv_wt = nullptr;  // [d_conv][ld_conv]
     const float* conv_b = nullptr;   // [ld_conv]
     const float* dt_bias = nullptr;  // [nheads]
@@ -33,7 +34,7 @@ struct SsmLayer {
     const float* D = nullptr;        // mamba2 [nheads], s4d [d_inner]
     const float* D_elem = nullptr;   // mamba2: D[h] at every element h*headdim + p [ld_inner]
     const float* gnorm_w = nullptr;  // [ld_inner]
-    const float* out_wt = nullptr;   // [d_inner][ld_model]
+    const float* out_wt = nullptr;   // [d_inner][ld_model] in panels
     const float* dA = nullptr;       // s4d, transposed: [N][ld_inner]
     const float* dB = nullptr;
     const float* C = nullptr;
@@ -46,26 +47,26 @@ struct SsmRowScratch {
     float* h = nullptr;  // residual stream [ld_model]
     float* u = nullptr;  // normed input of a layer / of the head [ld_model]
     float* v = nullptr;  // in_proj output [ld_in]
+    float* a = nullptr;  // mamba2: conv output, silu'd [ld_conv]
     float* y = nullptr;  // mixer output, out_proj input [ld_inner]
     float* t = nullptr;  // out_proj / head output [max(ld_model, ld_out)]
 };
 
 // Everything a kernel call reads (and the scratch it writes): the padded layout, the weights, the
-// layers and the scratch. Matrices are stored transposed, [in][ld] with ld = outputs rounded up to
-// 16 and zero padding, so a matvec runs across outputs.
+// layers and the scratch. The four matrices are stored transposed, [in][ld] with ld = outputs
+// rounded up to 16 and zero padding, in panels (panel_at), so a matvec runs across outputs.
 struct SsmPlan {
     SsmConfig cfg;
     size_t ld_model = 0, ld_in = 0, ld_out = 0, ld_conv = 0, ld_inner = 0;
     size_t conv_slot = 0, ssm_slot = 0;  // floats per slot in each layer's state arrays
-    const float* enc_wt = nullptr;       // [F][ld_model]
+    const float* enc_wt = nullptr;       // [F][ld_model] in panels
     const float* enc_b = nullptr;
     const float* norm_f = nullptr;
-    const float* head_wt = nullptr;      // [d_model][ld_out]
+    const float* head_wt = nullptr;      // [d_model][ld_out] in panels
     const float* head_b = nullptr;
     const SsmLayer* layers = nullptr;    // [n_layers]
     SsmRowScratch rows[kMaxBlockRows];
-    // Shared by the per-row mixer, which runs one row at a time.
-    float* a = nullptr;    // conv output, silu'd [ld_conv]
+    // Shared by the state update, which runs one row at a time.
     float* xdt = nullptr;  // mamba2 dt[h] * xs[h, p] [ld_inner]
     float* daf = nullptr;  // mamba2 exp(dt[h] * A[h]) per element h*headdim + p [ld_inner]
     // mamba2 dt and exp(dt*A) of every row of a block, row q's head h at q*nheads + h

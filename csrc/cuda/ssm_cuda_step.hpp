@@ -45,6 +45,7 @@
 #define NEXTICK_VMATH_ISA cuda
 #endif
 #include "../vmath.hpp"
+#include "../weight_panels.hpp"
 
 namespace nextick {
 namespace cuda {
@@ -70,7 +71,7 @@ struct StepDims {
 template <class W>
 struct LayerWeights {
     const float* norm_w = nullptr;
-    const W* in_wt = nullptr;  // [d_model][ld_in]
+    const W* in_wt = nullptr;  // [d_model][ld_in] in panels (weight_panels.hpp)
     const float* conv_wt = nullptr;  // [d_conv][ld_conv]
     const float* conv_b = nullptr;
     const float* dt_bias = nullptr;
@@ -78,7 +79,7 @@ struct LayerWeights {
     const float* D = nullptr;       // s4d [d_inner]
     const float* D_elem = nullptr;  // mamba2: D[h] at every element h*headdim + p
     const float* gnorm_w = nullptr;
-    const W* out_wt = nullptr;  // [d_inner][ld_model]
+    const W* out_wt = nullptr;  // [d_inner][ld_model] in panels
     const float* dA = nullptr;  // s4d [N][ld_inner]
     const float* dB = nullptr;
     const float* C = nullptr;
@@ -89,10 +90,10 @@ struct LayerWeights {
 template <class W>
 struct StepArgs {
     StepDims d;
-    const W* enc_wt = nullptr;  // [F][ld_model]
+    const W* enc_wt = nullptr;  // [F][ld_model] in panels
     const float* enc_b = nullptr;
     const float* norm_f = nullptr;
-    const W* head_wt = nullptr;  // [d_model][ld_out]
+    const W* head_wt = nullptr;  // [d_model][ld_out] in panels
     const float* head_b = nullptr;
     const LayerWeights<W>* layers = nullptr;  // [n_layers]
     float* pool = nullptr;                    // [n_slots][state_size]
@@ -180,13 +181,13 @@ NEXTICK_HD inline float rms_inv(const float* v, int n, float eps) {
     return 1.0f / sqrtf(lane[0] / static_cast<float>(n) + eps);
 }
 
-// y[q][j] = init[j] (or 0) + sum_k wt[k*ld + j] * u[q][k], k ascending, for j < n_cols and the nb
+// y[q][j] = init[j] (or 0) + sum_k W[k][j] * u[q][k] (W in panels: weight_panels.hpp), k ascending, for j < n_cols and the nb
 // rows of the block; with add, y[q][j] = y[q][j] + that sum (the residual: the sum first, as the
 // CPU kernel adds out_proj's product). Output row q is y + q*y_ld, or y + out_rows[q]*y_ld.
 // An item is one column for a group of rows, so that each weight is loaded once per group; the
 // groups are as large as the threads allow (all rows when the columns alone occupy the block).
 template <class W>
-NEXTICK_HD void matvec(const W* wt, int ld, int n_cols, int K, const float* u, size_t u_ld, int nb, const float* init,
+NEXTICK_HD void matvec(const W* wt, int n_cols, int K, const float* u, size_t u_ld, int nb, const float* init,
                        float* y, size_t y_ld, const int* out_rows, bool add, int tid, int nth) {
     int groups = nth / n_cols;
     groups = groups < 1 ? 1 : groups > nb ? nb : groups;
@@ -199,7 +200,7 @@ NEXTICK_HD void matvec(const W* wt, int ld, int n_cols, int K, const float* u, s
         NEXTICK_UNROLL
         for (int q = 0; q < kMaxRowsPerBlock; ++q) acc[q] = a0;
         for (int k = 0; k < K; ++k) {
-            const float w = load_w(wt + static_cast<size_t>(k) * ld + j);
+            const float w = load_w(wt + panel_at(static_cast<size_t>(K), static_cast<size_t>(k), static_cast<size_t>(j)));
             NEXTICK_UNROLL
             for (int q = 0; q < kMaxRowsPerBlock; ++q)
                 if (q < cnt) acc[q] += w * u[static_cast<size_t>(q0 + q) * u_ld + k];
@@ -276,13 +277,13 @@ NEXTICK_HD void step_block(const StepArgs<W>& A, int block, int tid, int nth, fl
     if (nb == 0) return;  // the same for every thread of the block: no barrier is left waiting
 
     const size_t lm = d.ld_model, li = d.ld_in, lc = d.ld_conv, ly = d.ld_inner;
-    matvec(A.enc_wt, d.ld_model, d.dm, d.F, xs, d.F, nb, A.enc_b, h, lm, nullptr, false, tid, nth);
+    matvec(A.enc_wt, d.dm, d.F, xs, d.F, nb, A.enc_b, h, lm, nullptr, false, tid, nth);
     sync();
     const size_t layer_floats = d.conv_slot + d.ssm_slot;
     for (int l = 0; l < d.n_layers; ++l) {
         const LayerWeights<W>& W_ = A.layers[l];
         rmsnorm_rows(h, lm, d.dm, nb, d.eps, W_.norm_w, u, inv, tid, nth, sync);
-        matvec(W_.in_wt, d.ld_in, d.d_in, d.dm, u, lm, nb, nullptr, v, li, nullptr, false, tid, nth);
+        matvec(W_.in_wt, d.d_in, d.dm, u, lm, nb, nullptr, v, li, nullptr, false, tid, nth);
         sync();
         if (!d.s4d) {
             // Causal conv + silu over rows x channels (the window shifts in the raw xBC), and each
@@ -350,11 +351,11 @@ NEXTICK_HD void step_block(const StepArgs<W>& A, int block, int tid, int nth, fl
             }
             sync();
         }
-        matvec(W_.out_wt, d.ld_model, d.dm, d.di, y, ly, nb, nullptr, h, lm, nullptr, true, tid, nth);
+        matvec(W_.out_wt, d.dm, d.di, y, ly, nb, nullptr, h, lm, nullptr, true, tid, nth);
         sync();
     }
     rmsnorm_rows(h, lm, d.dm, nb, d.eps, A.norm_f, u, inv, tid, nth, sync);
-    matvec(A.head_wt, d.ld_out, d.n_out, d.dm, u, lm, nb, A.head_b, A.out, static_cast<size_t>(d.n_out), rows, false,
+    matvec(A.head_wt, d.n_out, d.dm, u, lm, nb, A.head_b, A.out, static_cast<size_t>(d.n_out), rows, false,
            tid, nth);
 }
 
