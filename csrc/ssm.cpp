@@ -360,12 +360,12 @@ void SsmModel::build_layout() {
     plan_->conv_slot = static_cast<size_t>(conv_slot_floats(c));
     plan_->ssm_slot = static_cast<size_t>(ssm_slot_floats(c));
     head_w_ = c.kind == SsmKind::kMamba2 ? c.headdim : c.d_inner;
-    // Scratch: one set per row of a block (the matvecs, the conv and the gate take up to kMaxRows
-    // rows at once), plus one set for the state update, which runs a row at a time.
+    // Scratch: one set per row of a block (the matvecs take up to kMaxRows rows at once), plus one
+    // set for the per-row mixer in between, which runs a row at a time.
     const size_t ld_t = plan_->ld_model > plan_->ld_out ? plan_->ld_model : plan_->ld_out;
-    const size_t per_row = 2 * plan_->ld_model + plan_->ld_in + plan_->ld_conv + plan_->ld_inner + ld_t;
+    const size_t per_row = 2 * plan_->ld_model + plan_->ld_in + plan_->ld_inner + ld_t;
     const size_t ld_block_heads = pad16(static_cast<size_t>(kMaxBlockRows) * (c.kind == SsmKind::kMamba2 ? c.nheads : 1));
-    const size_t total = kMaxBlockRows * per_row + 2 * plan_->ld_inner + 2 * ld_block_heads;
+    const size_t total = kMaxBlockRows * per_row + plan_->ld_conv + 2 * plan_->ld_inner + 2 * ld_block_heads;
     scratch_ = std::make_unique<Buffer>(total);
     float* p = scratch_->p;
     auto take = [&](size_t n) {
@@ -377,10 +377,10 @@ void SsmModel::build_layout() {
         plan_->rows[r].h = take(plan_->ld_model);
         plan_->rows[r].u = take(plan_->ld_model);
         plan_->rows[r].v = take(plan_->ld_in);
-        plan_->rows[r].a = take(plan_->ld_conv);
         plan_->rows[r].y = take(plan_->ld_inner);
         plan_->rows[r].t = take(ld_t);
     }
+    plan_->a = take(plan_->ld_conv);
     plan_->xdt = take(plan_->ld_inner);
     plan_->daf = take(plan_->ld_inner);
     plan_->dt = take(ld_block_heads);

@@ -8,7 +8,7 @@
 // where plain loops cannot say it; no intrinsics, so every variant computes the same bits through
 // its own vector width):
 //   * matrices are stored transposed, [in][ld] with ld = outputs rounded up to 16 and zero padding,
-//     and cut into panels of 16 outputs (panel_at), so a matvec is `for k: for j: acc[j] +=
+//     and cut into panels of 16 outputs (weight_panels.hpp), so a matvec is `for k: for j: acc[j] +=
 //     wt[k][j] * u[k]`, vectorized across outputs, the accumulators of a block of outputs stay in
 //     registers for the whole k loop, and the weights a block reads are a few sequential streams;
 //   * up to max_rows consecutive rows with distinct slots go through each matvec together, so a
@@ -143,13 +143,14 @@ inline __attribute__((always_inline)) void prefetch_pair(const char* pf, int pf_
 }
 
 // Matvec block for R rows at once: y[r][j0 + j] = init[j0 + j] (or 0) + sum_{k=0}^{K-1}
-// W[k][j0 + j] * u[r][k], k ascending, for j < JB, W stored in panels (see SsmPlan). JB and R are
+// W[k][j0 + j] * u[r][k], k ascending, for j < JB, W stored in panels (weight_panels.hpp). JB and R are
 // compile-time so that the R*JB accumulators are registers for the whole k loop; each weight vector
 // is loaded once for R rows (at batch 1 the weights stream from L2 and bound the speed; R rows
 // share that stream), and the R*JB/kMv independent add chains hide the add latency. Each output is
 // still one accumulator summed in the order k = 0..K-1, so the result of a row does not depend on
 // R or on the other rows. Iteration k also prefetches lines 2k and 2k+1 of the run pf[0 : pf_lines)
-// (two per k: a block's matvecs have ~1,000 k steps, the next block's states ~1,300 lines).
+// (two per k: the default config's matvecs take ~1,870 k steps for a block of 6 rows, and the next
+// block's states are ~1,900 lines; each run ends where a state array does, bench/RESULTS.md).
 //
 // Several rows are written with the weights pinned in registers (pin), which plain loops cannot
 // express; one row lets the compiler fold each weight load into its multiply (each is used once).
@@ -301,44 +302,26 @@ void heads_mamba2(const SsmPlan& p, const SsmLayer& L, float* const* v_in, int n
     for (int i = 0; i < lanes; ++i) da_[i] = vm::exp(da_[i]);
 }
 
-#if defined(__AVX512F__)
-// conv4_silu's vector body for the M * 16 channels from ch: the conv of each vector, then silu on
-// all M together (vm::silu16_n).
-template <int M>
-inline __attribute__((always_inline)) void conv4_silu16(float* __restrict win0, float* __restrict win1,
-                                                        float* __restrict win2, const float* __restrict w0,
-                                                        const float* __restrict w1, const float* __restrict w2,
-                                                        const float* __restrict w3, const float* __restrict b,
-                                                        const float* __restrict x, float* __restrict a, int ch) {
-    vfloat acc[M];
-    for (int m = 0; m < M; ++m) {
-        const int c = ch + 16 * m;
-        const vfloat s0 = vload<vfloat>(win0 + c), s1 = vload<vfloat>(win1 + c), s2 = vload<vfloat>(win2 + c);
-        const vfloat xv = vload<vfloat>(x + c);
-        acc[m] = vload<vfloat>(b + c);
-        acc[m] += vload<vfloat>(w0 + c) * s0;
-        acc[m] += vload<vfloat>(w1 + c) * s1;
-        acc[m] += vload<vfloat>(w2 + c) * s2;
-        acc[m] += vload<vfloat>(w3 + c) * xv;
-        vstore(win0 + c, s1);
-        vstore(win1 + c, s2);
-        vstore(win2 + c, xv);
-    }
-    vm::silu16_n<M>(acc);
-    for (int m = 0; m < M; ++m) vstore(a + ch + 16 * m, acc[m]);
-}
-#endif
-
 // Causal depthwise conv for d_conv = 4 in one pass per channel: a = silu(b + w0*win0 + w1*win1 +
 // w2*win2 + w3*x) summed in that order, and the window shifts (win0 <- win1 <- win2 <- x).
 void conv4_silu(float* __restrict win0, float* __restrict win1, float* __restrict win2, const float* __restrict w0,
                 const float* __restrict w1, const float* __restrict w2, const float* __restrict w3,
                 const float* __restrict b, const float* __restrict x, float* __restrict a, int cd) {
     int ch = 0;
-#if defined(__AVX512F__)  // the same operations in the same order, 16 channels a vector
-    for (; ch + 64 <= cd; ch += 64) conv4_silu16<4>(win0, win1, win2, w0, w1, w2, w3, b, x, a, ch);
-    for (; ch + 32 <= cd; ch += 32) conv4_silu16<2>(win0, win1, win2, w0, w1, w2, w3, b, x, a, ch);
-    for (; ch + 16 <= cd; ch += 16) conv4_silu16<1>(win0, win1, win2, w0, w1, w2, w3, b, x, a, ch);
+#if defined(__AVX512F__)
+    for (; ch + 16 <= cd; ch += 16) {  // the same operations in the same order, 16 channels at a time
+        const vfloat s0 = vload<vfloat>(win0 + ch), s1 = vload<vfloat>(win1 + ch), s2 = vload<vfloat>(win2 + ch);
+        const vfloat xv = vload<vfloat>(x + ch);
+        vfloat acc = vload<vfloat>(b + ch);
+        acc += vload<vfloat>(w0 + ch) * s0;
+        acc += vload<vfloat>(w1 + ch) * s1;
+        acc += vload<vfloat>(w2 + ch) * s2;
+        acc += vload<vfloat>(w3 + ch) * xv;
+        vstore(win0 + ch, s1);
+        vstore(win1 + ch, s2);
+        vstore(win2 + ch, xv);
+        vstore(a + ch, vm::silu16(acc));
+    }
 #endif
     for (; ch < cd; ++ch) {
         float acc = b[ch];
@@ -438,63 +421,27 @@ void ssm_update(float* __restrict S, size_t n_stride, int N, int w, const Update
     }
 }
 
-#if defined(__AVX512F__)
-// gate_rows' vector body for the M * 16 elements from i (silu on all M together, vm::silu16_n).
-template <int M>
-inline __attribute__((always_inline)) void gate16(const float* __restrict D, const float* __restrict xs,
-                                                  const float* __restrict z, float* __restrict y, int i) {
-    vfloat g[M];
-    for (int m = 0; m < M; ++m) g[m] = vload<vfloat>(z + i + 16 * m);
-    vm::silu16_n<M>(g);
-    for (int m = 0; m < M; ++m) {
-        const int j = i + 16 * m;
-        vstore(y + j, (vload<vfloat>(y + j) + vload<vfloat>(D + j) * vload<vfloat>(xs + j)) * g[m]);
-    }
-}
-#endif
 
-// The gate of the spec, y = (y + D*xs) * silu(z) over d_inner, for the nb rows of a block.
-void gate_rows(const float* D, const float* const* xs, const float* const* z, float* const* y, int nb, int di) {
-    for (int q = 0; q < nb; ++q) {
-        int i = 0;
-#if defined(__AVX512F__)
-        for (; i + 64 <= di; i += 64) gate16<4>(D, xs[q], z[q], y[q], i);
-        for (; i + 32 <= di; i += 32) gate16<2>(D, xs[q], z[q], y[q], i);
-        for (; i + 16 <= di; i += 16) gate16<1>(D, xs[q], z[q], y[q], i);
-#endif
-        for (; i < di; ++i) y[q][i] = (y[q][i] + D[i] * xs[q][i]) * vm::silu(z[q][i]);
-    }
-}
-
-// The conv of the nb rows of a block, a = silu(conv(xBC)) into each row's scratch, shifting each
-// slot's window. One pass over all rows: silu is a chain of ~25 dependent operations, and a row's
-// 10 vectors of it are too few to keep the pipes busy (row by row, the conv and the gate ran at
-// about a third of their throughput); the rows' chains are independent and overlap.
-void conv_rows(const SsmPlan& P, const SsmLayer& L, const int* rows, int nb, const int32_t* slots,
-               float* const* v_in) {
-    const SsmConfig& c = P.cfg;
-    const int di = c.d_inner, cd = c.conv_dim(), dc = c.d_conv;
-    for (int q = 0; q < nb; ++q) {
-        float* win = L.conv.get() + P.conv_slot * slots[rows[q]];
-        const float* xbc = v_in[q] + di;
-        float* a = P.rows[q].a;
-        if (dc == 4) {
-            const size_t cds = static_cast<size_t>(cd);
-            conv4_silu(win, win + cds, win + 2 * cds, L.conv_wt, L.conv_wt + P.ld_conv, L.conv_wt + 2 * P.ld_conv,
-                       L.conv_wt + 3 * P.ld_conv, L.conv_b, xbc, a, cd);
-        } else {
-            conv_silu(win, L.conv_wt, P.ld_conv, dc, L.conv_b, xbc, a, cd);
-        }
-    }
-}
-
-// The state update of one row, from a = [xs | B | C] (conv_rows) and its heads' dt, exp(dt*A):
-// y_out = sum_n S*C, before the gate.
-void row_mamba2(const SsmPlan& P, const SsmLayer& L, int slot, const float* a, const float* dt, const float* da,
+// From v_in = in_proj output of one row (and its heads' dt, exp(dt*A)) to y_out = the gated,
+// normed input of out_proj, updating the slot's states.
+void row_mamba2(const SsmPlan& P, const SsmLayer& L, int slot, const float* v_in, const float* dt, const float* da,
                 float* y_out) {
     const SsmConfig& c = P.cfg;
-    const int di = c.d_inner, nh = c.nheads, hd = c.headdim, N = c.d_state;
+    const int di = c.d_inner, cd = c.conv_dim(), dc = c.d_conv, nh = c.nheads, hd = c.headdim, N = c.d_state;
     const int G = c.ngroups, heads_per_group = nh / G;
+    const float* z = v_in;
+    const float* xbc = v_in + di;
+
+    float* win = L.conv.get() + P.conv_slot * slot;
+    float* a = P.a;
+    if (dc == 4) {
+        const size_t cds = static_cast<size_t>(cd);
+        conv4_silu(win, win + cds, win + 2 * cds, L.conv_wt, L.conv_wt + P.ld_conv, L.conv_wt + 2 * P.ld_conv,
+                   L.conv_wt + 3 * P.ld_conv, L.conv_b, xbc, a, cd);
+    } else {
+        conv_silu(win, L.conv_wt, P.ld_conv, dc, L.conv_b, xbc, a, cd);
+    }
+
     // Per n, the heads of one group are one contiguous run of the pool ([n][h][p] per slot), so
     // the update runs across the whole run (d_inner for G = 1) with the per-head factors as
     // vectors: built as they are used where a vector holds one head's elements, else first
@@ -518,6 +465,16 @@ void row_mamba2(const SsmPlan& P, const SsmLayer& L, int slot, const float* a, c
         else
             ssm_update<false>(S + i0, di, N, run, f, B, C, y_out + i0);
     }
+
+    // The gate of the spec: y = (y + D*xs) * silu(z).
+    const float* D = L.D_elem;
+    int i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= di; i += 16)
+        vstore(y_out + i,
+               (vload<vfloat>(y_out + i) + vload<vfloat>(D + i) * vload<vfloat>(a + i)) * vm::silu16(vload<vfloat>(z + i)));
+#endif
+    for (; i < di; ++i) y_out[i] = (y_out[i] + D[i] * a[i]) * vm::silu(z[i]);
 }
 
 void row_s4d(const SsmPlan& P, const SsmLayer& L, int slot, float* v_in, float* y_out) {
@@ -555,7 +512,6 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
     float* h[kMaxRows];
     float* u[kMaxRows];
     float* v[kMaxRows];
-    float* a[kMaxRows];
     float* y[kMaxRows];
     float* t[kMaxRows];
     for (int q = 0; q < nb; ++q) {
@@ -563,7 +519,6 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
         h[q] = P.rows[q].h;
         u[q] = P.rows[q].u;
         v[q] = P.rows[q].v;
-        a[q] = P.rows[q].a;
         y[q] = P.rows[q].y;
         t[q] = P.rows[q].t;
     }
@@ -573,17 +528,15 @@ void run_block(const SsmPlan& P, const int* rows, int nb, const int32_t* slots, 
         const SsmLayer& L = P.layers[l];
         rmsnorm_rows(h, L.norm_w, u, nb, dm, c.norm_eps);
         matvec(L.in_wt, c.d_in_proj(), u, dm, nullptr, v, nb, pf);
-        if (c.kind == SsmKind::kMamba2) {
-            heads_mamba2(P, L, v, nb);
-            conv_rows(P, L, rows, nb, slots, v);
-            for (int q = 0; q < nb; ++q)
-                row_mamba2(P, L, slots[rows[q]], a[q], P.dt + q * c.nheads, P.da + q * c.nheads, y[q]);
-            gate_rows(L.D_elem, a, v, y, nb, c.d_inner);
-            // RMSNorm of each row's gated product over all of d_inner at once (the spec's order).
-            rmsnorm_rows(y, L.gnorm_w, y, nb, c.d_inner, c.norm_eps);
-        } else {
-            for (int q = 0; q < nb; ++q) row_s4d(P, L, slots[rows[q]], v[q], y[q]);
+        if (c.kind == SsmKind::kMamba2) heads_mamba2(P, L, v, nb);
+        for (int q = 0; q < nb; ++q) {
+            if (c.kind == SsmKind::kMamba2)
+                row_mamba2(P, L, slots[rows[q]], v[q], P.dt + q * c.nheads, P.da + q * c.nheads, y[q]);
+            else
+                row_s4d(P, L, slots[rows[q]], v[q], y[q]);
         }
+        // mamba2: RMSNorm of each row's gated product over all of d_inner at once (the spec's order).
+        if (c.kind == SsmKind::kMamba2) rmsnorm_rows(y, L.gnorm_w, y, nb, c.d_inner, c.norm_eps);
         // h + out_proj @ y2, the product summed on its own first (as the spec writes it).
         matvec(L.out_wt, dm, y, c.d_inner, nullptr, t, nb, pf);
         if (P.drop) {  // h + m * t, as engine/model/ssm.py residual() writes it

@@ -47,7 +47,6 @@ struct SsmRowScratch {
     float* h = nullptr;  // residual stream [ld_model]
     float* u = nullptr;  // normed input of a layer / of the head [ld_model]
     float* v = nullptr;  // in_proj output [ld_in]
-    float* a = nullptr;  // mamba2: conv output, silu'd [ld_conv]
     float* y = nullptr;  // mixer output, out_proj input [ld_inner]
     float* t = nullptr;  // out_proj / head output [max(ld_model, ld_out)]
 };
@@ -66,7 +65,8 @@ struct SsmPlan {
     const float* head_b = nullptr;
     const SsmLayer* layers = nullptr;    // [n_layers]
     SsmRowScratch rows[kMaxBlockRows];
-    // Shared by the state update, which runs one row at a time.
+    // Shared by the per-row mixer, which runs one row at a time.
+    float* a = nullptr;    // conv output, silu'd [ld_conv]
     float* xdt = nullptr;  // mamba2 dt[h] * xs[h, p] [ld_inner]
     float* daf = nullptr;  // mamba2 exp(dt[h] * A[h]) per element h*headdim + p [ld_inner]
     // mamba2 dt and exp(dt*A) of every row of a block, row q's head h at q*nheads + h

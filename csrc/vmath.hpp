@@ -240,61 +240,6 @@ NEXTICK_VINLINE vf16 silu16(vf16 v) {
     }
     return out;
 }
-
-// silu16 of M vectors, each step taken for all M before the next (the same bits as silu16 on each
-// vector). silu is a chain of ~20 dependent operations; written vector after vector, the core's FP
-// scheduler holds about two such chains and the conv and the gate ran latency bound (~33 cycles
-// per vector on Zen 4, against ~12 of throughput); interleaved, M chains are in flight at once.
-// An empty asm that takes all M vectors at once: the compiler has to finish a step for every
-// vector before it starts the next, so the instruction stream stays interleaved (GCC otherwise
-// regroups the steps chain by chain).
-template <int M>
-NEXTICK_VINLINE void lockstep(vf16 (&v)[M]) {
-    static_assert(M == 1 || M == 2 || M == 4, "lockstep takes 1, 2 or 4 vectors");
-    if constexpr (M == 4)
-        asm("" : "+v"(v[0]), "+v"(v[1]), "+v"(v[2]), "+v"(v[3]));
-    else if constexpr (M == 2)
-        asm("" : "+v"(v[0]), "+v"(v[1]));
-}
-
-template <int M>
-NEXTICK_VINLINE void silu16_n(vf16 (&v)[M]) {
-    const float kLog2e = 1.44269504088896341f;
-    const float kLn2Hi = 0.693359375f;
-    const float kLn2Lo = -2.12194440e-4f;
-    __mmask16 fast = 0xffff;
-    for (int m = 0; m < M; ++m)
-        fast &= _mm512_cmp_ps_mask(_mm512_abs_ps((__m512)v[m]), _mm512_set1_ps(80.0f), _CMP_LE_OQ);
-    if (fast != 0xffff) {  // some lane is large, infinite or NaN: silu16 takes it
-        for (int m = 0; m < M; ++m) v[m] = silu16(v[m]);
-        return;
-    }
-    // silu16's fast branch, as exp16_poly writes it, a step at a time across the M vectors.
-    vf16 x[M], fn[M], r[M], z[M], q[M];
-    for (int m = 0; m < M; ++m) x[m] = -v[m];
-    for (int m = 0; m < M; ++m) fn[m] = floor16(x[m] * kLog2e + 0.5f);
-    lockstep<M>(fn);
-    for (int m = 0; m < M; ++m) r[m] = x[m] - fn[m] * kLn2Hi;
-    for (int m = 0; m < M; ++m) r[m] = r[m] - fn[m] * kLn2Lo;
-    lockstep<M>(r);
-    for (int m = 0; m < M; ++m) z[m] = r[m] * r[m];
-    for (int m = 0; m < M; ++m) q[m] = vf16{} + 1.9875691500e-4f;
-    for (int m = 0; m < M; ++m) q[m] = q[m] * r[m] + 1.3981999507e-3f;
-    lockstep<M>(q);
-    for (int m = 0; m < M; ++m) q[m] = q[m] * r[m] + 8.3334519073e-3f;
-    lockstep<M>(q);
-    for (int m = 0; m < M; ++m) q[m] = q[m] * r[m] + 4.1665795894e-2f;
-    lockstep<M>(q);
-    for (int m = 0; m < M; ++m) q[m] = q[m] * r[m] + 1.6666665459e-1f;
-    lockstep<M>(q);
-    for (int m = 0; m < M; ++m) q[m] = q[m] * r[m] + 5.0000001201e-1f;
-    lockstep<M>(q);
-    for (int m = 0; m < M; ++m) q[m] = q[m] * z[m] + r[m] + 1.0f;
-    lockstep<M>(q);
-    for (int m = 0; m < M; ++m) q[m] = 1.0f + (vf16)_mm512_scalef_ps((__m512)q[m], (__m512)fn[m]);
-    lockstep<M>(q);
-    for (int m = 0; m < M; ++m) v[m] = v[m] / q[m];
-}
 #endif
 
 // softplus(v) = v > threshold ? v : log1p(exp(v)). Above 88 exp(v) overflows, while log1p(exp(v))

@@ -4,7 +4,7 @@
 // kPanel), and cut into panels of kPanel outputs: panel p holds W[0..K)[p*kPanel, (p+1)*kPanel)
 // row after row. A block of the CPU kernel's matvec walks down a few panels, a few sequential
 // streams of 64 bytes per k, where the plain [K][ld] layout had it stride ld floats per k: there
-// the hardware prefetchers kept up worse and in_proj's matvec ran ~15% slower on Zen 4 (issue 12's
+// the hardware prefetchers kept up worse and in_proj's matvec ran ~10% slower on Zen 4 (issue 12's
 // section of bench/RESULTS.md). The layout changes where a weight is, never a result.
 #pragma once
 #include <cstddef>
