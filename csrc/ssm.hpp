@@ -185,7 +185,8 @@ public:
     int dropout_variants() const;
 
     // The weight arena (every tensor in the kernel's layout, ssm_kernel.hpp: matrices transposed to
-    // [in][ld], each tensor padded to 16 floats) and the plan whose pointers point into it. A
+    // [in][ld] and cut into panels of 16 outputs, weight_panels.hpp; each tensor padded to 16
+    // floats) and the plan whose pointers point into it. A
     // backend that runs this layout on another device (csrc/cuda) copies it from here, so that the
     // checks on the weights and the layout have one definition.
     const SsmPlan& plan() const;
