@@ -22,13 +22,10 @@ class SuiteSkipped(Exception):
 # ------------------------------------------------------------------------------------------- timing
 
 
-def time_per_call(fn: Callable[[], Any], *, min_s: float = 0.3, repeats: int = 5, sync: Callable[[], Any] | None = None) -> float:
-    """Best mean per-call time (s) over ``repeats`` loops, each long enough (about ``min_s / repeats``)
-    to time; ``sync`` (e.g. torch.cuda.synchronize) is called before reading the clock."""
-    fn()  # warm
-    if sync:
-        sync()
-    calls, target = 1, max(min_s / max(repeats, 1), 1e-4)
+def _calls_per_loop(fn: Callable[[], Any], target_s: float, sync: Callable[[], Any] | None = None) -> tuple[int, float]:
+    """Calls of ``fn`` that take about ``target_s`` (at least one), found by timing growing loops;
+    with the per-call time of the last loop."""
+    calls = 1
     while True:
         t0 = time.perf_counter()
         for _ in range(calls):
@@ -36,10 +33,18 @@ def time_per_call(fn: Callable[[], Any], *, min_s: float = 0.3, repeats: int = 5
         if sync:
             sync()
         dt = time.perf_counter() - t0
-        if dt >= target or calls >= 1 << 20:
-            break
-        calls = min(1 << 20, max(2 * calls, math.ceil(1.2 * calls * target / max(dt, 1e-9))))
-    best = dt / calls
+        if dt >= target_s or calls >= 1 << 20:
+            return calls, dt / calls
+        calls = min(1 << 20, max(2 * calls, math.ceil(1.2 * calls * target_s / max(dt, 1e-9))))
+
+
+def time_per_call(fn: Callable[[], Any], *, min_s: float = 0.3, repeats: int = 5, sync: Callable[[], Any] | None = None) -> float:
+    """Best mean per-call time (s) over ``repeats`` loops, each long enough (about ``min_s / repeats``)
+    to time; ``sync`` (e.g. torch.cuda.synchronize) is called before reading the clock."""
+    fn()  # warm
+    if sync:
+        sync()
+    calls, best = _calls_per_loop(fn, max(min_s / max(repeats, 1), 1e-4), sync)
     for _ in range(repeats - 1):
         t0 = time.perf_counter()
         for _ in range(calls):
@@ -48,6 +53,34 @@ def time_per_call(fn: Callable[[], Any], *, min_s: float = 0.3, repeats: int = 5
             sync()
         best = min(best, (time.perf_counter() - t0) / calls)
     return best
+
+
+def time_rounds(fns: Sequence[Callable[[], Any]], *, rounds: int, round_s: float) -> list[dict[str, float]]:
+    """Per-call time (s) of each of ``fns``, in ``rounds`` interleaved rounds of a loop of about
+    ``round_s`` per function: {"best", "median", "rounds"} for each.
+
+    On a shared machine the neighbours' load comes and goes over seconds and costs 5-30%; consecutive
+    loops of one function land in one such stretch, so its best may be a busy one while the next
+    function's is quiet. Interleaved rounds spread every function over the whole run: the best of
+    each is taken from the same quiet stretches, and ratios between them compare like with like.
+    The function order rotates from round to round, and each timed loop follows one untimed call
+    (the function before it may have evicted this one's data from the caches)."""
+    plan = []
+    for fn in fns:
+        fn()  # warm
+        plan.append(_calls_per_loop(fn, max(round_s, 1e-4))[0])
+    times: list[list[float]] = [[] for _ in fns]
+    n = len(fns)
+    for r in range(rounds):
+        for j in range(n):
+            i = (r + j) % n
+            fn, calls = fns[i], plan[i]
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[i].append((time.perf_counter() - t0) / calls)
+    return [{"best": min(t), "median": float(np.median(t)), "rounds": float(len(t))} for t in times]
 
 
 def call_latencies_ns(fn: Callable[[], Any], n: int, *, warmup: int = 1000, sync: Callable[[], Any] | None = None) -> np.ndarray:
