@@ -60,6 +60,16 @@ class QuoteRows:
     def __init__(self, rows: np.ndarray) -> None:
         self.rows = rows
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # A cached_property has no setter: `batch.mid = x` would put x in the instance dict, where
+        # every later batch that reuses this object would read it instead of the rows' column.
+        # AttributeError: what Python raises for an attribute without a setter.
+        if isinstance(getattr(type(self), name, None), cached_property):
+            raise AttributeError(  # noqa: TRY004
+                f"{type(self).__name__}.{name} is a view of the engine's rows and cannot be reassigned "
+                f"(the object is reused for later batches); keep your own array under another name")
+        object.__setattr__(self, name, value)
+
     def __len__(self) -> int:
         return len(self.rows)
 

@@ -12,8 +12,9 @@ from engine.backtest import BacktestConfig, Engine, load_strategy, run_backtest
 from engine.domain.instrument import Instrument
 from engine.domain.quote import QUOTE_DTYPE
 from feeds.memory import ArraySource
-from strategies.base import BatchHost, Strategy, StrategyError, TickBatch
+from strategies.base import BATCH_DTYPE, BatchHost, Strategy, StrategyError, TickBatch
 from strategies.ema_cross import EmaCross
+from strategies.portfolio import BOOK_DTYPE, Book
 
 
 def random_walk(n: int, n_inst: int, seed: int, *, gaps: bool = True) -> np.ndarray:
@@ -192,6 +193,41 @@ def test_batch_host_reads_the_buffer_it_grew_into():
     assert echo.mids == [[5.0], [6.0], [6.0, 7.0, 8.0]]
     assert host.buffer["target"][:3].tolist() == [6.0, 7.0, 8.0]
     assert host.batches == 3
+
+
+class Reassigns(Strategy):
+    """Replaces a column of the batch (a user's mistake: it meant to keep its own smoothed mid)."""
+
+    def __init__(self) -> None:
+        self.mids: list[list[float]] = []
+
+    def on_batch(self, batch: TickBatch) -> None:
+        self.mids.append(batch.mid.tolist())
+        batch.mid = batch.mid * 0.0
+
+
+def test_a_batch_column_cannot_be_reassigned():
+    """TickBatch reuses its column views across batches of one size: a reassigned column would be
+    what every later batch shows. Reassigning raises instead, naming the column; reading and writing
+    targets still work, and so do plain attributes."""
+    batch = TickBatch(np.zeros(2, BATCH_DTYPE))
+    for name in ("mid", "bid_px", "position", "pred_mid", "reset", "warm", "instrument"):
+        with pytest.raises(AttributeError, match=f"TickBatch.{name} is a view of the engine's rows"):
+            setattr(batch, name, np.ones(2))
+    assert batch.mid.tolist() == [0.0, 0.0]
+    batch.rows["target"] = 1.0  # the rows themselves stay writable where the API writes them
+    book = Book(0, 1.0, 1.0, np.zeros(1, BOOK_DTYPE), batch, ["A"])
+    book.cash = 2.0
+    with pytest.raises(AttributeError, match="Book.mid is a view"):
+        book.mid = np.ones(1)
+    host = BatchHost(Reassigns(), 1)
+    host.buffer["mid"][:1] = 5.0
+    with pytest.raises(AttributeError, match="TickBatch.mid is a view"):
+        host(1)
+    host.buffer["mid"][:1] = 6.0
+    with pytest.raises(AttributeError):
+        host(1)
+    assert host.strategy.mids == [[5.0], [6.0]]  # the second batch still saw the rows' mid
 
 
 @pytest.mark.parametrize("targets, error", [
