@@ -29,7 +29,7 @@ from engine.domain.source import QuoteSource, SourceStats
 from engine.domain.timestamps import DAY_NS, SECOND_NS, local_date
 from engine.metrics import JobsonKorkie, Metrics, compute_metrics, jobson_korkie_memmel
 from engine.mid_trace import MidTrace
-from feeds.restamp import FeedLatencySource, latency_from_spec
+from feeds.restamp import DEFAULT_HOLD_NS, FeedLatencySource, latency_from_spec
 from strategies.base import BatchHost, Strategy
 from strategies.builtin import BUILTINS, builtin_spec, is_builtin
 from strategies.compiled import CompiledStrategy
@@ -79,10 +79,13 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
     # Latency models (engine.domain.latency_model specs: "const:5ms", "lognormal:2ms,0.5",
     # "empirical:PATH", "jitter:PATH"). feed_latency redraws every quote's ts_recv from ts_event
     # (feeds.restamp); order_latency draws each order's delay instead of latency_ns. latency_seed
-    # seeds both (separate streams). None: no model, as before.
+    # seeds both (separate streams). None: no model, as before. feed_hold_ns: how long the restamped
+    # stream holds rows back to put them in their new order; a row whose recorded delay exceeds it
+    # may arrive behind one already out, and is clamped and counted (feeds.restamp).
     feed_latency: str | None = None
     order_latency: str | None = None
     latency_seed: int = 0
+    feed_hold_ns: int = DEFAULT_HOLD_NS
 
     def __post_init__(self) -> None:
         if self.interval not in INTERVALS_NS:
@@ -98,6 +101,8 @@ class BacktestConfig(msgspec.Struct, kw_only=True):
         for spec in (self.feed_latency, self.order_latency):
             if spec is not None:
                 parse_spec(spec)
+        if self.feed_hold_ns < 0:
+            raise ValueError(f"feed_hold_ns must be >= 0, got {self.feed_hold_ns}")
 
     @property
     def mc_dropout(self) -> bool:
@@ -407,7 +412,7 @@ def with_feed_latency(source: QuoteSource, config: BacktestConfig) -> QuoteSourc
     if config.feed_latency is None:
         return source
     dist = latency_from_spec(config.feed_latency)
-    return FeedLatencySource(source, dist, stream_seed(config.latency_seed, FEED_STREAM))
+    return FeedLatencySource(source, dist, stream_seed(config.latency_seed, FEED_STREAM), hold_ns=config.feed_hold_ns)
 
 
 def record_predictions(source: QuoteSource, config: BacktestConfig, *, tap: bool = False):

@@ -297,6 +297,10 @@ def _add_execution_args(b: argparse.ArgumentParser) -> None:
                          "(same forms as --feed-latency)")
     ex.add_argument("--latency-seed", type=int, default=d.latency_seed, metavar="N",
                     help=f"seed of the latency draws (default {d.latency_seed})")
+    ex.add_argument("--feed-hold-s", type=float, default=d.feed_hold_s, metavar="S",
+                    help="with --feed-latency: how long rows are held back to be put in their new order; a row "
+                         "recorded with a longer delay is clamped and counted in the summary (default "
+                         f"{d.feed_hold_s:g})")
     ex.add_argument("--fee-bps", type=float, default=d.fee_bps,
                     help=f"fee in basis points of notional per taking fill (default {d.fee_bps:g})")
     ex.add_argument("--maker-fee-bps", type=float, default=d.maker_fee_bps,

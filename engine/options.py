@@ -106,6 +106,7 @@ class RunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     feed_latency: str | None = _CONFIG.feed_latency  # a latency model spec (engine.domain.latency_model)
     order_latency: str | None = _CONFIG.order_latency
     latency_seed: int = _CONFIG.latency_seed
+    feed_hold_s: float = _CONFIG.feed_hold_ns / SECOND_NS  # how long the restamped feed holds rows back
     fee_bps: float = _CONFIG.fee_bps
     maker_fee_bps: float | None = _CONFIG.maker_fee_bps
     queue: str = _CONFIG.queue
@@ -201,6 +202,8 @@ def run_options(values: RunOptions | Mapping[str, Any]) -> RunOptions:
                 parse_spec(getattr(o, name))
             except ValueError as e:
                 raise _fail(name, str(e)) from None
+    if not o.feed_hold_s >= 0:
+        raise _fail("feed_hold_s", f"must be >= 0 seconds, got {o.feed_hold_s}")
     if not o.capital > 0:
         raise _fail("capital", f"must be > 0, got {o.capital}")
     if seconds_ns(o.bar_s) < 1:
@@ -226,6 +229,7 @@ def backtest_config(options: RunOptions | Mapping[str, Any]) -> BacktestConfig:
         feed_latency=o.feed_latency,
         order_latency=o.order_latency,
         latency_seed=o.latency_seed,
+        feed_hold_ns=seconds_ns(o.feed_hold_s),
         fee_bps=o.fee_bps,
         maker_fee_bps=o.maker_fee_bps,
         queue=o.queue,

@@ -110,7 +110,7 @@ def feed_latency_text(feed: dict[str, Any]) -> str:
     text = (f"receive times redrawn from {_model_text(feed)}, seed {feed['seed']}; {feed['rows']:,} rows, "
             f"{feed['synthetic_kept']:,} without venue time kept as recorded, {feed['clamped']:,} clamped")
     if feed["clamped"]:
-        text += f" (up to {format_latency_ns(feed['max_clamp_ns'])}: raise hold_ns above {format_latency_ns(feed['hold_ns'])})"
+        text += f" (up to {format_latency_ns(feed['max_clamp_ns'])}: raise --feed-hold-s above {format_latency_ns(feed['hold_ns'])})"
     return text
 
 

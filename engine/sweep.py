@@ -383,7 +383,7 @@ def run_config(folder: str, options: dict[str, Any], start_ns: int | None, end_n
 # agree on these see the same model outputs whatever their strategy parameters, fees or latency
 # (the signal is stepped on the data, not on the orders), so one recording serves all of them.
 # What the model's outputs depend on: a feed-latency model reorders the ticks it sees.
-SIGNAL_OPTIONS = ("model", "backend", "interval", "mc_samples", "mc_variant", "mc_seed", "feed_latency", "latency_seed")
+SIGNAL_OPTIONS = ("model", "backend", "interval", "mc_samples", "mc_variant", "mc_seed", "feed_latency", "latency_seed", "feed_hold_s")
 _TAPES: dict[str, Any] = {}
 
 

@@ -13,7 +13,7 @@ delay; so when every original delay (ts_recv - ts_event) is below ``hold_ns`` no
 behind one already emitted, and the output is the stable sort of the whole stream by new ts_recv,
 whatever the chunking. A row that does arrive behind (an original delay beyond ``hold_ns``) is
 clamped to the last emitted ts_recv, keeping the stream ordered, and counted (``clamped``, with the
-largest shift in ``max_clamp_ns``): a run that clamps should raise ``hold_ns``.
+largest shift in ``max_clamp_ns``): a run that clamps should raise ``hold_ns`` (``--feed-hold-s``).
 """
 
 from __future__ import annotations

@@ -420,6 +420,34 @@ def test_the_command_line_takes_the_latency_flags(capsys, tmp_path):
     assert s["latency"]["feed"]["p50_ns"] == 5 * MS_NS and s["latency"]["order"]["p99_ns"] == MS_NS
 
 
+def test_the_feed_hold_is_an_option_and_a_longer_one_stops_the_clamping(capsys, tmp_path):
+    """A row recorded 3.5 s late, redrawn to no delay, lands behind rows a 2 s hold has already let
+    out: it is clamped, counted, and the summary names the flag that fixes it; a 4 s hold does."""
+    S = 1_000_000_000
+    t = [T0 + (3600 + k) * S for k in range(8)]
+    q = _quotes(t[:4] + [t[0] + S // 2] + t[5:], t, [1, 1, 1, 1, 0, 1, 1, 1])
+
+    def run(hold_s):
+        config = backtest_config({"feed_latency": "const:0ms", "feed_hold_s": hold_s})
+        return run_backtest(ArraySource(q, table(2), chunk_rows=2), config)
+
+    short, long_ = run(2.0), run(4.0)
+    assert BacktestConfig().feed_hold_ns == DEFAULT_HOLD_NS == backtest_config({}).feed_hold_ns
+    assert short.latency["feed"]["hold_ns"] == 2 * S and short.latency["feed"]["clamped"] == 1
+    assert short.latency["feed"]["max_clamp_ns"] == S // 2  # up to the last row out, at t[1]
+    assert "raise --feed-hold-s above 2 s" in format_summary([short])
+    assert long_.latency["feed"]["hold_ns"] == 4 * S and long_.latency["feed"]["clamped"] == 0
+    with pytest.raises(ValueError, match=r"feed_hold_s \(--feed-hold-s\): must be >= 0"):
+        run_options({"feed_hold_s": -1.0})
+    assert "feed_hold_s" in SIGNAL_OPTIONS  # it decides which ticks the model sees
+    code = main(["backtest", "--n-sessions", "1", "--quote-rate-hz", "2", "--no-progress", "--feed-latency", "const:5ms",
+                 "--feed-hold-s", "3.5", "--out", str(tmp_path)])
+    assert code == 0
+    capsys.readouterr()
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["config"]["feed_hold_ns"] == 3_500_000_000 and s["latency"]["feed"]["hold_ns"] == 3_500_000_000
+
+
 def test_a_prediction_tape_is_recorded_on_the_restamped_ticks():
     config = backtest_config({"strategy": "ssm", "feed_latency": "lognormal:200ms,1", "latency_seed": 2})
     tape = record_predictions(quote_source(SMALL), config)
