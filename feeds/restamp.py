@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.domain.instrument import InstrumentTable
-from engine.domain.latency_model import LatencyDistribution
+from engine.domain.latency_model import LatencyDistribution, parse_spec
 from engine.domain.quote import QUOTE_DTYPE, QuoteFlag, concat_rows, take_rows
 from engine.domain.source import QuoteSource, SourceStats
 from engine.domain.timestamps import SECOND_NS
@@ -116,6 +116,29 @@ def read_recording(path: Path) -> Iterator[np.ndarray]:
     return source.chunks()
 
 
+# Models read from recordings, by spec and the recording's files (paths, sizes, mtimes): a sweep or
+# a study builds one Engine per configuration, and each read the whole recording again (seconds to
+# minutes for a day of quotes). Models are immutable (read-only tables), so they are shared.
+_FILE_MODELS: dict[tuple[str, tuple[tuple[str, int, int], ...]], LatencyDistribution] = {}
+_FILE_MODELS_MAX = 16
+
+
+def _files_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
+
+
 def latency_from_spec(spec: str) -> LatencyDistribution:
-    """``LatencyDistribution.from_spec`` with ``empirical:PATH`` reading any recording (``read_recording``)."""
-    return LatencyDistribution.from_spec(spec, read_quotes=read_recording)
+    """``LatencyDistribution.from_spec`` with ``empirical:PATH`` reading any recording (``read_recording``).
+    A model read from files is kept and handed out again while those files are unchanged."""
+    kind, arg = parse_spec(spec)
+    if kind not in ("empirical", "jitter") or not Path(str(arg)).exists():
+        return LatencyDistribution.from_spec(spec, read_quotes=read_recording)
+    key = (str(spec), _files_signature(Path(str(arg))))
+    model = _FILE_MODELS.get(key)
+    if model is None:
+        model = LatencyDistribution.from_spec(spec, read_quotes=read_recording)
+        if len(_FILE_MODELS) >= _FILE_MODELS_MAX:
+            del _FILE_MODELS[next(iter(_FILE_MODELS))]
+        _FILE_MODELS[key] = model
+    return model

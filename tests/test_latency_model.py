@@ -335,6 +335,25 @@ def test_rows_later_than_the_hold_are_clamped_and_counted():
     assert stats["clamped"] == 1 and stats["max_clamp_ns"] == 8_000
 
 
+def test_a_model_read_from_a_recording_is_read_once_while_the_recording_is_unchanged(tmp_path):
+    """One Engine per sweep configuration: each used to read the whole recording again."""
+    import os
+
+    path = tmp_path / "q.npy"
+    np.save(path, _quotes([10, 20, 30], [15, 40, 31]))
+    first = latency_from_spec(f"empirical:{path}")
+    assert latency_from_spec(f"empirical:{path}") is first
+    assert first.quantiles_ns.flags.writeable is False  # shared, so it must not change under a user
+    jitter = latency_from_spec(f"jitter:{path}")
+    assert jitter is not first and jitter.quantiles_ns.min() == 0
+    np.save(path, _quotes([10, 20, 30], [115, 140, 131]))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a new mtime even on a coarse clock
+    again = latency_from_spec(f"empirical:{path}")
+    assert again is not first and sorted(set(again.quantiles_ns.tolist())) == [101, 105, 120]
+    assert latency_from_spec("const:5ms") is not latency_from_spec("const:5ms")  # cheap models are just built
+
+
 def test_the_restamped_source_keeps_the_wrapped_instruments_and_stats_and_refuses_a_negative_hold():
     src = ArraySource(_quotes([1, 2], [5, 6]), table(1))
     wrapped = FeedLatencySource(src, LatencyDistribution.constant(1), 0)
